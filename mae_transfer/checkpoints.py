@@ -1,0 +1,236 @@
+"""One place for every checkpoint format: safe reading, atomic writing, and name conversion.
+
+Canonical layout = the official MAE / timm parameter names (`blocks.0.attn.qkv.weight`, ...).
+Every reader returns it; every host-specific writer starts from it:
+
+    official / timm / tools/pretrain.py  --(read_state_dict)-->  canonical  --> to_hf()
+    HF ViTMAE (transformers 4.x and 5.x) --^                                --> to_detectron2()
+                                                                            --> to_mmseg()
+Loading never unpickles code: `.pth` files go through `torch.load(weights_only=True)` with a short
+allow-list (the `argparse.Namespace` that official training checkpoints carry); anything else is
+refused with `CheckpointError` instead of being executed.
+"""
+import argparse
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Tuple
+
+import torch
+import torch.nn.functional as F
+
+StateDict = Dict[str, torch.Tensor]
+
+# Types that official checkpoints pickle besides tensors; nothing here can run code when loaded.
+SAFE_GLOBALS: List[Any] = [argparse.Namespace]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit; the message is meant for the user."""
+
+
+# ----------------------------------------------------------------------------------------- reading
+def load_file(path) -> Dict[str, Any]:
+    """Read a `.pth`/`.pt`/`.bin` (safely) or `.safetensors` file into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file as st_load
+
+        return st_load(str(path))
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS + extra_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, or a truncated/corrupt archive
+        msg = str(e)
+        bad = re.search(r"(?:Unsupported global|GLOBAL)[:\s]+([\w.]+)", msg)
+        if bad:
+            raise CheckpointError(
+                f"{path}: refused to unpickle '{bad.group(1)}' -- a checkpoint that needs it could run "
+                f"code on load. Re-save the weights as a plain state dict or .safetensors.") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", msg)
+        detail = detail.group(1) if detail else msg.strip().splitlines()[0]
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {detail})") from None
+
+
+_extra: List[Any] = []
+
+
+def extra_safe_globals() -> List[Any]:
+    return list(_extra)
+
+
+def allow_globals(*types) -> None:
+    """Host glue (e.g. mmengine's HistoryBuffer) adds the exact data types its checkpoints need."""
+    _extra.extend(t for t in types if t not in _extra)
+
+
+def unwrap(obj: Dict[str, Any]) -> StateDict:
+    """The state dict inside a checkpoint dict (`model`, `state_dict`, or the dict itself),
+    without a DDP `module.` prefix."""
+    for key in ("model", "state_dict", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise CheckpointError("no tensors found in checkpoint (expected 'model' or a state dict)")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def read_state_dict(path_or_sd) -> StateDict:
+    """Any supported checkpoint (file or dict) -> canonical (official MAE / timm) names."""
+    obj = load_file(path_or_sd) if isinstance(path_or_sd, (str, os.PathLike)) else path_or_sd
+    sd = unwrap(obj)
+    fmt = detect_format(sd)
+    if fmt == "hf":
+        sd = from_hf(sd)
+    elif fmt == "detectron2":
+        sd = {k[len("backbone.net."):]: v for k, v in sd.items() if k.startswith("backbone.net.")}
+    return sd
+
+
+def detect_format(sd: StateDict) -> str:
+    keys = list(sd)
+    if any(k.startswith(("vit.embeddings.", "decoder.decoder_layers.")) for k in keys):
+        return "hf"
+    if any(k.startswith("backbone.net.") for k in keys):
+        return "detectron2"
+    if any(k.startswith(("blocks.", "patch_embed.")) for k in keys):
+        return "official"
+    raise CheckpointError(
+        "unrecognised checkpoint layout (first keys: " + ", ".join(keys[:4]) + "); expected official MAE, "
+        "timm, HF ViTMAE or detectron2 names")
+
+
+def checkpoint_kind(sd: StateDict) -> str:
+    """'full' (encoder + decoder), 'encoder' (pretrained encoder only) or 'finetuned' (with head)."""
+    if any(k.startswith("decoder_") for k in sd):
+        return "full"
+    return "finetuned" if any(k.startswith("head.") for k in sd) else "encoder"
+
+
+# ----------------------------------------------------------------------------------------- writing
+def _atomic(path: Path, write: Callable[[str], None]) -> Path:
+    """Write to a temporary file beside `path`, fsync, then rename: a crash never leaves a
+    truncated file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save(path, obj: Dict[str, Any]) -> Path:
+    """Atomically save a checkpoint dict (`.pth`) or a flat state dict (`.safetensors`)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        sd = unwrap(obj)
+        return _atomic(path, lambda tmp: save_file({k: v.contiguous() for k, v in sd.items()}, tmp,
+                                                   metadata={"format": "pt", "layout": "official-mae"}))
+    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def save_official(path, state_dict: StateDict, **extra) -> Path:
+    """The official layout: `{'model': state_dict, ...}` (`.pth`), or safetensors."""
+    return save(path, {"model": state_dict, **extra})
+
+
+# ------------------------------------------------------------------------------ HF transformers ViTMAE
+# canonical <-> transformers 5.x; 4.x names are first mapped onto 5.x by _HF4_TO_5.
+_HF_TOP = [
+    (r"^cls_token$", "vit.embeddings.cls_token"),
+    (r"^pos_embed$", "vit.embeddings.position_embeddings"),
+    (r"^patch_embed\.proj\.", "vit.embeddings.patch_embeddings.projection."),
+    (r"^norm\.", "vit.layernorm."),
+    (r"^blocks\.(\d+)\.", r"vit.layers.\1."),
+    (r"^(decoder_embed|mask_token|decoder_pos_embed|decoder_norm|decoder_pred)", r"decoder.\1"),
+    (r"^decoder_blocks\.(\d+)\.", r"decoder.decoder_layers.\1."),
+]
+_HF_BLOCK = [(r"\.norm1\.", ".layernorm_before."), (r"\.norm2\.", ".layernorm_after."),
+             (r"\.attn\.proj\.", ".attention.o_proj.")]
+_HF4_TO_5 = [
+    (r"^vit\.encoder\.layer\.", "vit.layers."),
+    (r"\.attention\.attention\.(query|key|value)\.", lambda m: f".attention.{m.group(1)[0]}_proj."),
+    (r"\.attention\.output\.dense\.", ".attention.o_proj."),
+    (r"\.intermediate\.dense\.", ".mlp.fc1."),
+    (r"\.output\.dense\.", ".mlp.fc2."),
+]
+
+
+def _rename(key: str, rules: Iterable[Tuple[str, Any]]) -> str:
+    for pattern, repl in rules:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def to_hf(sd: StateDict) -> StateDict:
+    """Canonical -> `transformers.ViTMAEForPreTraining` (5.x names); qkv split into q/k/v."""
+    out = {}
+    for k, v in sd.items():
+        name = _rename(_rename(k, _HF_TOP), _HF_BLOCK)
+        if ".attn.qkv." in name:
+            for part, t in zip("qkv", v.chunk(3, dim=0)):
+                out[name.replace(".attn.qkv.", f".attention.{part}_proj.")] = t.clone()
+        else:
+            out[name] = v
+    return out
+
+
+def from_hf(sd: StateDict) -> StateDict:
+    """HF ViTMAE (4.x or 5.x names) -> canonical; q/k/v merged into qkv."""
+    sd = {_rename(k, _HF4_TO_5): v for k, v in sd.items()}
+    inv_top = [(r"^vit\.embeddings\.cls_token$", "cls_token"),
+               (r"^vit\.embeddings\.position_embeddings$", "pos_embed"),
+               (r"^vit\.embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+               (r"^vit\.layernorm\.", "norm."), (r"^vit\.layers\.(\d+)\.", r"blocks.\1."),
+               (r"^decoder\.decoder_layers\.(\d+)\.", r"decoder_blocks.\1."), (r"^decoder\.", "")]
+    inv_block = [(r"\.layernorm_before\.", ".norm1."), (r"\.layernorm_after\.", ".norm2."),
+                 (r"\.attention\.o_proj\.", ".attn.proj.")]
+    out: StateDict = {}
+    for k, v in sd.items():
+        name = _rename(_rename(k, inv_top), inv_block)
+        m = re.match(r"(.*)\.attention\.q_proj\.(weight|bias)$", name)
+        if m:
+            parts = [sd[k.replace(".q_proj.", f".{p}_proj.")] for p in "qkv"]
+            out[f"{m.group(1)}.attn.qkv.{m.group(2)}"] = torch.cat(parts, dim=0)
+        elif not re.search(r"\.attention\.[kv]_proj\.", name):
+            out[name] = v
+    return out
+
+
+# ------------------------------------------------------------------------------------- detectron2 ViT
+def resize_patch_kernel(weight: torch.Tensor, size: int) -> torch.Tensor:
+    """[D, C, p, p] -> [D, C, size, size] by bicubic interpolation, as ViTDet did to run the
+    patch-14 ViT-H with 16-px patches."""
+    if weight.shape[-1] == size:
+        return weight
+    return F.interpolate(weight.float(), size=(size, size), mode="bicubic", align_corners=False).to(weight.dtype)
+
+
+def to_detectron2(sd: StateDict, patch_size: int = 16, prefix: str = "backbone.net.") -> StateDict:
+    """Canonical encoder -> `detectron2.modeling.ViT` names under `prefix` (as in ViTDet's
+    Mask R-CNN). Drops the decoder, mask token, cls token and final norm, which d2's ViT lacks;
+    keeps `pos_embed` with its cls row (d2's ViT is built with `pretrain_use_cls_token=True`)."""
+    out = {}
+    for k, v in sd.items():
+        if k.startswith(("decoder_", "mask_token", "cls_token", "norm.", "fc_norm.", "head.")):
+            continue
+        if k == "patch_embed.proj.weight":
+            v = resize_patch_kernel(v, patch_size)
+        out[prefix + k] = v
+    return out

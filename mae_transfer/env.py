@@ -1,0 +1,47 @@
+"""`python -m mae_transfer.env`: versions of everything the toolkit runs on (like detectron2's collect_env)."""
+import importlib
+import importlib.metadata
+import platform
+import sys
+
+
+def _version(mod: str) -> str:
+    try:
+        m = importlib.import_module(mod)
+        return str(getattr(m, "__version__", None) or importlib.metadata.version(mod))
+    except Exception as e:  # report, never fail
+        return f"not importable ({type(e).__name__}: {str(e).splitlines()[0][:80]})"
+
+
+def detectron2_build() -> str:
+    try:
+        import detectron2
+    except ImportError:
+        return "not installed"
+    try:
+        from detectron2 import _C  # noqa: F401
+        ops = "compiled ops (_C) loaded"
+    except ImportError:
+        ops = "no compiled ops (pure-Python: pycocotools evaluation, no rotated boxes / deformable conv)"
+    src = "sal-detectron2 0.7.2 wheel (upstream a59f0563)" if "detectron2-wheel" in detectron2.__file__ \
+        else "upstream source build"
+    return f"{detectron2.__version__}, {src}, {ops}"
+
+
+def collect_env() -> str:
+    import torch
+
+    rows = [("python", sys.version.split()[0]), ("platform", platform.platform()),
+            ("torch", f"{torch.__version__} (CUDA build {torch.version.cuda}, available: {torch.cuda.is_available()})")]
+    if torch.cuda.is_available():
+        rows.append(("gpu", f"{torch.cuda.get_device_name(0)}, bf16: {torch.cuda.is_bf16_supported()}"))
+    for mod in ("torchvision", "timm", "safetensors", "numpy", "PIL", "pycocotools", "fvcore", "iopath",
+                "mmengine", "mmcv", "mmseg", "transformers", "mae_transfer"):
+        rows.append((mod, _version(mod)))
+    rows.append(("detectron2", detectron2_build()))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+if __name__ == "__main__":
+    print(collect_env())

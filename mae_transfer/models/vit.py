@@ -1,0 +1,113 @@
+"""Fine-tuning / linear-probing encoders: timm's `VisionTransformer` in the official MAE layout.
+
+`global_pool=True` -> mean of the patch tokens then `fc_norm` (no final `norm`), the official
+fine-tuning layout; `False` -> the cls token after `norm` (linear probing). Registered with timm:
+
+    timm.create_model('vit_base_patch16', checkpoint='mae_pretrain_vit_base.pth', num_classes=10)
+    timm.create_model('vit_base_patch16.mae', pretrained=True)   # downloads only when asked
+"""
+import logging
+from typing import Dict, Optional
+
+import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.vision_transformer import VisionTransformer
+
+from .. import checkpoints
+from .pos_embed import resample_pos_embed
+
+_logger = logging.getLogger(__name__)
+_FB = "https://dl.fbaipublicfiles.com/mae"
+
+
+def checkpoint_filter_fn(state_dict: Dict, model: VisionTransformer) -> Dict[str, torch.Tensor]:
+    """Adapt any MAE checkpoint (official full / encoder-only / fine-tuned, tools/pretrain.py,
+    HF ViTMAE, safetensors) to `model`: decoder dropped, `norm` <-> `fc_norm` as the pooling asks,
+    position table resampled exactly like the official `interpolate_pos_embed`, a head of the wrong
+    shape dropped. (timm's own filter mistakes any dict with `mask_token` for DINOv2.)"""
+    sd = checkpoints.read_state_dict(state_dict)
+    own = model.state_dict()
+    out = {}
+    for k, v in sd.items():
+        if k.startswith(("decoder_", "mask_token")):
+            continue
+        if k == "pos_embed" and v.shape != own[k].shape:
+            v = resample_pos_embed(v, model.patch_embed.grid_size, model.num_prefix_tokens)
+        if k in own and own[k].shape != v.shape:
+            if k.startswith("head."):
+                continue  # a classifier for other classes starts fresh
+            raise checkpoints.CheckpointError(
+                f"{k}: checkpoint shape {tuple(v.shape)} does not fit the model's {tuple(own[k].shape)}")
+        out[k] = v
+    return out
+
+
+def load_checkpoint(model: VisionTransformer, checkpoint) -> "torch.nn.modules.module._IncompatibleKeys":
+    """Load `checkpoint` (path or dict) into `model` and log missing / unexpected keys."""
+    msg = model.load_state_dict(checkpoint_filter_fn(checkpoint, model), strict=False)
+    trunk_missing = [k for k in msg.missing_keys if not k.startswith(("head.", "fc_norm."))]
+    if trunk_missing:
+        raise checkpoints.CheckpointError(f"checkpoint lacks encoder weights: {trunk_missing[:6]}")
+    _logger.info("loaded %s: missing %s, unexpected %s", checkpoint if isinstance(checkpoint, str) else "state dict",
+                 msg.missing_keys, msg.unexpected_keys)
+    return msg
+
+
+def _create(variant: str, pretrained: bool = False, checkpoint: Optional[str] = None,
+            global_pool: bool = True, **kwargs) -> VisionTransformer:
+    if isinstance(global_pool, bool):
+        global_pool = "avg" if global_pool else "token"
+    model = build_model_with_cfg(
+        VisionTransformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+        global_pool=global_pool, **kwargs)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model
+
+
+def _cfg(url="", **kwargs):
+    return {"url": url, "num_classes": 1000, "input_size": (3, 224, 224), "interpolation": "bicubic",
+            "crop_pct": 0.875, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+            "first_conv": "patch_embed.proj", "classifier": "head", "license": "cc-by-nc-4.0", **kwargs}
+
+
+default_cfgs = generate_default_cfgs({
+    "vit_base_patch16.mae": _cfg(f"{_FB}/pretrain/mae_pretrain_vit_base.pth", num_classes=0),
+    "vit_base_patch16.mae_ft_in1k": _cfg(f"{_FB}/finetune/mae_finetuned_vit_base.pth"),
+    "vit_large_patch16.mae": _cfg(f"{_FB}/pretrain/mae_pretrain_vit_large.pth", num_classes=0),
+    "vit_large_patch16.mae_ft_in1k": _cfg(f"{_FB}/finetune/mae_finetuned_vit_large.pth"),
+    "vit_huge_patch14.mae": _cfg(f"{_FB}/pretrain/mae_pretrain_vit_huge.pth", num_classes=0),
+    "vit_huge_patch14.mae_ft_in1k": _cfg(f"{_FB}/finetune/mae_finetuned_vit_huge.pth"),
+    "vit_tiny_patch8.untrained": _cfg(input_size=(3, 64, 64), crop_pct=1.0),
+    "vit_small_patch4.untrained": _cfg(input_size=(3, 28, 28), crop_pct=1.0),
+})
+
+
+@register_model
+def vit_tiny_patch8(pretrained=False, **kwargs) -> VisionTransformer:
+    kw = dict(img_size=64, patch_size=8, embed_dim=192, depth=12, num_heads=3)
+    return _create("vit_tiny_patch8", pretrained, **{**kw, **kwargs})
+
+
+@register_model
+def vit_small_patch4(pretrained=False, **kwargs) -> VisionTransformer:
+    kw = dict(img_size=28, patch_size=4, embed_dim=384, depth=12, num_heads=6)
+    return _create("vit_small_patch4", pretrained, **{**kw, **kwargs})
+
+
+@register_model
+def vit_base_patch16(pretrained=False, **kwargs) -> VisionTransformer:
+    kw = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    return _create("vit_base_patch16", pretrained, **{**kw, **kwargs})
+
+
+@register_model
+def vit_large_patch16(pretrained=False, **kwargs) -> VisionTransformer:
+    kw = dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16)
+    return _create("vit_large_patch16", pretrained, **{**kw, **kwargs})
+
+
+@register_model
+def vit_huge_patch14(pretrained=False, **kwargs) -> VisionTransformer:
+    kw = dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16)
+    return _create("vit_huge_patch14", pretrained, **{**kw, **kwargs})

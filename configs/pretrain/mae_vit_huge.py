@@ -1,0 +1,4 @@
+# ViT-H/14 (86.9 % fine-tuned at 224 px, 1600 epochs).
+from configs.pretrain.mae_vit_base import cfg
+
+cfg.model = "mae_vit_huge_patch14"

@@ -1,0 +1,4 @@
+from .images import (  # noqa: F401
+    IMAGENET_MEAN, IMAGENET_STD, DataError, ImageDataset, SeededSamples, collate_skip_bad, demo_photos,
+    pretrain_transform,
+)

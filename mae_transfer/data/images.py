@@ -1,0 +1,133 @@
+"""Image data for pretraining: ImageFolder or flat folders, robust decoding, embedded demo photos.
+
+Randomness is per sample: sample `i` of epoch `e` draws its crop, flip and mask noise from a
+generator seeded with (seed, e, i). A batch is therefore the same whatever the number of workers,
+processes or restarts -- which is what makes resume bit-identical and DDP equal to one process.
+"""
+import logging
+import os
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import torch
+from PIL import Image, ImageFile
+from torchvision import transforms
+
+_logger = logging.getLogger(__name__)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is skipped and counted, not half-decoded
+
+
+class DataError(ValueError):
+    """A dataset problem the user must fix; the message is one clear line."""
+
+
+def pretrain_transform(img_size: int = 224, scale=(0.2, 1.0)) -> Callable:
+    """The paper's pretraining augmentation: RandomResizedCrop(scale 0.2-1, bicubic) + flip only."""
+    return transforms.Compose([
+        transforms.RandomResizedCrop(img_size, scale=scale, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def find_images(root) -> List[str]:
+    """All images under `root`: an ImageFolder tree (labels ignored) or a flat folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}")
+    files = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
+    if not files:
+        raise DataError(f"no images ({', '.join(IMG_EXTENSIONS)}) found under {root}")
+    return files
+
+
+def load_rgb(path: str, min_size: int = 2) -> Optional[Image.Image]:
+    """Decode to RGB (grey, CMYK, palette and RGBA are converted); None for unreadable, truncated or
+    degenerate (< `min_size` px) images."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            im.load()
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+        _logger.debug("skipping %s: %s", path, e)
+        return None
+    return im if min(im.size) >= min_size else None
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Files from `find_images`; returns a PIL image or None (skipped and counted by the collate)."""
+
+    def __init__(self, root):
+        self.files = find_images(root)
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        return load_rgb(self.files[i])
+
+
+def demo_photos() -> List[Image.Image]:
+    """Natural photos that scikit-image carries in its wheel (nothing is downloaded)."""
+    import skimage
+
+    folder = Path(skimage.__file__).parent / "data"
+    names = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "hubble_deep_field.jpg",
+             "motorcycle_left.png", "retina.jpg", "ihc.png", "camera.png", "coins.png", "moon.png",
+             "grass.png", "gravel.png", "brick.png"]
+    photos = [load_rgb(str(folder / n)) for n in names if (folder / n).is_file()]
+    photos = [p for p in photos if p is not None]
+    if not photos:
+        raise DataError(f"no demo photos found in {folder}; is scikit-image installed?")
+    return photos
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """Wraps a source of PIL images (a Dataset, or a list of photos sampled with replacement to
+    `length`) with per-sample seeded augmentation and extras such as mask noise.
+
+    Returns (image tensor, *extras(generator)), or None for a skipped image.
+    """
+
+    def __init__(self, source, transform: Callable, seed: int = 0, length: Optional[int] = None,
+                 extras: Sequence[Callable[[torch.Generator], torch.Tensor]] = ()):
+        self.source, self.transform, self.seed, self.extras = source, transform, seed, tuple(extras)
+        self.length = length or len(source)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, i):
+        seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + i
+        with torch.random.fork_rng(devices=[]):  # torchvision draws from the global RNG
+            torch.manual_seed(seed)
+            if isinstance(self.source, list):  # demo photos: pick one at random
+                img = self.source[int(torch.randint(len(self.source), ()))]
+            else:
+                img = self.source[i]
+            if img is None:
+                return None
+            x = self.transform(img)
+        g = torch.Generator().manual_seed(seed)
+        return (x, *(f(g) for f in self.extras))
+
+
+def collate_skip_bad(batch):
+    """Default collate over the readable samples; the number skipped rides along as the last item."""
+    good = [b for b in batch if b is not None]
+    n_bad = len(batch) - len(good)
+    if not good:
+        return None, n_bad
+    return torch.utils.data.default_collate(good), n_bad
+
+
+def worker_threads(_):
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"

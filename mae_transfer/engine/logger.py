@@ -1,0 +1,83 @@
+"""What a run leaves behind for people: TensorBoard scalars, JSON lines (`log.txt`, the official
+format: one dict per epoch), and a loss-curve PNG redrawn every epoch."""
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+
+def setup_logging(output_dir: Optional[Path], is_main: bool, name: str = "mae_transfer") -> logging.Logger:
+    root = logging.getLogger(name)
+    root.setLevel(logging.INFO if is_main else logging.WARNING)
+    root.handlers.clear()
+    fmt = logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S")
+    h = logging.StreamHandler(sys.stdout)
+    h.setFormatter(fmt)
+    root.addHandler(h)
+    if output_dir is not None and is_main:
+        fh = logging.FileHandler(Path(output_dir) / "run.log")
+        fh.setFormatter(fmt)
+        root.addHandler(fh)
+    root.propagate = False
+    return root
+
+
+class RunLogger:
+    def __init__(self, output_dir, enabled: bool = True):
+        self.dir, self.enabled = Path(output_dir), enabled
+        self.tb = None
+        if enabled:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.dir / "tensorboard"))
+            except ImportError:  # tensorboard is optional for the core
+                self.tb = None
+
+    def scalars(self, values: Dict[str, float], step: int):
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, v, step)
+
+    def epoch(self, record: Dict):
+        """Append one JSON line to log.txt (official format) and redraw the loss curve."""
+        if not self.enabled:
+            return
+        with open(self.dir / "log.txt", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            self.tb.flush()
+        plot_curves(self.records(), self.dir / "loss_curve.png")
+
+    def records(self) -> List[Dict]:
+        path = self.dir / "log.txt"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_curves(records: List[Dict], path: Path, keys=("train_loss", "test_loss", "test_acc1")):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = [k for k in keys if any(k in r for r in records)]
+    if not present:
+        return
+    fig, axes = plt.subplots(1, len(present), figsize=(5 * len(present), 3.5), squeeze=False)
+    for ax, k in zip(axes[0], present):
+        pts = [(r["epoch"], r[k]) for r in records if k in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3)
+        ax.set_xlabel("epoch")
+        ax.set_title(k.replace("_", " "))
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,129 @@
+"""Pieces every training recipe shares: loaders, mixed precision, checkpoints with RNG state,
+auto-resume, and the non-finite-loss guard."""
+import contextlib
+import dataclasses
+import logging
+import random
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .. import checkpoints
+from .distributed import DistInfo
+
+_logger = logging.getLogger("mae_transfer")
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_loader(dataset, batch_size: int, info: DistInfo, seed: int, num_workers: int, collate_fn=None,
+                shuffle: bool = True, drop_last: bool = True):
+    """A DistributedSampler even for one process, so that one process with batch B*k sees exactly the
+    samples that k processes with batch B see (the permutation depends on seed + epoch only)."""
+    from .. data.images import worker_threads
+
+    sampler = torch.utils.data.DistributedSampler(
+        dataset, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate_fn,
+        pin_memory=info.device.type == "cuda", drop_last=drop_last, persistent_workers=num_workers > 0,
+        worker_init_fn=worker_threads if num_workers > 0 else None)
+
+
+def amp_setup(mode: str, device: torch.device):
+    """mode: auto | bf16 | fp16 | none. `auto` = bf16 autocast where the device has fast bf16
+    (recent GPUs), fp32 elsewhere (CPU bf16 autocast is slower than fp32 on most CPUs)."""
+    if mode == "auto":
+        mode = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
+    if mode == "none":
+        return contextlib.nullcontext, None, mode
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
+    if dtype is None:
+        raise ValueError(f"amp must be auto, bf16, fp16 or none, not {mode!r}")
+    scaler = torch.amp.GradScaler(device.type) if mode == "fp16" else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler, mode
+
+
+def rng_state():
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _plain(value):
+    """Numpy/python RNG states as plain lists so that `weights_only=True` can read them back."""
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    return value
+
+
+def save_checkpoint(output_dir: Path, model, optimizer, scheduler, scaler, epoch: int, step: int, cfg,
+                    extra_names=(), **extra) -> Path:
+    """Official layout (`model`, `optimizer`, `epoch`, `scaler`, `args`) plus `scheduler`, `step` and
+    `rng`, written atomically to `checkpoint-last.pth` and to each of `extra_names`."""
+    st = rng_state()
+    st["python"], st["numpy"] = _plain(st["python"]), _plain(st["numpy"])
+    obj = {"model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+           "step": step, "scheduler": scheduler.state_dict() if scheduler is not None else None,
+           "args": dataclasses.asdict(cfg), "rng": st, **extra}
+    if scaler is not None:
+        obj["scaler"] = scaler.state_dict()
+    last = checkpoints.save(Path(output_dir) / "checkpoint-last.pth", obj)
+    for name in extra_names:
+        checkpoints.save(Path(output_dir) / name, obj)
+    return last
+
+
+def find_resume(output_dir: Path, resume: str) -> Optional[Path]:
+    """`auto`: the run's own checkpoint-last if present; '' / 'none': start fresh; else a path."""
+    if resume in ("", "none", None):
+        return None
+    if resume == "auto":
+        p = Path(output_dir) / "checkpoint-last.pth"
+        return p if p.is_file() else None
+    return Path(resume)
+
+
+def load_training_state(path: Path, model, optimizer, scheduler, scaler):
+    obj = checkpoints.load_file(path)
+    unwrap_model(model).load_state_dict(obj["model"], strict=True)
+    optimizer.load_state_dict(obj["optimizer"])
+    if scheduler is not None and obj.get("scheduler") is not None:
+        scheduler.load_state_dict(obj["scheduler"])
+    if scaler is not None and "scaler" in obj:
+        scaler.load_state_dict(obj["scaler"])
+    if "rng" in obj:
+        st = obj["rng"]
+        py = st["python"]
+        st["python"] = (py[0], tuple(py[1].tolist() if torch.is_tensor(py[1]) else py[1]), py[2])
+        npy = st["numpy"]
+        st["numpy"] = (npy[0], npy[1].numpy() if torch.is_tensor(npy[1]) else npy[1], *npy[2:])
+        set_rng_state(st)
+    _logger.info("resumed from %s (epoch %d done, step %d)", path, obj["epoch"], obj.get("step", 0))
+    return obj["epoch"] + 1, obj.get("step", 0)
+
+
+def unwrap_model(model):
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(model, "module", model)  # DDP

@@ -1,0 +1,197 @@
+"""Pretraining engine: recipe defaults, crash-safe resume, DDP parity, bad data, checkpoint formats."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mae_transfer import checkpoints
+from mae_transfer import models as M
+from mae_transfer.engine.pretrain import PretrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+# A run that takes a couple of seconds an epoch on 2 cores.
+TINY_RUN = ["img_size=32", "demo_samples=96", "batch_size=16", "effective_batch_size=16", "epochs=4",
+            "warmup_epochs=1", "num_workers=0", "vis_freq=100", "save_freq=100", "blr=1e-3"]
+
+
+def _run(out, *extra, check=True, **kw):
+    cmd = [PY, str(ROOT / "tools/pretrain.py"), "--output-dir", str(out), *TINY_RUN, *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=600, **kw)
+
+
+def _weights(path):
+    return checkpoints.load_file(path)["model"]
+
+
+def test_recipe_defaults_are_the_papers():
+    c = PretrainConfig()
+    assert (c.betas, c.weight_decay, c.blr, c.min_lr, c.warmup_epochs, c.epochs) == ((0.9, 0.95), 0.05, 1.5e-4, 0.0, 40, 800)
+    assert (c.mask_ratio, c.norm_pix_loss, c.crop_scale, c.img_size, c.effective_batch_size) == (0.75, True, (0.2, 1.0), 224, 4096)
+    from mae_transfer.engine.pretrain import resolve_batch
+    accum, eff, lr = resolve_batch(c, world_size=8)  # 64 x 8 GPUs -> accum 8
+    assert (accum, eff, lr) == (8, 4096, 1.5e-4 * 4096 / 256)
+    from mae_transfer.engine.config import load_config
+    for size, model in [("base", "mae_vit_base_patch16"), ("large", "mae_vit_large_patch16"), ("huge", "mae_vit_huge_patch14")]:
+        cfg = load_config(ROOT / f"configs/pretrain/mae_vit_{size}.py")
+        assert cfg.model == model and cfg.blr == 1.5e-4 and cfg.epochs == 800
+    # param groups: no decay on biases, norms, cls/mask tokens; pos tables are frozen
+    from timm.optim import create_optimizer_v2
+    m = M.mae_vit_tiny_patch8()
+    opt = create_optimizer_v2(m, "adamw", lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95))
+    names = {id(p): n for n, p in m.named_parameters()}
+    no_decay = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert {"cls_token", "mask_token", "norm.weight", "blocks.0.attn.qkv.bias"} <= no_decay
+    trained = {names[id(p)] for g in opt.param_groups for p in g["params"]}
+    assert "blocks.0.attn.qkv.weight" in trained - no_decay
+    assert "pos_embed" in dict(m.named_parameters()) and not {"pos_embed", "decoder_pos_embed"} & trained
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
+    ref = tmp_path / "ref"
+    _run(ref)
+    run = tmp_path / "killed"
+    cmd = [PY, str(ROOT / "tools/pretrain.py"), "--output-dir", str(run), *TINY_RUN]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = run / "log.txt"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside epoch 3
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = [json.loads(x)["epoch"] for x in log.read_text().splitlines()]
+    assert 2 <= len(done) < 4, f"kill landed after epochs {done}"
+    _run(run)  # auto-resume from checkpoint-last.pth
+    a, b = _weights(ref / "checkpoint-last.pth"), _weights(run / "checkpoint-last.pth")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ca, cb = checkpoints.load_file(ref / "checkpoint-last.pth"), checkpoints.load_file(run / "checkpoint-last.pth")
+    assert ca["epoch"] == cb["epoch"] == 3 and ca["step"] == cb["step"]
+    torch.testing.assert_close(ca["optimizer"]["state"], cb["optimizer"]["state"], rtol=0, atol=0)
+
+
+def test_kill_during_checkpoint_write_keeps_last_intact(tmp_path):
+    script = tmp_path / "die_in_save.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, sys, torch
+        sys.argv = ["pretrain.py", "--output-dir", {str(tmp_path / 'run')!r}, *{TINY_RUN!r}]
+        sys.path.insert(0, {str(ROOT / 'tools')!r})
+        real, calls = torch.save, [0]
+        def save(obj, f, *a, **k):
+            calls[0] += 1
+            if calls[0] == 2:  # second checkpoint: write half of it, then die
+                with open(f, "wb") as fh:
+                    fh.write(b"PK\\x03\\x04 half a zip")
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(obj, f, *a, **k)
+        torch.save = save
+        import pretrain; pretrain.main()
+    """))
+    r = subprocess.run([PY, str(script)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == -signal.SIGKILL
+    ck = checkpoints.load_file(tmp_path / "run" / "checkpoint-last.pth")
+    assert ck["epoch"] == 0  # the first epoch's checkpoint, whole
+
+
+def test_torchrun_two_processes_match_one(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {str(ROOT)!r})
+        from mae_transfer.engine import pretrain
+        from mae_transfer.engine.config import apply_overrides, load_config
+        from mae_transfer.engine.distributed import init_distributed
+        out, bs = sys.argv[1], int(sys.argv[2])
+        cfg = load_config({str(ROOT / 'configs/pretrain/demo_tiny.py')!r})
+        cfg = apply_overrides(cfg, {TINY_RUN!r} + ["epochs=2", f"batch_size={{bs}}", "effective_batch_size=16",
+                                                    f"output_dir={{out}}"])
+        info = init_distributed("cpu")
+        model = pretrain.train(cfg, info)
+        torch.save(model.state_dict(), f"{{out}}/rank{{info.rank}}.pt")
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                    str(script), str(tmp_path / "ddp"), "8"], check=True, timeout=600, env=env, capture_output=True)
+    subprocess.run([PY, str(script), str(tmp_path / "one"), "16"], check=True, timeout=600, env=env, capture_output=True)
+    r0, r1 = torch.load(tmp_path / "ddp/rank0.pt"), torch.load(tmp_path / "ddp/rank1.pt")
+    one = torch.load(tmp_path / "one/rank0.pt")
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    for k in one:
+        torch.testing.assert_close(r0[k], one[k], rtol=1e-4, atol=1e-5)
+    assert not torch.equal(one["blocks.0.attn.qkv.weight"], M.mae_vit_tiny_patch8(img_size=32).state_dict()[
+        "blocks.0.attn.qkv.weight"])
+
+
+def _image_folder(root: Path):
+    rng = np.random.default_rng(0)
+    (root / "cls_a").mkdir(parents=True)
+    (root / "cls_b").mkdir()
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / "cls_a" / f"{i}.jpg")
+    Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(root / "cls_b/grey.png")
+    Image.fromarray(rng.integers(0, 255, (40, 40, 4), dtype=np.uint8)).save(root / "cls_b/rgba.png")
+    Image.fromarray(rng.integers(0, 255, (40, 40, 4), dtype=np.uint8), "CMYK").save(root / "cls_b/cmyk.jpg")
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).convert("P").save(root / "cls_b/pal.png")
+    data = (root / "cls_a/0.jpg").read_bytes()
+    (root / "cls_b/truncated.jpg").write_bytes(data[: len(data) // 2])
+    (root / "cls_b/notanimage.jpg").write_text("hello")
+    Image.fromarray(np.zeros((1, 1, 3), dtype=np.uint8)).save(root / "cls_b/onepixel.png")
+
+
+def test_bad_images_skipped_and_counted(tmp_path):
+    _image_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    r = _run(out, "--data-path", str(tmp_path / "data"), "epochs=1", "batch_size=19", "effective_batch_size=19")
+    rec = json.loads((out / "log.txt").read_text().splitlines()[-1])
+    assert rec["skipped_images"] == 3, r.stdout  # truncated, not an image, 1 pixel
+    assert "3 unreadable images skipped" in r.stdout
+
+
+@pytest.mark.parametrize("setup,msg", [("missing", "data folder not found"), ("empty", "no images")])
+def test_missing_or_empty_folder_is_one_line(tmp_path, setup, msg):
+    if setup == "empty":
+        (tmp_path / "empty").mkdir()
+    r = _run(tmp_path / "run", "--data-path", str(tmp_path / setup), check=False)
+    assert r.returncode == 2 and r.stderr.strip().startswith("error:") and msg in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    from mae_transfer.engine.config import apply_overrides, load_config
+    from mae_transfer.engine.trainer import NonFiniteLoss
+    cfg = apply_overrides(load_config(ROOT / "configs/pretrain/demo_tiny.py"),
+                          TINY_RUN + [f"output_dir={tmp_path}"])
+    calls = [0]
+    real = M.MaskedAutoencoderViT.forward_loss
+
+    def flaky(self, *a):
+        calls[0] += 1
+        loss = real(self, *a)
+        return loss * float("nan") if calls[0] > 8 else loss  # epoch 0 has 6 steps
+    monkeypatch.setattr(M.MaskedAutoencoderViT, "forward_loss", flaky)
+    with pytest.raises(NonFiniteLoss, match="Last good checkpoint"):
+        train(cfg)
+    assert checkpoints.load_file(tmp_path / "checkpoint-last.pth")["epoch"] == 0
+
+
+def test_pretrain_checkpoint_loads_everywhere(tmp_path):
+    out = tmp_path / "run"
+    _run(out, "epochs=1", "vis_freq=1")
+    ck = checkpoints.load_file(out / "checkpoint-last.pth")
+    assert {"model", "optimizer", "epoch", "args", "scheduler", "rng"} <= set(ck)
+    mae = M.mae_vit_tiny_patch8(img_size=32)
+    mae.load_state_dict(ck["model"], strict=True)
+    vit = M.vit_tiny_patch8(img_size=32, num_classes=3, checkpoint=str(out / "checkpoint-last.pth"))
+    assert torch.equal(vit.blocks[0].mlp.fc1.weight, ck["model"]["blocks.0.mlp.fc1.weight"])
+    for f in ("loss_curve.png", "reconstructions.png", "log.txt"):
+        assert (out / f).stat().st_size > 0
+    assert list((out / "tensorboard").iterdir())

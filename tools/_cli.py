@@ -1,0 +1,27 @@
+"""Shared by the tools: repo root on sys.path, and user mistakes as one `error:` line."""
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def run_cli(main):
+    """Call main(); expected user errors print one line and exit 2 instead of a traceback."""
+    from mae_transfer.checkpoints import CheckpointError
+    from mae_transfer.data import DataError
+    from mae_transfer.engine.config import ConfigError
+    from mae_transfer.engine.trainer import NonFiniteLoss
+
+    try:
+        return main()
+    except NonFiniteLoss as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except (CheckpointError, DataError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is intact", file=sys.stderr)
+        sys.exit(130)

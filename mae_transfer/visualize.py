@@ -8,6 +8,9 @@ from .data import IMAGENET_MEAN, IMAGENET_STD
 from .models.mae import MaskedAutoencoderViT
 
 
+NORM_PIX_NOTE = "\n(norm_pix_loss: predicted patches shown with their true mean and std)"
+
+
 @torch.no_grad()
 def reconstruct(model: MaskedAutoencoderViT, imgs: torch.Tensor, mask_ratio: float = 0.75,
                 noise: Optional[torch.Tensor] = None):

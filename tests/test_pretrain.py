@@ -1,4 +1,5 @@
 """Pretraining engine: recipe defaults, crash-safe resume, DDP parity, bad data, checkpoint formats."""
+import dataclasses
 import json
 import os
 import signal
@@ -195,3 +196,14 @@ def test_pretrain_checkpoint_loads_everywhere(tmp_path):
     for f in ("loss_curve.png", "reconstructions.png", "log.txt"):
         assert (out / f).stat().st_size > 0
     assert list((out / "tensorboard").iterdir())
+
+
+def test_slurm_requeue_resumes(tmp_path):
+    import submitit
+
+    from mae_transfer.engine.slurm import SlurmJob
+    cfg = dataclasses.replace(PretrainConfig(), resume="none", output_dir=str(tmp_path))
+    again = SlurmJob(train, cfg).checkpoint()
+    assert isinstance(again, submitit.helpers.DelayedSubmission)
+    job = again.function
+    assert job.cfg.resume == "auto" and job.cfg.output_dir == str(tmp_path) and job.train_fn is train

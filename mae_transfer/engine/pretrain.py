@@ -17,7 +17,7 @@ from .. import models
 from ..data import SeededSamples, collate_skip_bad, demo_photos, pretrain_transform
 from ..data.images import ImageDataset
 from ..models.masking import make_noise
-from ..visualize import reconstruct, save_grid
+from ..visualize import NORM_PIX_NOTE, reconstruct, save_grid
 from . import trainer
 from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from .logger import RunLogger, setup_logging
@@ -199,5 +199,5 @@ def _save_recon(model, vis_batch, cfg, path: Path, epoch: int):
     was_training = model.training
     dev = next(model.parameters()).device
     images = reconstruct(model, imgs.to(dev), cfg.mask_ratio, noise.to(dev))
-    save_grid(images, path, f"{cfg.model}, epoch {epoch + 1}, mask ratio {cfg.mask_ratio}")
+    save_grid(images, path, f"{cfg.model}, epoch {epoch + 1}, mask ratio {cfg.mask_ratio}" + NORM_PIX_NOTE * cfg.norm_pix_loss)
     model.train(was_training)

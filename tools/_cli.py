@@ -1,6 +1,13 @@
 """Shared by the tools: repo root on sys.path, and user mistakes as one `error:` line."""
 import sys
+import warnings
 from pathlib import Path
+
+# Deprecation chatter from the host libraries' current releases, printed on every run; not actionable
+# for a user of this toolkit (the pins in requirements.txt are deliberate).
+for _msg in ("`torch.jit.script` is deprecated", "pkg_resources is deprecated", "torch.meshgrid: in an upcoming",
+             "is_fx_tracing will return true"):
+    warnings.filterwarnings("ignore", message=".*" + _msg)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

@@ -1,0 +1,65 @@
+"""MAE checkpoint -> detectron2 ViTDet model, with a report of what was loaded and what starts fresh."""
+import logging
+import re
+from typing import Dict, List
+
+import torch
+
+from .. import checkpoints
+from ..models.pos_embed import resample_pos_embed
+
+_logger = logging.getLogger("mae_transfer")
+# Parameters of the trunk that may legitimately start fresh: ViTDet adds relative position tables.
+FRESH_OK = re.compile(r"blocks\.\d+\.attn\.rel_pos_[hw]$")
+
+
+def load_backbone(model: torch.nn.Module, path, prefix: str = "backbone.net.") -> Dict[str, List[str]]:
+    """Load any MAE checkpoint (official full / encoder-only, tools/pretrain.py, timm, HF,
+    safetensors) into `model`'s ViT. Raises CheckpointError if a trunk weight is missing or does not
+    fit; returns {'loaded': [...], 'fresh': [...], 'ignored': [...]}."""
+    own = model.state_dict()
+    net = next(m for n, m in model.named_modules() if n == prefix.rstrip("."))
+    patch = net.patch_embed.proj.kernel_size[0]
+    src = checkpoints.read_state_dict(path)
+    sd = checkpoints.to_detectron2(src, patch_size=patch, prefix=prefix)
+    key = prefix + "pos_embed"
+    if key in sd and key in own and sd[key].shape != own[key].shape:
+        side = int(round((own[key].shape[1] - 1) ** 0.5))
+        sd[key] = resample_pos_embed(sd[key], (side, side))
+    trunk = [k for k in own if k.startswith(prefix)]
+    missing = [k for k in trunk if k not in sd and not FRESH_OK.search(k)]
+    if missing:
+        raise checkpoints.CheckpointError(
+            f"{path}: the backbone checkpoint lacks {len(missing)} trunk weights, e.g. {missing[:3]} "
+            f"(is it a ViT of this size?)")
+    misfit = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in trunk if k in sd and sd[k].shape != own[k].shape]
+    if misfit:
+        raise checkpoints.CheckpointError(f"{path}: backbone weights do not fit the config's ViT: {misfit[:3]}")
+    ignored = sorted(k for k in sd if k not in own)
+    loadable = {k: v for k, v in sd.items() if k in own}
+    model.load_state_dict(loadable, strict=False)
+    report = {"loaded": sorted(loadable), "fresh": sorted(k for k in own if k not in loadable), "ignored": ignored}
+    _logger.info("backbone %s: loaded %d tensors into %s*; fresh: %d rel-pos tables, %s; ignored: %s", path,
+                 len(report["loaded"]), prefix, sum(bool(FRESH_OK.search(k)) for k in report["fresh"]),
+                 _summarise([k for k in report["fresh"] if not FRESH_OK.search(k)]), ignored or "none")
+    return report
+
+
+def _summarise(keys: List[str]) -> str:
+    """'backbone.simfp_2 (12), proposal_generator (6), ...': modules that start fresh."""
+    counts: Dict[str, int] = {}
+    for k in keys:
+        parts = k.split(".")
+        head = ".".join(parts[:2]) if parts[0] in ("backbone", "roi_heads") else parts[0]
+        counts[head] = counts.get(head, 0) + 1
+    return ", ".join(f"{k} ({v})" for k, v in counts.items())
+
+
+def max_pool_top_block(in_feature: str = "p5"):
+    """detectron2's LastLevelMaxPool reading another level (it hard-codes p5): with 8-px patches
+    the pyramid ends at p4, which is pooled into p5."""
+    from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+
+    block = LastLevelMaxPool()
+    block.in_feature = in_feature
+    return block

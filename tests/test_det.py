@@ -1,0 +1,139 @@
+"""detectron2 ViTDet glue: checkpoint conversion, data checks, train/eval/resume/DDP via the tool."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("detectron2")
+from detectron2.config import LazyConfig, instantiate  # noqa: E402
+
+from mae_transfer import checkpoints  # noqa: E402
+from mae_transfer import models as M  # noqa: E402
+from mae_transfer.data.synthetic import make_coco_shapes  # noqa: E402
+from mae_transfer.det.checkpoint import FRESH_OK, load_backbone  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs/det/tiny_cpu.py")
+FAST = ["train.max_iter=2", "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
+        "dataloader.test.num_workers=0", "train.checkpointer.period=2", "train.log_period=1"]
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    return make_coco_shapes(tmp_path_factory.mktemp("coco"), n_train=10, n_val=4, extras=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    sd = M.mae_vit_tiny_patch8().state_dict()
+    enc = {k: v for k, v in sd.items() if not k.startswith(("decoder_", "mask_token"))}
+    checkpoints.save_official(d / "full.pth", sd, epoch=1)
+    checkpoints.save_official(d / "encoder.pth", enc)
+    checkpoints.save(d / "hf.safetensors", {"model": checkpoints.to_hf(sd)})
+    return d, sd
+
+
+def _tool(*args, check=True):
+    r = subprocess.run([sys.executable, str(ROOT / "tools/train_det.py"), *args], capture_output=True, text=True,
+                       timeout=900)
+    if check and r.returncode:
+        raise AssertionError(r.stdout[-3000:] + r.stderr[-3000:])
+    return r
+
+
+def _train_iters(out):
+    rows = [json.loads(x) for x in (out / "metrics.json").read_text().splitlines()]
+    return [r["iteration"] for r in rows if "total_loss" in r]
+
+
+@pytest.mark.parametrize("name", ["full.pth", "encoder.pth", "hf.safetensors"])
+def test_every_format_loads_with_no_trunk_key_missing(tiny_ckpts, name):
+    d, sd = tiny_ckpts
+    model = instantiate(LazyConfig.load(TINY).model)
+    report = load_backbone(model, str(d / name))
+    fresh_trunk = [k for k in report["fresh"] if k.startswith("backbone.net.")]
+    assert fresh_trunk and all(FRESH_OK.search(k) for k in fresh_trunk)  # only rel-pos tables
+    assert torch.equal(model.backbone.net.blocks[5].mlp.fc2.weight, sd["blocks.5.mlp.fc2.weight"])
+    # d2's ViT has no cls token; its pos_embed keeps the cls row, as ViTDet loads it
+    assert model.backbone.net.pos_embed.shape == sd["pos_embed"].shape
+
+
+def test_wrong_size_backbone_is_a_clear_error(tmp_path):
+    checkpoints.save_official(tmp_path / "s.pth", M.mae_vit_small_patch4(img_size=32).state_dict())
+    model = instantiate(LazyConfig.load(TINY).model)
+    with pytest.raises(checkpoints.CheckpointError, match="do not fit"):
+        load_backbone(model, str(tmp_path / "s.pth"))
+
+
+def test_vit_h_kernel_resampled_to_16():
+    sd = M.mae_vit_huge_patch14(img_size=28, depth=1, decoder_depth=1).state_dict()
+    d2 = checkpoints.to_detectron2(sd, patch_size=16)
+    w = d2["backbone.net.patch_embed.proj.weight"]
+    assert w.shape == (1280, 3, 16, 16)
+    torch.testing.assert_close(w.mean(), sd["patch_embed.proj.weight"].mean(), rtol=0.1, atol=1e-4)
+
+
+def test_train_eval_resume_through_the_tool(tmp_path, coco, tiny_ckpts):
+    d, _ = tiny_ckpts
+    data = ["--train-json", coco["train_json"], "--train-images", coco["train_images"],
+            "--val-json", coco["val_json"], "--val-images", coco["val_images"]]
+    out = tmp_path / "run"
+    r = _tool("--backbone", str(d / "full.pth"), "--config", TINY, "--output-dir", str(out), *data, *FAST)
+    assert "loaded 147 tensors into backbone.net." in r.stdout + r.stderr
+    res = json.loads((out / "eval_results.json").read_text())
+    assert {"bbox", "segm"} <= set(res) and "AP" in res["bbox"]
+    iters = _train_iters(out)
+    assert max(iters) == 1
+    # resume: continues at iteration 2, does not start over
+    r = _tool("--config", TINY, "--output-dir", str(out), "--resume", *data, *FAST[1:], "train.max_iter=4")
+    assert "resuming at iteration 2" in r.stdout + r.stderr
+    iters = _train_iters(out)
+    assert max(iters) == 3 and iters.count(0) == 1
+    # --eval-only on the trained model
+    r = _tool("--config", TINY, "--output-dir", str(tmp_path / "ev"), "--eval-only", str(out / "model_final.pth"),
+              "--val-json", coco["val_json"], "--val-images", coco["val_images"], "dataloader.test.num_workers=0")
+    assert (tmp_path / "ev/eval_results.json").exists()
+
+
+def test_two_process_gloo_training(tmp_path, coco, tiny_ckpts):
+    d, _ = tiny_ckpts
+    _tool("--backbone", str(d / "encoder.pth"), "--config", TINY, "--output-dir", str(tmp_path), "--num-gpus", "2",
+          "--train-json", coco["train_json"], "--train-images", coco["train_images"],
+          "--val-json", coco["val_json"], "--val-images", coco["val_images"], *FAST)
+    assert (tmp_path / "model_final.pth").exists()
+
+
+def test_bad_data_is_one_line(tmp_path, coco):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": [')
+    r = _tool("--config", TINY, "--train-json", str(bad), "--train-images", coco["train_images"], check=False)
+    assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "malformed json" in r.stderr
+    js = json.loads(Path(coco["val_json"]).read_text())
+    js["images"][0]["file_name"] = "nope.jpg"
+    (tmp_path / "missing.json").write_text(json.dumps(js))
+    r = _tool("--config", TINY, "--train-json", str(tmp_path / "missing.json"), "--train-images", coco["val_images"],
+              check=False)
+    assert r.returncode == 2 and "missing" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_backbone_registry_for_yacs_configs(tiny_ckpts):
+    from detectron2.config import get_cfg
+    from detectron2.modeling import BACKBONE_REGISTRY, build_backbone
+
+    from mae_transfer.det.backbone import add_mae_vit_config
+    assert "build_mae_vit_sfp_backbone" in BACKBONE_REGISTRY
+    cfg = add_mae_vit_config(get_cfg())
+    cfg.MODEL.BACKBONE.NAME = "build_mae_vit_sfp_backbone"
+    c = cfg.MODEL.MAE_VIT
+    c.IMG_SIZE, c.PATCH_SIZE, c.PRETRAIN_IMG_SIZE, c.EMBED_DIM, c.NUM_HEADS = 128, 8, 64, 192, 3
+    c.WINDOW_SIZE, c.SCALE_FACTORS, c.SQUARE_PAD = 4, [2.0, 1.0, 0.5], 128
+    c.WEIGHTS = str(tiny_ckpts[0] / "full.pth")
+    bb = build_backbone(cfg)
+    assert list(bb.output_shape()) == ["p2", "p3", "p4", "p5"]
+    feats = bb(torch.randn(1, 3, 128, 128))
+    assert feats["p2"].shape == (1, 256, 32, 32)

@@ -234,3 +234,24 @@ def to_detectron2(sd: StateDict, patch_size: int = 16, prefix: str = "backbone.n
             v = resize_patch_kernel(v, patch_size)
         out[prefix + k] = v
     return out
+
+
+# -------------------------------------------------------------------------------- mmseg MAE backbone
+_MMSEG = [(r"^patch_embed\.proj\.", "patch_embed.projection."), (r"^blocks\.(\d+)\.", r"layers.\1."),
+          (r"\.norm1\.", ".ln1."), (r"\.norm2\.", ".ln2."),
+          (r"\.mlp\.fc1\.", ".ffn.layers.0.0."), (r"\.mlp\.fc2\.", ".ffn.layers.1.")]
+
+
+def to_mmseg(sd: StateDict) -> StateDict:
+    """Canonical encoder -> `mmseg.models.backbones.MAE` names. The MAE has no layer scale, so
+    gamma_1/gamma_2 are exactly ones; its final `norm` is unused by mmseg (features are taken from
+    intermediate blocks, `final_norm=False`) and dropped with the decoder."""
+    out = {}
+    for k, v in sd.items():
+        if k.startswith(("decoder_", "mask_token", "norm.", "fc_norm.", "head.")):
+            continue
+        out[_rename(k, _MMSEG)] = v
+    for k in [k for k in out if k.endswith(".ln1.weight")]:
+        out[k.replace(".ln1.weight", ".gamma_1")] = torch.ones_like(out[k])
+        out[k.replace(".ln1.weight", ".gamma_2")] = torch.ones_like(out[k])
+    return out

@@ -6,7 +6,7 @@ from pathlib import Path
 # Deprecation chatter from the host libraries' current releases, printed on every run; not actionable
 # for a user of this toolkit (the pins in requirements.txt are deliberate).
 for _msg in ("`torch.jit.script` is deprecated", "pkg_resources is deprecated", "torch.meshgrid: in an upcoming",
-             "is_fx_tracing will return true"):
+             "is_fx_tracing will return true", "Fail to import ``MultiScaleDeformableAttention``"):
     warnings.filterwarnings("ignore", message=".*" + _msg)
 
 ROOT = Path(__file__).resolve().parents[1]

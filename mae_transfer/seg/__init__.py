@@ -1,0 +1,12 @@
+"""MMSegmentation glue: MAE checkpoints into mmseg's MAE + Feature2Pyramid + UPerHead.
+
+Importing this module makes mmseg importable on mmcv-lite (see compat.py), registers `MAEViT` and
+`PerClassIoUMetric` in mmseg's registries; configs elsewhere can use them with
+`custom_imports = dict(imports=['mae_transfer.seg'])`."""
+from .compat import allow_mmengine_checkpoints, ensure_mmcv_ops
+
+ensure_mmcv_ops()
+allow_mmengine_checkpoints()
+
+from .backbone import MAEViT  # noqa: E402,F401
+from .metric import PerClassIoUMetric  # noqa: E402,F401

@@ -1,0 +1,87 @@
+"""Make MMSegmentation 1.2.2 import and resume on mmcv-lite + torch >= 2.6. A no-op where a full
+mmcv (with compiled ops) is installed.
+
+1. mmseg imports `mmcv.ops` eagerly in four modules (utils/mask_classification.py,
+   models/utils/point_sample.py, decode_heads/san_head.py, losses/focal_loss.py), but mmcv-lite
+   has no compiled `mmcv._ext`, so `import mmseg.models` fails. We register an `mmcv.ops` package
+   whose submodules still load from mmcv's own sources, and expose the pure-torch `point_sample`
+   from `mmcv/ops/point_sample.py`; `sigmoid_focal_loss` (compiled-only) raises a clear error if
+   a config actually uses it. Nothing on the MAE -> UperNet -> CE -> mIoU path needs a compiled op.
+2. mmengine 0.10.7 loads checkpoints with `torch.load` defaults, i.e. `weights_only=True` on
+   torch >= 2.6, which refuses the `HistoryBuffer` and numpy scalars that mmengine itself saves
+   (message hub). We allow-list exactly those types; safe loading stays on.
+"""
+import importlib
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+
+def _compiled_only(name):
+    def op(*args, **kwargs):
+        raise RuntimeError(f"mmcv.ops.{name} needs mmcv's compiled ops (install full mmcv, not mmcv-lite)")
+    op.__name__ = name
+    return op
+
+
+def ensure_mmcv_ops() -> None:
+    try:
+        import mmcv.ops  # noqa: F401  (full mmcv: nothing to do)
+        return
+    except ImportError:
+        pass
+    for k in [k for k in sys.modules if k.startswith("mmcv.ops.")]:
+        del sys.modules[k]  # half-imported submodules of the failed attempt
+    spec = importlib.util.find_spec("mmcv")
+    ops = types.ModuleType("mmcv.ops")
+    ops.__path__ = [str(Path(spec.origin).parent / "ops")]  # submodules load from mmcv's sources
+    ops.__doc__ = "mmcv-lite stand-in registered by mae_transfer.seg.compat"
+    sys.modules["mmcv.ops"] = ops
+    import mmcv
+
+    mmcv.ops = ops
+    ops.point_sample = importlib.import_module("mmcv.ops.point_sample").point_sample  # pure torch
+    for name in ("sigmoid_focal_loss", "softmax_focal_loss", "CrissCrossAttention", "PSAMask"):
+        setattr(ops, name, _compiled_only(name))
+
+
+def allow_mmengine_checkpoints() -> None:
+    """Allow-list the data types in mmengine's own checkpoints for weights_only loading: the
+    message hub's HistoryBuffer and the numpy arrays/scalars it holds. A HistoryBuffer also pickles
+    its class's registry of statistics functions, which would need `getattr` on load (not a type:
+    it could reach anything); that registry lives on the class anyway, so it is left out when
+    saving. Checkpoints written by a stock mmengine still carry it and are refused by torch."""
+    import numpy as np
+    import torch
+    from mmengine.logging import HistoryBuffer
+
+    from .. import checkpoints
+
+    def _getstate(self):
+        return {k: v for k, v in self.__dict__.items() if k != "statistics_methods"}
+    HistoryBuffer.__getstate__ = _getstate
+    core = np._core if hasattr(np, "_core") else np.core
+    types_ = [HistoryBuffer, np.ndarray, np.dtype, core.multiarray._reconstruct, core.multiarray.scalar]
+    types_ += [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)]
+    torch.serialization.add_safe_globals(types_)
+    checkpoints.allow_globals(*types_)
+
+
+def cpu_distributed(cfg) -> None:
+    """mmengine 0.10.7 calls torch.cuda.set_device() while initialising `--launcher pytorch` and
+    hands DDP `device_ids=[LOCAL_RANK]`, so multi-process training on CPUs (gloo) fails. Initialise
+    the gloo group first (mmengine then skips its own) and wrap with DDP without device ids."""
+    import torch.distributed as dist
+    from mmengine.model import MMDistributedDataParallel
+    from mmengine.registry import MODEL_WRAPPERS
+
+    if "CPUDistributedDataParallel" not in MODEL_WRAPPERS:
+        @MODEL_WRAPPERS.register_module()
+        class CPUDistributedDataParallel(MMDistributedDataParallel):
+            def __init__(self, module, device_ids=None, **kwargs):
+                super().__init__(module=module, device_ids=None, **kwargs)
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    cfg.model_wrapper_cfg = dict(type="CPUDistributedDataParallel", broadcast_buffers=False,
+                                 find_unused_parameters=cfg.get("find_unused_parameters", False))

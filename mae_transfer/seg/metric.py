@@ -1,0 +1,33 @@
+"""mmseg's IoUMetric, plus per-class IoU/Acc written to JSON beside the log."""
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+from mmseg.evaluation import IoUMetric
+from mmseg.registry import METRICS
+
+
+@METRICS.register_module()
+class PerClassIoUMetric(IoUMetric):
+    def __init__(self, json_file: str = None, **kwargs):
+        super().__init__(**kwargs)
+        self.json_file = json_file
+
+    def compute_metrics(self, results: list) -> dict:
+        summary = super().compute_metrics(results)  # logs mmseg's per-class table too
+        if self.json_file:
+            totals = [sum(r[i] for r in results) for i in range(4)]
+            per = self.total_area_to_metrics(*totals, ["mIoU"], self.nan_to_num, self.beta)
+            classes = self.dataset_meta["classes"]
+            per_class = OrderedDict(
+                (c, {"IoU": _pct(per["IoU"][i]), "Acc": _pct(per["Acc"][i])}) for i, c in enumerate(classes))
+            Path(self.json_file).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.json_file).write_text(json.dumps(
+                {"summary": {k: float(v) for k, v in summary.items()}, "per_class": per_class}, indent=2))
+        return summary
+
+
+def _pct(x) -> float:
+    x = float(np.asarray(x))
+    return None if np.isnan(x) else round(100 * x, 2)

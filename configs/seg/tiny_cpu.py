@@ -44,9 +44,9 @@ optim_wrapper = dict(type="OptimWrapper", _delete_=True,
                      constructor="LayerDecayOptimizerConstructor")
 param_scheduler = [
     dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=20),
-    dict(type="PolyLR", eta_min=0.0, power=1.0, begin=20, end=300, by_epoch=False),
+    dict(type="PolyLR", eta_min=0.0, power=1.0, begin=20, end=200, by_epoch=False),
 ]
-train_cfg = dict(max_iters=300, val_interval=300)
+train_cfg = dict(max_iters=200, val_interval=200)
 default_hooks = dict(logger=dict(interval=20), checkpoint=dict(interval=100))
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend="gloo"))
 work_dir = "output/demo/seg"

@@ -1,4 +1,5 @@
 from .images import (  # noqa: F401
-    IMAGENET_MEAN, IMAGENET_STD, DataError, ImageDataset, SeededSamples, collate_skip_bad, demo_photos,
+    IMAGENET_MEAN, IMAGENET_STD, DataError, ImageDataset, LabelledImageFolder, SeededSamples, collate_skip_bad,
+    demo_photos,
     pretrain_transform,
 )

@@ -70,6 +70,32 @@ class ImageDataset(torch.utils.data.Dataset):
         return load_rgb(self.files[i])
 
 
+class LabelledImageFolder(torch.utils.data.Dataset):
+    """An ImageFolder (one folder per class) returning (PIL image or None, label). `classes` pins the
+    class list (the training set's), so a validation set cannot silently shift label indices."""
+
+    def __init__(self, root, classes: Optional[Sequence[str]] = None):
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"data folder not found: {root}")
+        found = sorted(d.name for d in root.iterdir() if d.is_dir())
+        if not found:
+            raise DataError(f"{root} has no class folders (expected ImageFolder layout: {root}/<class>/<image>)")
+        if classes is not None and list(found) != list(classes):
+            missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
+            raise DataError(f"{root}: classes differ from the training set's (missing: {missing[:5]}, "
+                            f"unknown: {extra[:5]})")
+        self.classes = list(classes or found)
+        self.samples = [(f, i) for i, c in enumerate(self.classes) for f in find_images(root / c)]
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        return load_rgb(path), label
+
+
 def demo_photos() -> List[Image.Image]:
     """Natural photos that scikit-image carries in its wheel (nothing is downloaded)."""
     import skimage
@@ -89,7 +115,8 @@ class SeededSamples(torch.utils.data.Dataset):
     """Wraps a source of PIL images (a Dataset, or a list of photos sampled with replacement to
     `length`) with per-sample seeded augmentation and extras such as mask noise.
 
-    Returns (image tensor, *extras(generator)), or None for a skipped image.
+    The source yields a PIL image, or a tuple (PIL image, label, ...) whose other items pass through.
+    Returns (image tensor, *rest, *extras(generator)), or None for a skipped image.
     """
 
     def __init__(self, source, transform: Callable, seed: int = 0, length: Optional[int] = None,
@@ -112,11 +139,12 @@ class SeededSamples(torch.utils.data.Dataset):
                 img = self.source[int(torch.randint(len(self.source), ()))]
             else:
                 img = self.source[i]
+            img, *rest = img if isinstance(img, tuple) else (img,)
             if img is None:
                 return None
             x = self.transform(img)
         g = torch.Generator().manual_seed(seed)
-        return (x, *(f(g) for f in self.extras))
+        return (x, *rest, *(f(g) for f in self.extras))
 
 
 def collate_skip_bad(batch):

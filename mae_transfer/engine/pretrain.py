@@ -4,7 +4,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -30,6 +30,7 @@ class PretrainConfig:
     """Defaults = the paper's recipe (Table 8 of the appendix), not the official code's CLI defaults
     (which are blr 1e-3, 400 epochs and norm_pix_loss off)."""
     model: str = "mae_vit_large_patch16"
+    model_kwargs: dict = field(default_factory=dict)  # e.g. depth/embed_dim for CPU-sized models
     img_size: int = 224
     mask_ratio: float = 0.75
     mask_strategy: str = "random"       # random | block | grid (paper Table 1f: random is best)
@@ -93,7 +94,8 @@ def train(cfg: PretrainConfig, info: Optional[DistInfo] = None) -> torch.nn.Modu
     setup_logging(out, info.is_main)
     trainer.seed_everything(cfg.seed)
 
-    model = models.create_mae(cfg.model, img_size=cfg.img_size, norm_pix_loss=cfg.norm_pix_loss).to(info.device)
+    model = models.create_mae(cfg.model, img_size=cfg.img_size, norm_pix_loss=cfg.norm_pix_loss, mask_strategy=cfg.mask_strategy,
+                              **cfg.model_kwargs).to(info.device)
     grid = model.grid_size
     dataset = build_data(cfg, grid)
     accum, eff, lr = resolve_batch(cfg, info.world_size)

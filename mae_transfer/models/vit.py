@@ -48,6 +48,9 @@ def load_checkpoint(model: VisionTransformer, checkpoint) -> "torch.nn.modules.m
     trunk_missing = [k for k in msg.missing_keys if not k.startswith(("head.", "fc_norm."))]
     if trunk_missing:
         raise checkpoints.CheckpointError(f"checkpoint lacks encoder weights: {trunk_missing[:6]}")
+    extra = [k for k in msg.unexpected_keys if not k.startswith(("head.", "fc_norm.", "norm."))]
+    if extra:
+        raise checkpoints.CheckpointError(f"checkpoint has encoder weights the model lacks (a deeper ViT?): {extra[:6]}")
     _logger.info("loaded %s: missing %s, unexpected %s", checkpoint if isinstance(checkpoint, str) else "state dict",
                  msg.missing_keys, msg.unexpected_keys)
     return msg

@@ -1,0 +1,268 @@
+"""End-to-end fine-tuning, partial fine-tuning and linear probing (MAE paper Sec. 4, appendix A.2-A.3)."""
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+from timm.data import Mixup, create_transform
+from timm.layers import trunc_normal_
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import Lars, create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from timm.utils import accuracy
+from torchvision import transforms
+from tqdm import tqdm
+
+from .. import checkpoints, models
+from ..data import IMAGENET_MEAN, IMAGENET_STD, DataError, LabelledImageFolder, SeededSamples, collate_skip_bad
+from . import trainer
+from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
+from .logger import RunLogger, setup_logging
+
+_logger = logging.getLogger("mae_transfer")
+
+
+@dataclass
+class ClassifyConfig:
+    """Defaults: ViT-B end-to-end fine-tuning (appendix Table 9); configs/finetune and
+    configs/linprobe hold the per-size presets."""
+    mode: str = "finetune"              # finetune | linprobe
+    model: str = "vit_base_patch16"
+    model_kwargs: dict = field(default_factory=dict)  # e.g. depth/embed_dim for CPU-sized models
+    finetune: Optional[str] = None      # pretrained checkpoint, any format
+    finetune_last_k: Optional[int] = None  # partial fine-tuning: train only the last K blocks (+ head)
+    num_classes: int = 1000
+    img_size: int = 224
+    global_pool: bool = True            # fine-tuning: avg pool + fc_norm; linear probe: cls token
+    epochs: int = 100
+    warmup_epochs: int = 5
+    blr: float = 5e-4                   # lr = blr * effective_batch_size / 256
+    lr: Optional[float] = None
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    layer_decay: float = 0.65
+    drop_path: float = 0.1
+    batch_size: int = 32                # per device
+    effective_batch_size: int = 1024
+    accum_iter: Optional[int] = None
+    smoothing: float = 0.1
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    aa: Optional[str] = "rand-m9-mstd0.5-inc1"  # RandAugment
+    reprob: float = 0.25                # random erasing
+    head_init_std: float = 2e-5         # trunc_normal std of the fresh head (0.01 for linear probing)
+    data_path: Optional[str] = None     # <data_path>/{train,val}/<class>/<image>
+    num_workers: int = 10
+    amp: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    output_dir: str = "output/finetune"
+    resume: str = "auto"
+    save_freq: int = 10
+    eval_only: Optional[str] = None     # evaluate this fine-tuned checkpoint and exit
+    max_steps: Optional[int] = None
+
+
+def build_model(cfg: ClassifyConfig) -> nn.Module:
+    factory = getattr(models, cfg.model, None) if cfg.model.startswith("vit_") else None
+    if factory is None:
+        raise ValueError(f"unknown encoder {cfg.model!r}; choose one of {sorted(f.__name__ for f in models.ENCODERS.values())}")
+    model = factory(img_size=cfg.img_size, num_classes=cfg.num_classes, global_pool=cfg.global_pool,
+                    drop_path_rate=cfg.drop_path if cfg.mode == "finetune" else 0.0,
+                    checkpoint=cfg.finetune, **cfg.model_kwargs)
+    if cfg.finetune:
+        trunc_normal_(model.head.weight, std=cfg.head_init_std)  # the fresh head, as the official code
+    if cfg.mode == "linprobe":
+        # BatchNorm without affine before the linear head: normalises features of any scale
+        model.head = nn.Sequential(nn.BatchNorm1d(model.head.in_features, affine=False, eps=1e-6), model.head)
+        for p in model.parameters():
+            p.requires_grad = False
+        for p in model.head.parameters():
+            p.requires_grad = True
+    elif cfg.finetune_last_k is not None:
+        k, depth = cfg.finetune_last_k, len(model.blocks)
+        for name, p in model.named_parameters():
+            block = int(name.split(".")[1]) if name.startswith("blocks.") else None
+            p.requires_grad = name.startswith(("head", "fc_norm", "norm")) or (block is not None and block >= depth - k)
+    return model
+
+
+def build_transforms(cfg: ClassifyConfig):
+    eval_tf = transforms.Compose([  # resize to 1/0.875 then center crop, bicubic (official eval)
+        transforms.Resize(int(cfg.img_size / 0.875), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(cfg.img_size), transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    if cfg.mode == "linprobe":  # crop + flip only
+        train_tf = transforms.Compose([
+            transforms.RandomResizedCrop(cfg.img_size, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.RandomHorizontalFlip(), transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    else:
+        train_tf = create_transform(cfg.img_size, is_training=True, color_jitter=None, auto_augment=cfg.aa,
+                                    interpolation="bicubic", re_prob=cfg.reprob, re_mode="pixel", re_count=1,
+                                    mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return train_tf, eval_tf
+
+
+def build_optimizer(cfg: ClassifyConfig, model: nn.Module, lr: float):
+    if cfg.mode == "linprobe":
+        # LARS (trust ratio) on the weight; the bias gets plain momentum SGD, as the official LARS
+        head = model.head[1]
+        return Lars([{"params": [head.weight], "always_adapt": True}, {"params": [head.bias]}],
+                    lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    # AdamW with layer-wise lr decay (timm's param groups: decay ** (num_layers + 1 - layer_id))
+    return create_optimizer_v2(model, "adamw", lr=lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay,
+                               filter_bias_and_bn=True)
+
+
+def resolve_batch(cfg: ClassifyConfig, world_size: int) -> Tuple[int, int, float]:
+    per_step = cfg.batch_size * world_size
+    accum = cfg.accum_iter or max(1, round(cfg.effective_batch_size / per_step))
+    eff = per_step * accum
+    return accum, eff, (cfg.lr if cfg.lr is not None else cfg.blr * eff / 256)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, info: DistInfo, autocast) -> dict:
+    model.eval()
+    crit = nn.CrossEntropyLoss()
+    tot = {"loss": 0.0, "acc1": 0.0, "acc5": 0.0, "n": 0}
+    for (batch, _bad) in loader:
+        if batch is None:
+            continue
+        imgs, target = batch[0].to(info.device), batch[1].to(info.device)
+        with autocast():
+            out = model(imgs)
+        k = min(5, out.shape[1])
+        acc1, acc5 = accuracy(out.float(), target, topk=(1, k))
+        n = imgs.shape[0]
+        tot["loss"] += crit(out.float(), target).item() * n
+        tot["acc1"] += acc1.item() * n
+        tot["acc5"] += acc5.item() * n
+        tot["n"] += n
+    t = torch.tensor([tot["loss"], tot["acc1"], tot["acc5"], tot["n"]], dtype=torch.float64, device=info.device)
+    if info.distributed:
+        torch.distributed.all_reduce(t)
+    n = max(1.0, t[3].item())
+    return {"loss": t[0].item() / n, "acc1": t[1].item() / n, "acc5": t[2].item() / n, "n": int(t[3].item())}
+
+
+def _datasets(cfg: ClassifyConfig, train_tf, eval_tf):
+    if not cfg.data_path:
+        raise DataError("data_path is required: <data_path>/train/<class>/*.jpg and <data_path>/val/<class>/*.jpg")
+    train_src = LabelledImageFolder(Path(cfg.data_path) / "train")
+    val_src = LabelledImageFolder(Path(cfg.data_path) / "val", classes=train_src.classes)
+    if len(train_src.classes) > cfg.num_classes:
+        raise DataError(f"{len(train_src.classes)} classes in {cfg.data_path}/train but the head has "
+                        f"num_classes={cfg.num_classes}")
+    return (SeededSamples(train_src, train_tf, cfg.seed), SeededSamples(val_src, eval_tf, cfg.seed))
+
+
+def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -> dict:
+    """Fine-tune / probe; returns the last evaluation. `datasets` (train, val) replaces the
+    ImageFolder reading (e.g. Fashion-MNIST arrays in bench/)."""
+    info = info or init_distributed(cfg.device)
+    out = Path(cfg.output_dir)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    barrier(info)
+    setup_logging(out, info.is_main)
+    trainer.seed_everything(cfg.seed)
+    train_tf, eval_tf = build_transforms(cfg)
+    train_set, val_set = datasets or _datasets(cfg, train_tf, eval_tf)
+    model = build_model(cfg).to(info.device)
+    autocast, scaler, amp = trainer.amp_setup(cfg.amp, info.device)
+    val_loader = trainer.make_loader(val_set, cfg.batch_size, info, cfg.seed, cfg.num_workers, collate_skip_bad,
+                                     shuffle=False, drop_last=False)
+    if cfg.eval_only:
+        model.load_state_dict(checkpoints.read_state_dict(cfg.eval_only), strict=True)
+        stats = evaluate(model, val_loader, info, autocast)
+        _logger.info("top-1 %.2f  top-5 %.2f  loss %.4f  (%d images)", stats["acc1"], stats["acc5"], stats["loss"], stats["n"])
+        return stats
+
+    accum, eff, lr = resolve_batch(cfg, info.world_size)
+    loader = trainer.make_loader(train_set, cfg.batch_size, info, cfg.seed, cfg.num_workers, collate_skip_bad)
+    steps_per_epoch = max(1, len(loader) // accum)
+    optimizer = build_optimizer(cfg, model, lr)
+    scheduler = CosineLRScheduler(
+        optimizer, t_initial=max(1, (cfg.epochs - cfg.warmup_epochs) * steps_per_epoch), lr_min=cfg.min_lr,
+        warmup_t=cfg.warmup_epochs * steps_per_epoch, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
+    mixup = None
+    if cfg.mode == "finetune" and (cfg.mixup > 0 or cfg.cutmix > 0):
+        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
+                      num_classes=cfg.num_classes)
+    criterion = SoftTargetCrossEntropy() if mixup else (
+        LabelSmoothingCrossEntropy(cfg.smoothing) if cfg.smoothing > 0 and cfg.mode == "finetune" else nn.CrossEntropyLoss())
+
+    start_epoch, step = 0, 0
+    resume = trainer.find_resume(out, cfg.resume)
+    if resume is not None:
+        start_epoch, step = trainer.load_training_state(resume, model, optimizer, scheduler, scaler)
+    net = model
+    if info.distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+    log = RunLogger(out, enabled=info.is_main)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    _logger.info("%s %s | %d train / %d val | %.2fM trained params | batch %d x accum %d x %d = %d | lr %.3g | amp %s",
+                 cfg.mode, cfg.model, len(train_set), len(val_set), n_train / 1e6, cfg.batch_size, accum,
+                 info.world_size, eff, lr, amp)
+    stats, best = {}, 0.0
+    for epoch in range(start_epoch, cfg.epochs):
+        loader.sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        net.train()
+        if cfg.mode == "linprobe":
+            model.eval()
+            model.head.train()  # frozen trunk in eval mode; the head's BatchNorm learns statistics
+        t0, loss_sum, n_loss = time.time(), 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not (info.is_main and sys.stderr.isatty()), leave=False)
+        for it, (batch, _bad) in enumerate(bar):
+            if it // accum >= steps_per_epoch or batch is None:
+                break
+            if it % accum == 0:
+                scheduler.step_update(step)
+            imgs, target = batch[0].to(info.device), batch[1].to(info.device)
+            if int(target.max()) >= cfg.num_classes:
+                raise DataError(f"label {int(target.max())} is outside the head (num_classes={cfg.num_classes})")
+            if mixup is not None:
+                imgs, target = mixup(imgs, target)
+            with autocast():
+                loss = criterion(net(imgs), target)
+            loss_value = all_reduce_mean(loss.item(), info)
+            if not math.isfinite(loss_value):
+                raise trainer.NonFiniteLoss(f"loss is {loss_value} at epoch {epoch}, iteration {it}; stopping. "
+                                            f"Last good checkpoint: {out / 'checkpoint-last.pth'}")
+            (scaler.scale(loss / accum) if scaler else loss / accum).backward()
+            if (it + 1) % accum == 0:
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+            loss_sum, n_loss = loss_sum + loss_value, n_loss + 1
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
+        stats = evaluate(model, val_loader, info, autocast)
+        best = max(best, stats["acc1"])
+        record = {"train_lr": max(g["lr"] for g in optimizer.param_groups), "train_loss": loss_sum / max(1, n_loss),
+                  "test_loss": stats["loss"], "test_acc1": stats["acc1"], "test_acc5": stats["acc5"], "epoch": epoch,
+                  "epoch_time_s": round(time.time() - t0, 2)}
+        if info.is_main:
+            _logger.info("epoch %d/%d  loss %.4f  val top-1 %.2f  top-5 %.2f  (best %.2f)  %.1fs", epoch + 1, cfg.epochs,
+                         record["train_loss"], stats["acc1"], stats["acc5"], best, record["epoch_time_s"])
+            keep = (f"checkpoint-{epoch}.pth",) if (epoch + 1) % cfg.save_freq == 0 or epoch + 1 == cfg.epochs else ()
+            trainer.save_checkpoint(out, model, optimizer, scheduler, scaler, epoch, step, cfg, extra_names=keep)
+            log.epoch(record)
+            log.scalars({"test/acc1": stats["acc1"], "train/loss": record["train_loss"]}, epoch)
+        barrier(info)
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            break
+    log.close()
+    cleanup()
+    return stats

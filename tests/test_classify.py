@@ -1,0 +1,138 @@
+"""Fine-tuning, partial fine-tuning and linear probing: presets, layer decay, loading, resume, eval."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mae_transfer import checkpoints
+from mae_transfer import models as M
+from mae_transfer.data import DataError
+from mae_transfer.engine.classify import ClassifyConfig, build_model, build_optimizer, train
+from mae_transfer.engine.config import apply_overrides, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+KW = {"depth": 2}
+SMALL = ["img_size=32", f"model_kwargs={KW}", "model=vit_tiny_patch8", "num_classes=3", "batch_size=6",
+         "effective_batch_size=6", "epochs=2", "warmup_epochs=1", "num_workers=0", "blr=1e-3"]
+
+
+def _folder(root: Path, classes=("a", "b", "c"), n=6):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for k, c in enumerate(classes):
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = rng.integers(0, 60, (36, 36, 3), dtype=np.uint8)
+                img[..., k] += 150  # class = dominant colour
+                Image.fromarray(img).save(root / split / c / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return _folder(tmp_path_factory.mktemp("imgs"))
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ck")
+    torch.manual_seed(0)
+    sd = M.mae_vit_tiny_patch8(img_size=32, depth=2).state_dict()
+    checkpoints.save_official(d / "official_full.pth", sd)
+    checkpoints.save_official(d / "official_encoder.pth", {k: v for k, v in sd.items() if not k.startswith(("dec", "mask"))})
+    out = subprocess.run([sys.executable, str(ROOT / "tools/pretrain.py"), "--output-dir", str(d / "pre"), "img_size=32",
+                          "demo_samples=32", "batch_size=16", "effective_batch_size=16", "epochs=1", "num_workers=0",
+                          "vis_freq=100", f"model_kwargs={KW}"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return d
+
+
+def _cfg(tmp, *extra, base="configs/finetune/vit_base.py"):
+    return apply_overrides(load_config(ROOT / base), SMALL + [f"output_dir={tmp}", *extra])
+
+
+def test_presets_equal_published_values():
+    ft = {s: load_config(ROOT / f"configs/finetune/vit_{s}.py") for s in ("base", "large", "huge")}
+    assert [(c.epochs, c.blr, c.layer_decay, c.drop_path) for c in ft.values()] == [
+        (100, 5e-4, 0.65, 0.1), (50, 1e-3, 0.75, 0.2), (50, 1e-3, 0.75, 0.3)]
+    b = ft["base"]
+    assert (b.warmup_epochs, b.min_lr, b.smoothing, b.aa, b.reprob, b.mixup, b.cutmix, b.effective_batch_size,
+            b.weight_decay, b.global_pool, b.head_init_std) == (5, 1e-6, 0.1, "rand-m9-mstd0.5-inc1", 0.25, 0.8, 1.0,
+                                                                 1024, 0.05, True, 2e-5)
+    lp = {s: load_config(ROOT / f"configs/linprobe/vit_{s}.py") for s in ("base", "large", "huge")}
+    assert [c.epochs for c in lp.values()] == [90, 50, 50]
+    c = lp["base"]
+    assert (c.blr, c.weight_decay, c.warmup_epochs, c.effective_batch_size, c.global_pool, c.head_init_std) == (
+        0.1, 0.0, 10, 16384, False, 0.01)
+
+
+def test_layer_decay_matches_official_formula(tmp_path):
+    cfg = _cfg(tmp_path, "model_kwargs={'depth': 4}")
+    model = build_model(cfg)
+    opt = build_optimizer(cfg, model, lr=1.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    num_layers = 4
+
+    def layer_id(n):  # the official lr_decay.get_layer_id_for_vit
+        if n in ("cls_token", "pos_embed") or n.startswith("patch_embed"):
+            return 0
+        return int(n.split(".")[1]) + 1 if n.startswith("blocks") else num_layers + 1
+    for g in opt.param_groups:
+        for p in g["params"]:
+            n = names[id(p)]
+            assert g["lr_scale"] == pytest.approx(0.65 ** (num_layers + 1 - layer_id(n))), n
+            assert (g["weight_decay"] == 0) == (p.ndim == 1 or n in ("cls_token", "pos_embed")), n
+
+
+@pytest.mark.parametrize("ckpt", ["pre/checkpoint-last.pth", "official_full.pth", "official_encoder.pth"])
+def test_finetune_and_linprobe_from_any_checkpoint(tmp_path, data, ckpts, ckpt):
+    stats = train(_cfg(tmp_path / "ft", f"finetune={ckpts / ckpt}", f"data_path={data}", "epochs=1"))
+    assert stats["n"] == 18 and 0 <= stats["acc1"] <= 100
+    before = checkpoints.read_state_dict(str(ckpts / ckpt))
+    train(_cfg(tmp_path / "lp", f"finetune={ckpts / ckpt}", f"data_path={data}", "epochs=2",
+               base="configs/linprobe/vit_base.py"))
+    after = checkpoints.load_file(tmp_path / "lp" / "checkpoint-last.pth")["model"]
+    for k, v in after.items():
+        if not k.startswith("head"):
+            assert torch.equal(v, before[k]), k  # the trunk is untouched, bit for bit
+    assert not torch.equal(after["head.1.weight"], torch.zeros_like(after["head.1.weight"]))
+
+
+def test_partial_finetuning_trains_only_last_blocks(tmp_path):
+    model = build_model(_cfg(tmp_path, "finetune_last_k=1"))
+    trained = {n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("blocks") else "")
+               for n, p in model.named_parameters() if p.requires_grad}
+    assert trained == {"blocks.1", "fc_norm", "head"}
+
+
+def test_resume_and_eval(tmp_path, data, ckpts):
+    out = tmp_path / "run"
+    train(_cfg(out, f"finetune={ckpts / 'official_full.pth'}", f"data_path={data}", "epochs=1"))
+    stats = train(_cfg(out, f"data_path={data}", "epochs=2"))  # resumes: runs epoch 2 only
+    log = (out / "log.txt").read_text().splitlines()
+    assert [eval(x)["epoch"] for x in log] == [0, 1]
+    r = subprocess.run([sys.executable, str(ROOT / "tools/finetune.py"), "--eval", str(out / "checkpoint-last.pth"),
+                        "--data-path", str(data), "--output-dir", str(tmp_path / "ev"), *SMALL],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"top-1 {stats['acc1']:.2f}" in r.stdout and "top-5" in r.stdout
+
+
+def test_deeper_checkpoint_is_refused():
+    sd = M.mae_vit_tiny_patch8(img_size=32, depth=3).state_dict()
+    with pytest.raises(checkpoints.CheckpointError, match="deeper"):
+        M.vit_tiny_patch8(img_size=32, depth=2, checkpoint={"model": sd})
+
+
+def test_clear_errors(tmp_path, data):
+    bad = _folder(tmp_path / "bad")
+    import shutil
+    shutil.rmtree(bad / "val" / "c")
+    with pytest.raises(DataError, match="classes differ"):
+        train(_cfg(tmp_path / "o", f"data_path={bad}"))
+    with pytest.raises(DataError, match="num_classes=2"):
+        train(_cfg(tmp_path / "o2", f"data_path={data}", "num_classes=2"))

@@ -46,7 +46,7 @@ dataloader.train.total_batch_size = 8
 dataloader.train.num_workers = 1
 dataloader.test.num_workers = 1
 
-train.max_iter = 200
+train.max_iter = 300
 train.amp.enabled = False
 train.ddp.fp16_compression = False
 train.device = "cpu"
@@ -54,7 +54,7 @@ train.eval_period = 0  # evaluate at the end only
 train.log_period = 20  # (printed by tools/demo.sh)
 train.checkpointer.period = 100
 train.output_dir = "output/demo/det"
-lr_multiplier.scheduler.milestones = [160, 185]
+lr_multiplier.scheduler.milestones = [240, 280]
 lr_multiplier.scheduler.num_updates = train.max_iter
 lr_multiplier.warmup_length = 20 / train.max_iter
 optimizer.lr = 2e-4

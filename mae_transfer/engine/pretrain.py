@@ -60,9 +60,11 @@ class PretrainConfig:
     max_steps: Optional[int] = None     # stop after this many optimizer steps (tests, smoke runs)
 
 
-def build_data(cfg: PretrainConfig, grid):
+def build_data(cfg: PretrainConfig, grid, source=None):
     transform = pretrain_transform(cfg.img_size, cfg.crop_scale)
     noise = lambda g: make_noise_1(cfg, grid, g)  # noqa: E731
+    if source is not None:
+        return SeededSamples(source, transform, cfg.seed, extras=[noise])
     if cfg.data_path is None:
         return SeededSamples(demo_photos(), transform, cfg.seed, length=cfg.demo_samples, extras=[noise])
     return SeededSamples(ImageDataset(cfg.data_path), transform, cfg.seed, extras=[noise])
@@ -84,8 +86,9 @@ def resolve_batch(cfg: PretrainConfig, world_size: int) -> Tuple[int, int, float
     return accum, eff, lr
 
 
-def train(cfg: PretrainConfig, info: Optional[DistInfo] = None) -> torch.nn.Module:
-    """Run (or resume) pretraining; returns the trained model (every rank), checkpoints in output_dir."""
+def train(cfg: PretrainConfig, info: Optional[DistInfo] = None, source=None) -> torch.nn.Module:
+    """Run (or resume) pretraining; returns the trained model (every rank), checkpoints in output_dir.
+    `source` (a Dataset of PIL images) replaces cfg.data_path, e.g. for in-memory arrays (bench/)."""
     info = info or init_distributed(cfg.device)
     out = Path(cfg.output_dir)
     if info.is_main:
@@ -97,7 +100,7 @@ def train(cfg: PretrainConfig, info: Optional[DistInfo] = None) -> torch.nn.Modu
     model = models.create_mae(cfg.model, img_size=cfg.img_size, norm_pix_loss=cfg.norm_pix_loss, mask_strategy=cfg.mask_strategy,
                               **cfg.model_kwargs).to(info.device)
     grid = model.grid_size
-    dataset = build_data(cfg, grid)
+    dataset = build_data(cfg, grid, source)
     accum, eff, lr = resolve_batch(cfg, info.world_size)
     loader = trainer.make_loader(dataset, cfg.batch_size, info, cfg.seed, cfg.num_workers, collate_skip_bad)
     if len(loader) < accum:

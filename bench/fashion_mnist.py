@@ -60,7 +60,8 @@ def run(args):
         xtr, ytr, xte, yte = xtr[:3000], ytr[:3000], xte[:1000], yte[:1000]
     out = Path(args.output_dir)
     rng = np.random.default_rng(0)
-    one_pct = np.concatenate([rng.choice(np.flatnonzero(ytr == c), len(ytr) // 1000, replace=False) for c in range(10)])
+    per_class = max(10, len(ytr) // 1000)  # 1 % of the labels: 60 per class (10 in --quick)
+    one_pct = np.concatenate([rng.choice(np.flatnonzero(ytr == c), per_class, replace=False) for c in range(10)])
     times, rows = {}, {}
 
     t = time.time()
@@ -93,7 +94,8 @@ def run(args):
         rows.setdefault("linear probe (100 % labels)", {})[tag] = classify_run(
             f"linprobe_{tag}", init, "linprobe", everything, args.probe_epochs, **lin)
         rows.setdefault("fine-tune, 1 % labels", {})[tag] = classify_run(
-            f"ft1_{tag}", init, "finetune", one_pct, args.ft1_epochs, eval_freq=args.ft1_epochs, **ft)
+            f"ft1_{tag}", init, "finetune", one_pct, args.ft1_epochs, eval_freq=args.ft1_epochs,
+            **{**ft, "batch_size": 32, "effective_batch_size": 32})
         rows.setdefault("fine-tune, 100 % labels", {})[tag] = classify_run(
             f"ft100_{tag}", init, "finetune", everything, args.ft100_epochs, **ft)
 
@@ -111,10 +113,10 @@ def run(args):
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pretrain-epochs", type=int, default=8)
-    p.add_argument("--probe-epochs", type=int, default=3)
+    p.add_argument("--pretrain-epochs", type=int, default=20)
+    p.add_argument("--probe-epochs", type=int, default=5)
     p.add_argument("--ft1-epochs", type=int, default=40)
-    p.add_argument("--ft100-epochs", type=int, default=1)
+    p.add_argument("--ft100-epochs", type=int, default=2)
     p.add_argument("--output-dir", default="output/bench/fashion_mnist")
     p.add_argument("--quick", action="store_true", help="3k/1k images, 1 epoch each: a smoke run")
     a = p.parse_args()

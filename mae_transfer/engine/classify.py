@@ -19,6 +19,7 @@ from torchvision import transforms
 from tqdm import tqdm
 
 from .. import checkpoints, models
+from ..data.compat import patch_timm_posterize
 from ..data import IMAGENET_MEAN, IMAGENET_STD, DataError, LabelledImageFolder, SeededSamples, collate_skip_bad
 from . import trainer
 from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
@@ -102,13 +103,14 @@ def build_transforms(cfg: ClassifyConfig):
             transforms.RandomResizedCrop(cfg.img_size, interpolation=transforms.InterpolationMode.BICUBIC),
             transforms.RandomHorizontalFlip(), transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     else:
+        patch_timm_posterize()
         train_tf = create_transform(cfg.img_size, is_training=True, color_jitter=None, auto_augment=cfg.aa,
                                     interpolation="bicubic", re_prob=cfg.reprob, re_mode="pixel", re_count=1,
                                     mean=IMAGENET_MEAN, std=IMAGENET_STD)
     return train_tf, eval_tf
 
 
-def build_optimizer(cfg: ClassifyConfig, model: nn.Module, lr: float):
+def build_optimizer(cfg: ClassifyConfig, model: nn.Module, lr: float, device=torch.device("cpu")):
     if cfg.mode == "linprobe":
         # LARS (trust ratio) on the weight; the bias gets plain momentum SGD, as the official LARS
         head = model.head[1]
@@ -116,7 +118,7 @@ def build_optimizer(cfg: ClassifyConfig, model: nn.Module, lr: float):
                     lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
     # AdamW with layer-wise lr decay (timm's param groups: decay ** (num_layers + 1 - layer_id))
     return create_optimizer_v2(model, "adamw", lr=lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay,
-                               filter_bias_and_bn=True)
+                               filter_bias_and_bn=True, **trainer.fused_adamw(device))
 
 
 def resolve_batch(cfg: ClassifyConfig, world_size: int) -> Tuple[int, int, float]:
@@ -186,8 +188,11 @@ def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -
 
     accum, eff, lr = resolve_batch(cfg, info.world_size)
     loader = trainer.make_loader(train_set, cfg.batch_size, info, cfg.seed, cfg.num_workers, collate_skip_bad)
-    steps_per_epoch = max(1, len(loader) // accum)
-    optimizer = build_optimizer(cfg, model, lr)
+    if len(loader) < accum:
+        raise DataError(f"{len(train_set)} training images make fewer than {accum} full batches of {cfg.batch_size}; "
+                        "lower batch_size / effective_batch_size")
+    steps_per_epoch = len(loader) // accum
+    optimizer = build_optimizer(cfg, model, lr, info.device)
     scheduler = CosineLRScheduler(
         optimizer, t_initial=max(1, (cfg.epochs - cfg.warmup_epochs) * steps_per_epoch), lr_min=cfg.min_lr,
         warmup_t=cfg.warmup_epochs * steps_per_epoch, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
@@ -262,7 +267,7 @@ def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -
             keep = (f"checkpoint-{epoch}.pth",) if (epoch + 1) % cfg.save_freq == 0 or epoch + 1 == cfg.epochs else ()
             trainer.save_checkpoint(out, model, optimizer, scheduler, scaler, epoch, step, cfg, extra_names=keep)
             log.epoch(record)
-            log.scalars({"test/acc1": stats["acc1"], "train/loss": record["train_loss"]}, epoch)
+            log.scalars({k.replace("_", "/", 1): v for k, v in record.items() if k.startswith(("test_", "train_l"))}, epoch)
         barrier(info)
         if cfg.max_steps is not None and step >= cfg.max_steps:
             break

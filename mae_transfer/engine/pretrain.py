@@ -109,7 +109,8 @@ def train(cfg: PretrainConfig, info: Optional[DistInfo] = None, source=None) -> 
     steps_per_epoch = len(loader) // accum
 
     # AdamW; no weight decay on biases, norms and the pos/cls/mask tokens (model.no_weight_decay()).
-    optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
+    optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
+                                    **trainer.fused_adamw(info.device))
     # linear warm-up, then half-cycle cosine to min_lr, updated every optimizer step
     scheduler = CosineLRScheduler(
         optimizer, t_initial=max(1, (cfg.epochs - cfg.warmup_epochs) * steps_per_epoch), lr_min=cfg.min_lr,

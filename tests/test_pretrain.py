@@ -38,7 +38,7 @@ def test_recipe_defaults_are_the_papers():
     c = PretrainConfig()
     assert (c.betas, c.weight_decay, c.blr, c.min_lr, c.warmup_epochs, c.epochs) == ((0.9, 0.95), 0.05, 1.5e-4, 0.0, 40, 800)
     assert (c.mask_ratio, c.norm_pix_loss, c.crop_scale, c.img_size, c.effective_batch_size) == (0.75, True, (0.2, 1.0), 224, 4096)
-    from mae_transfer.engine.pretrain import resolve_batch
+    from mae_transfer.engine.trainer import resolve_batch
     accum, eff, lr = resolve_batch(c, world_size=8)  # 64 x 8 GPUs -> accum 8
     assert (accum, eff, lr) == (8, 4096, 1.5e-4 * 4096 / 256)
     from mae_transfer.engine.config import load_config

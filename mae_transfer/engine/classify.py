@@ -1,11 +1,10 @@
 """End-to-end fine-tuning, partial fine-tuning and linear probing (MAE paper Sec. 4, appendix A.2-A.3)."""
 import logging
-import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -22,7 +21,7 @@ from .. import checkpoints, models
 from ..data.compat import patch_timm_posterize
 from ..data import IMAGENET_MEAN, IMAGENET_STD, DataError, LabelledImageFolder, SeededSamples, collate_skip_bad
 from . import trainer
-from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
+from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .logger import RunLogger, setup_logging
 
 _logger = logging.getLogger("mae_transfer")
@@ -121,13 +120,6 @@ def build_optimizer(cfg: ClassifyConfig, model: nn.Module, lr: float, device=tor
                                filter_bias_and_bn=True, **trainer.fused_adamw(device))
 
 
-def resolve_batch(cfg: ClassifyConfig, world_size: int) -> Tuple[int, int, float]:
-    per_step = cfg.batch_size * world_size
-    accum = cfg.accum_iter or max(1, round(cfg.effective_batch_size / per_step))
-    eff = per_step * accum
-    return accum, eff, (cfg.lr if cfg.lr is not None else cfg.blr * eff / 256)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, info: DistInfo, autocast) -> dict:
     model.eval()
@@ -186,7 +178,7 @@ def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -
         _logger.info("top-1 %.2f  top-5 %.2f  loss %.4f  (%d images)", stats["acc1"], stats["acc5"], stats["loss"], stats["n"])
         return stats
 
-    accum, eff, lr = resolve_batch(cfg, info.world_size)
+    accum, eff, lr = trainer.resolve_batch(cfg, info.world_size)
     loader = trainer.make_loader(train_set, cfg.batch_size, info, cfg.seed, cfg.num_workers, collate_skip_bad)
     if len(loader) < accum:
         raise DataError(f"{len(train_set)} training images make fewer than {accum} full batches of {cfg.batch_size}; "
@@ -235,21 +227,10 @@ def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -
                 raise DataError(f"label {int(target.max())} is outside the head (num_classes={cfg.num_classes})")
             if mixup is not None:
                 imgs, target = mixup(imgs, target)
-            with autocast():
-                loss = criterion(net(imgs), target)
-            loss_value = all_reduce_mean(loss.item(), info)
-            if not math.isfinite(loss_value):
-                raise trainer.NonFiniteLoss(f"loss is {loss_value} at epoch {epoch}, iteration {it}; stopping. "
-                                            f"Last good checkpoint: {out / 'checkpoint-last.pth'}")
-            (scaler.scale(loss / accum) if scaler else loss / accum).backward()
-            if (it + 1) % accum == 0:
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
+            loss_value, stepped = trainer.micro_step(
+                net, lambda: criterion(net(imgs), target), it, accum, optimizer, scaler, info, autocast,
+                f"epoch {epoch}, iteration {it}", out)
+            step += stepped
             loss_sum, n_loss = loss_sum + loss_value, n_loss + 1
             bar.set_postfix(loss=f"{loss_value:.4f}")
             if cfg.max_steps is not None and step >= cfg.max_steps:

@@ -1,7 +1,5 @@
 """MAE pretraining with the paper's recipe (He et al. 2021, Sec. 4 and appendix A.1)."""
-import contextlib
 import logging
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,7 +17,7 @@ from ..data.images import ImageDataset
 from ..models.masking import make_noise
 from ..visualize import NORM_PIX_NOTE, reconstruct, save_grid
 from . import trainer
-from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
+from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .logger import RunLogger, setup_logging
 
 _logger = logging.getLogger("mae_transfer")
@@ -78,14 +76,6 @@ def make_noise_1(cfg: PretrainConfig, grid, g: torch.Generator) -> torch.Tensor:
     return make_noise(cfg.mask_strategy, 1, grid, cfg.mask_ratio)[0]
 
 
-def resolve_batch(cfg: PretrainConfig, world_size: int) -> Tuple[int, int, float]:
-    per_step = cfg.batch_size * world_size
-    accum = cfg.accum_iter or max(1, round(cfg.effective_batch_size / per_step))
-    eff = per_step * accum
-    lr = cfg.lr if cfg.lr is not None else cfg.blr * eff / 256
-    return accum, eff, lr
-
-
 def train(cfg: PretrainConfig, info: Optional[DistInfo] = None, source=None) -> torch.nn.Module:
     """Run (or resume) pretraining; returns the trained model (every rank), checkpoints in output_dir.
     `source` (a Dataset of PIL images) replaces cfg.data_path, e.g. for in-memory arrays (bench/)."""
@@ -101,7 +91,7 @@ def train(cfg: PretrainConfig, info: Optional[DistInfo] = None, source=None) -> 
                               **cfg.model_kwargs).to(info.device)
     grid = model.grid_size
     dataset = build_data(cfg, grid, source)
-    accum, eff, lr = resolve_batch(cfg, info.world_size)
+    accum, eff, lr = trainer.resolve_batch(cfg, info.world_size)
     loader = trainer.make_loader(dataset, cfg.batch_size, info, cfg.seed, cfg.num_workers, collate_skip_bad)
     if len(loader) < accum:
         raise ValueError(f"an epoch has {len(loader)} batches of {cfg.batch_size}, fewer than accum_iter={accum}; "
@@ -147,24 +137,10 @@ def train(cfg: PretrainConfig, info: Optional[DistInfo] = None, source=None) -> 
             if it % accum == 0:
                 scheduler.step_update(step)
             imgs, noise = (t.to(info.device, non_blocking=True) for t in batch)
-            sync = (it + 1) % accum == 0 or not info.distributed
-            with (net.no_sync() if not sync else contextlib.nullcontext()), autocast():
-                loss, _, _ = net(imgs, mask_ratio=cfg.mask_ratio, noise=noise)
-            loss_value = all_reduce_mean(loss.item(), info)
-            if not math.isfinite(loss_value):
-                last = out / "checkpoint-last.pth"
-                raise trainer.NonFiniteLoss(
-                    f"loss is {loss_value} at epoch {epoch}, iteration {it}; stopping. Last good checkpoint: "
-                    f"{last if last.exists() else 'none yet'} (lower the lr, or use amp=bf16 instead of fp16)")
-            (scaler.scale(loss / accum) if scaler else loss / accum).backward()
-            if (it + 1) % accum == 0:
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
+            loss_value, stepped = trainer.micro_step(
+                net, lambda: net(imgs, mask_ratio=cfg.mask_ratio, noise=noise)[0], it, accum, optimizer, scaler,
+                info, autocast, f"epoch {epoch}, iteration {it}", out)
+            step += stepped
             loss_sum, n_loss = loss_sum + loss_value, n_loss + 1
             lr_now = optimizer.param_groups[0]["lr"]
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_now:.2e}")

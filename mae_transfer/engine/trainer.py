@@ -3,6 +3,7 @@ auto-resume, and the non-finite-loss guard."""
 import contextlib
 import dataclasses
 import logging
+import math
 import random
 from pathlib import Path
 from typing import Optional
@@ -52,6 +53,42 @@ def amp_setup(mode: str, device: torch.device):
         raise ValueError(f"amp must be auto, bf16, fp16 or none, not {mode!r}")
     scaler = torch.amp.GradScaler(device.type) if mode == "fp16" else None
     return (lambda: torch.autocast(device.type, dtype=dtype)), scaler, mode
+
+
+def resolve_batch(cfg, world_size: int):
+    """(accum_iter, effective batch, lr): accumulation derived from cfg.effective_batch_size unless
+    given; lr = blr * effective batch / 256 unless cfg.lr is set (the MAE papers' linear scaling)."""
+    per_step = cfg.batch_size * world_size
+    accum = cfg.accum_iter or max(1, round(cfg.effective_batch_size / per_step))
+    eff = per_step * accum
+    return accum, eff, (cfg.lr if cfg.lr is not None else cfg.blr * eff / 256)
+
+
+def micro_step(net, compute_loss, it: int, accum: int, optimizer, scaler, info: DistInfo, autocast, where: str,
+               output_dir: Path):
+    """One micro-batch: forward, the non-finite guard, scaled backward (without DDP gradient sync
+    until the last micro-batch of an accumulation), and the optimizer step every `accum`
+    micro-batches. Returns (loss averaged over processes, whether the optimizer stepped)."""
+    from .distributed import all_reduce_mean
+
+    last_micro = (it + 1) % accum == 0
+    with net.no_sync() if info.distributed and not last_micro else contextlib.nullcontext():
+        with autocast():
+            loss = compute_loss()
+        loss_value = all_reduce_mean(loss.item(), info)
+        if not math.isfinite(loss_value):
+            last = Path(output_dir) / "checkpoint-last.pth"
+            raise NonFiniteLoss(f"loss is {loss_value} at {where}; stopping. Last good checkpoint: "
+                                f"{last if last.exists() else 'none yet'} (lower the lr, or use amp=bf16 instead of fp16)")
+        (scaler.scale(loss / accum) if scaler else loss / accum).backward()
+    if last_micro:
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss_value, last_micro
 
 
 def fused_adamw(device: torch.device) -> dict:

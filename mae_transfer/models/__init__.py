@@ -14,11 +14,11 @@ from .vit import (  # noqa: F401
     vit_base_patch16, vit_huge_patch14, vit_large_patch16, vit_small_patch4, vit_tiny_patch8,
 )
 
-MAE_MODELS = {f.__name__: f for f in (mae_vit_tiny_patch8, mae_vit_small_patch4, mae_vit_base_patch16,
-                                      mae_vit_large_patch16, mae_vit_huge_patch14)}
-MAE_MODELS.update({"mae_vit_tiny_patch8": mae_vit_tiny_patch8, "mae_vit_small_patch4": mae_vit_small_patch4,
-                   "mae_vit_base_patch16": mae_vit_base_patch16, "mae_vit_large_patch16": mae_vit_large_patch16,
-                   "mae_vit_huge_patch14": mae_vit_huge_patch14})
+# short (official alias) and full names of the pretraining models; the fine-tuning encoder of each
+MAE_MODELS = {name: globals()[name] for name in (
+    "mae_vit_tiny_patch8", "mae_vit_small_patch4", "mae_vit_base_patch16", "mae_vit_large_patch16",
+    "mae_vit_huge_patch14")}
+MAE_MODELS.update({f.__name__: f for f in list(MAE_MODELS.values())})
 ENCODERS = {"mae_vit_tiny_patch8": vit_tiny_patch8, "mae_vit_small_patch4": vit_small_patch4,
             "mae_vit_base_patch16": vit_base_patch16, "mae_vit_large_patch16": vit_large_patch16,
             "mae_vit_huge_patch14": vit_huge_patch14}

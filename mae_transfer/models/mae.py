@@ -10,7 +10,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import PatchEmbed, to_2tuple
+from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
 from .masking import make_noise, random_masking

@@ -207,3 +207,19 @@ def test_slurm_requeue_resumes(tmp_path):
     assert isinstance(again, submitit.helpers.DelayedSubmission)
     job = again.function
     assert job.cfg.resume == "auto" and job.cfg.output_dir == str(tmp_path) and job.train_fn is train
+
+
+def test_visualize_tool(tmp_path):
+    out = tmp_path / "run"
+    _run(out, "epochs=1")
+    photo = Path(__import__("skimage").__file__).parent / "data" / "astronaut.png"
+    r = subprocess.run([PY, str(ROOT / "tools/visualize.py"), "--checkpoint", str(out / "checkpoint-last.pth"),
+                        "--images", str(photo), str(tmp_path / "run"), "-o", str(tmp_path / "grid.png")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "grid.png").stat().st_size > 10_000
+    sd = checkpoints.load_file(out / "checkpoint-last.pth")["model"]
+    checkpoints.save_official(tmp_path / "enc.pth", {k: v for k, v in sd.items() if not k.startswith(("dec", "mask"))})
+    r = subprocess.run([PY, str(ROOT / "tools/visualize.py"), "--checkpoint", str(tmp_path / "enc.pth"),
+                        "--images", str(photo)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "no decoder" in r.stderr

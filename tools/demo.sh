@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo, on embedded data only (nothing is downloaded), about 12 minutes on 2 CPU cores:
+# The demo, on embedded data only (nothing is downloaded), about 15 minutes on 2 CPU cores:
 #   1. pretrain a tiny MAE on random crops of scikit-image's photos       (tools/pretrain.py)
 #   2. ViTDet Mask R-CNN from that checkpoint on a generated COCO-format set (tools/train_det.py)
 #   3. UperNet from that checkpoint on a generated ADE20K-layout set       (tools/train_seg.py)

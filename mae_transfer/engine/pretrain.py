@@ -12,7 +12,7 @@ from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
 from .. import models
-from ..data import SeededSamples, collate_skip_bad, demo_photos, pretrain_transform
+from ..data import DataError, SeededSamples, collate_skip_bad, demo_photos, pretrain_transform
 from ..data.images import ImageDataset
 from ..models.masking import make_noise
 from ..visualize import NORM_PIX_NOTE, reconstruct, save_grid
@@ -94,8 +94,8 @@ def train(cfg: PretrainConfig, info: Optional[DistInfo] = None, source=None) -> 
     accum, eff, lr = trainer.resolve_batch(cfg, info.world_size)
     loader = trainer.make_loader(dataset, cfg.batch_size, info, cfg.seed, cfg.num_workers, collate_skip_bad)
     if len(loader) < accum:
-        raise ValueError(f"an epoch has {len(loader)} batches of {cfg.batch_size}, fewer than accum_iter={accum}; "
-                         "lower effective_batch_size or batch_size")
+        raise DataError(f"an epoch has {len(loader)} batches of {cfg.batch_size}, fewer than accum_iter={accum}; "
+                        "lower effective_batch_size or batch_size")
     steps_per_epoch = len(loader) // accum
 
     # AdamW; no weight decay on biases, norms and the pos/cls/mask tokens (model.no_weight_decay()).
@@ -134,6 +134,8 @@ def train(cfg: PretrainConfig, info: Optional[DistInfo] = None, source=None) -> 
             n_skipped += n_bad
             if it // accum >= steps_per_epoch:
                 break  # an incomplete accumulation at the end of an epoch is dropped
+            if batch is None:  # every image of this batch was unreadable
+                continue
             if it % accum == 0:
                 scheduler.step_update(step)
             imgs, noise = (t.to(info.device, non_blocking=True) for t in batch)

@@ -3,6 +3,7 @@
 
   .venv/bin/python bench/pretrain_speed.py            # CPU, fp32: the README table (~10 min on 2 cores)
   .venv/bin/python bench/pretrain_speed.py --gpu      # CUDA, bf16: img/s and MFU, ViT-B and ViT-L vs HF
+  ... --compile                                         # adds ours + torch.compile (compiling takes minutes)
 
 One step = forward + backward + AdamW. Variants run interleaved, round after round, on identical
 weights and masks; the median step time of each is reported:
@@ -85,7 +86,8 @@ def build(variant: str, size: dict, mask_ratio: float, device):
     else:
         model = WithMaskTokensInEncoder(norm_pix_loss=True, **size) if variant == "w/ [M]" else ours
         model.load_state_dict(ours.state_dict(), strict=False)
-        forward = lambda imgs, noise: model(imgs, mask_ratio, noise)[0]  # noqa: E731
+        run = torch.compile(model) if variant == "ours + compile" else model
+        forward = lambda imgs, noise: run(imgs, mask_ratio, noise)[0]  # noqa: E731
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
     model.to(device).train()
 
@@ -140,8 +142,11 @@ def _memory_child(arg):
         step(imgs, torch.rand(batch, L, device=device))
     if device.type == "cuda":
         print(torch.cuda.max_memory_allocated() / 2**30)
-    else:
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    else:  # VmHWM: this process's peak RSS (ru_maxrss would carry the parent's over fork + exec)
+        status = Path("/proc/self/status")
+        hwm = [ln for ln in status.read_text().splitlines() if ln.startswith("VmHWM")] if status.exists() else []
+        kib = int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(kib / 2**20)
 
 
 def train_flops(size: dict, batch: int, mask_ratio: float) -> float:
@@ -168,6 +173,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpu", action="store_true")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--compile", action="store_true", help="add a torch.compile'd variant (compiles first: minutes)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak for MFU (H100 SXM: 989)")
     p.add_argument("--_memory")
     a = p.parse_args()
@@ -181,17 +187,20 @@ def main():
     cases = [("base", 64 if a.gpu else 8), ("small", 256 if a.gpu else 32)] + ([("large", 64)] if a.gpu else [])
     rows = []
     for name, batch in cases:
-        t = interleaved(["ours", "HF"], SIZES[name], batch, 0.75, a.rounds, device)
-        mem = {v: peak_memory(v, name, batch, 0.75, device) for v in t}
+        t = interleaved(["ours", "HF"] + (["ours + compile"] if a.compile else []), SIZES[name], batch, 0.75,
+                        a.rounds, device)
+        mem = {v: peak_memory(v, name, batch, 0.75, device) for v in ("ours", "HF")}
         row = [f"ViT-{name[0].upper()} dec{SIZES[name]['decoder_embed_dim']}d{SIZES[name]['decoder_depth']}", batch,
                f"{batch / t['ours']:.1f}", f"{batch / t['HF']:.1f}", f"{t['HF'] / t['ours']:.2f}x",
                f"{mem['ours']:.2f} / {mem['HF']:.2f}"]
+        if a.compile:
+            row.append(f"{batch / t['ours + compile']:.1f}")
         if a.gpu:
             fl = train_flops(SIZES[name], batch, 0.75)
             row += [f"{100 * fl / t['ours'] / (a.peak_tflops * 1e12):.1f}%", f"{100 * fl / t['HF'] / (a.peak_tflops * 1e12):.1f}%"]
         rows.append(row)
     hdr = ["model", "batch", "ours img/s", "HF img/s", "ours / HF", "peak GiB ours / HF"]
-    table(rows, hdr + (["MFU ours", "MFU HF"] if a.gpu else []))
+    table(rows, hdr + (["ours + compile img/s"] if a.compile else []) + (["MFU ours", "MFU HF"] if a.gpu else []))
 
     # 2. the asymmetric design: encoder on visible patches vs mask tokens through the encoder
     print()

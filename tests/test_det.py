@@ -137,3 +137,22 @@ def test_backbone_registry_for_yacs_configs(tiny_ckpts):
     assert list(bb.output_shape()) == ["p2", "p3", "p4", "p5"]
     feats = bb(torch.randn(1, 3, 128, 128))
     assert feats["p2"].shape == (1, 256, 32, 32)
+
+
+def test_converted_vit_equals_our_encoder(tiny_ckpts):
+    """detectron2's ViT (global attention, zero rel-pos, no cls token as in ViTDet) computes exactly
+    our encoder's blocks on the patch tokens once the checkpoint is converted."""
+    d, _ = tiny_ckpts
+    cfg = LazyConfig.load(TINY)
+    cfg.model.backbone.net.update(img_size=64, window_block_indexes=[], drop_path_rate=0.0)
+    model = instantiate(cfg.model).eval()
+    load_backbone(model, str(d / "full.pth"))
+    mae = M.mae_vit_tiny_patch8()
+    mae.load_state_dict(checkpoints.read_state_dict(str(d / "full.pth")))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        t = mae.patch_embed(x) + mae.pos_embed[:, 1:]
+        for blk in mae.eval().blocks:
+            t = blk(t)
+        ref = t.transpose(1, 2).reshape(2, 192, 8, 8)
+        torch.testing.assert_close(model.backbone.net(x)["last_feat"], ref, rtol=1e-4, atol=1e-4)

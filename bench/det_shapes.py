@@ -34,7 +34,8 @@ def main():
                        stdout=subprocess.DEVNULL)
     in_domain = out / "pretrain_in_domain"
     if not (in_domain / "checkpoint-last.pth").is_file():  # same model and recipe as the demo, other images
-        subprocess.run([PY, str(ROOT / "tools/pretrain.py"), "--data-path", str(data / "train"),
+        subprocess.run([PY, str(ROOT / "tools/pretrain.py"), "--config", str(ROOT / "configs/pretrain/demo_tiny.py"),
+                        "--data-path", str(data / "train"),
                         "--output-dir", str(in_domain), "epochs=100", "warmup_epochs=5", "save_freq=100",
                         "vis_freq=100"], check=True, stdout=subprocess.DEVNULL)
     results = {}

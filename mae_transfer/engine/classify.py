@@ -21,8 +21,8 @@ from .. import checkpoints, models
 from ..data.compat import patch_timm_posterize
 from ..data import IMAGENET_MEAN, IMAGENET_STD, DataError, LabelledImageFolder, SeededSamples, collate_skip_bad
 from . import trainer
-from .distributed import DistInfo, barrier, cleanup, init_distributed
-from .logger import RunLogger, setup_logging
+from .distributed import DistInfo, barrier, cleanup
+from .logger import RunLogger
 
 _logger = logging.getLogger("mae_transfer")
 
@@ -159,13 +159,7 @@ def _datasets(cfg: ClassifyConfig, train_tf, eval_tf):
 def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -> dict:
     """Fine-tune / probe; returns the last evaluation. `datasets` (train, val) replaces the
     ImageFolder reading (e.g. Fashion-MNIST arrays in bench/)."""
-    info = info or init_distributed(cfg.device)
-    out = Path(cfg.output_dir)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    barrier(info)
-    setup_logging(out, info.is_main)
-    trainer.seed_everything(cfg.seed)
+    info, out = trainer.start_run(cfg, info)
     train_tf, eval_tf = build_transforms(cfg)
     train_set, val_set = datasets or _datasets(cfg, train_tf, eval_tf)
     model = build_model(cfg).to(info.device)
@@ -199,9 +193,7 @@ def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -
     resume = trainer.find_resume(out, cfg.resume)
     if resume is not None:
         start_epoch, step = trainer.load_training_state(resume, model, optimizer, scheduler, scaler)
-    net = model
-    if info.distributed:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+    net = trainer.wrap_ddp(model, info)
     log = RunLogger(out, enabled=info.is_main)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     _logger.info("%s %s | %d train / %d val | %.2fM trained params | batch %d x accum %d x %d = %d | lr %.3g | amp %s",
@@ -245,8 +237,7 @@ def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -
             _logger.info("epoch %d/%d  loss %.4f  val top-1 %s  (best %.2f)  %.1fs", epoch + 1, cfg.epochs,
                          record["train_loss"], f"{stats['acc1']:.2f}" if "test_acc1" in record else "-", best,
                          record["epoch_time_s"])
-            keep = (f"checkpoint-{epoch}.pth",) if (epoch + 1) % cfg.save_freq == 0 or epoch + 1 == cfg.epochs else ()
-            trainer.save_checkpoint(out, model, optimizer, scheduler, scaler, epoch, step, cfg, extra_names=keep)
+            trainer.end_of_epoch_checkpoint(out, model, optimizer, scheduler, scaler, epoch, step, cfg)
             log.epoch(record)
             log.scalars({k.replace("_", "/", 1): v for k, v in record.items() if k.startswith(("test_", "train_l"))}, epoch)
         barrier(info)

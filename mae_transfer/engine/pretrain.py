@@ -17,8 +17,8 @@ from ..data.images import ImageDataset
 from ..models.masking import make_noise
 from ..visualize import NORM_PIX_NOTE, reconstruct, save_grid
 from . import trainer
-from .distributed import DistInfo, barrier, cleanup, init_distributed
-from .logger import RunLogger, setup_logging
+from .distributed import DistInfo, barrier, cleanup
+from .logger import RunLogger
 
 _logger = logging.getLogger("mae_transfer")
 
@@ -79,13 +79,7 @@ def make_noise_1(cfg: PretrainConfig, grid, g: torch.Generator) -> torch.Tensor:
 def train(cfg: PretrainConfig, info: Optional[DistInfo] = None, source=None) -> torch.nn.Module:
     """Run (or resume) pretraining; returns the trained model (every rank), checkpoints in output_dir.
     `source` (a Dataset of PIL images) replaces cfg.data_path, e.g. for in-memory arrays (bench/)."""
-    info = info or init_distributed(cfg.device)
-    out = Path(cfg.output_dir)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    barrier(info)
-    setup_logging(out, info.is_main)
-    trainer.seed_everything(cfg.seed)
+    info, out = trainer.start_run(cfg, info)
 
     model = models.create_mae(cfg.model, img_size=cfg.img_size, norm_pix_loss=cfg.norm_pix_loss, mask_strategy=cfg.mask_strategy,
                               **cfg.model_kwargs).to(info.device)
@@ -111,9 +105,7 @@ def train(cfg: PretrainConfig, info: Optional[DistInfo] = None, source=None) -> 
     resume = trainer.find_resume(out, cfg.resume)
     if resume is not None:
         start_epoch, step = trainer.load_training_state(resume, model, optimizer, scheduler, scaler)
-    net = model
-    if info.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+    net = trainer.wrap_ddp(model, info)
     if cfg.compile:
         net = torch.compile(net)
 
@@ -156,8 +148,7 @@ def train(cfg: PretrainConfig, info: Optional[DistInfo] = None, source=None) -> 
             _logger.info("epoch %d/%d  loss %.4f  lr %.3g  %.1fs%s", epoch + 1, cfg.epochs, record["train_loss"],
                          record["train_lr"], record["epoch_time_s"],
                          f"  ({n_skipped} unreadable images skipped so far)" if n_skipped else "")
-            keep = (f"checkpoint-{epoch}.pth",) if (epoch + 1) % cfg.save_freq == 0 or epoch + 1 == cfg.epochs else ()
-            trainer.save_checkpoint(out, model, optimizer, scheduler, scaler, epoch, step, cfg, extra_names=keep)
+            trainer.end_of_epoch_checkpoint(out, model, optimizer, scheduler, scaler, epoch, step, cfg)
             log.epoch(record)
             if (epoch + 1) % cfg.vis_freq == 0 or epoch + 1 == cfg.epochs:
                 _save_recon(model, vis_batch, cfg, out / "reconstructions.png", epoch)

@@ -21,6 +21,34 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+def start_run(cfg, info=None):
+    """Process group, output folder, logging and seeds: the common start of every recipe."""
+    from .distributed import barrier, init_distributed
+    from .logger import setup_logging
+
+    info = info or init_distributed(cfg.device)
+    out = Path(cfg.output_dir)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    barrier(info)
+    setup_logging(out, info.is_main)
+    seed_everything(cfg.seed)
+    return info, out
+
+
+def wrap_ddp(model, info: DistInfo):
+    if not info.distributed:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+
+
+def end_of_epoch_checkpoint(out: Path, model, optimizer, scheduler, scaler, epoch: int, step: int, cfg):
+    """checkpoint-last every epoch; checkpoint-<epoch> every cfg.save_freq epochs and at the end."""
+    keep = (f"checkpoint-{epoch}.pth",) if (epoch + 1) % cfg.save_freq == 0 or epoch + 1 == cfg.epochs else ()
+    return save_checkpoint(out, model, optimizer, scheduler, scaler, epoch, step, cfg, extra_names=keep)
+
+
 def seed_everything(seed: int):
     random.seed(seed)
     np.random.seed(seed % 2**32)

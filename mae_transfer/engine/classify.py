@@ -12,7 +12,6 @@ from timm.data import Mixup, create_transform
 from timm.layers import trunc_normal_
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import Lars, create_optimizer_v2
-from timm.scheduler import CosineLRScheduler
 from timm.utils import accuracy
 from torchvision import transforms
 from tqdm import tqdm
@@ -172,16 +171,9 @@ def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -
         _logger.info("top-1 %.2f  top-5 %.2f  loss %.4f  (%d images)", stats["acc1"], stats["acc5"], stats["loss"], stats["n"])
         return stats
 
-    accum, eff, lr = trainer.resolve_batch(cfg, info.world_size)
-    loader = trainer.make_loader(train_set, cfg.batch_size, info, cfg.seed, cfg.num_workers, collate_skip_bad)
-    if len(loader) < accum:
-        raise DataError(f"{len(train_set)} training images make fewer than {accum} full batches of {cfg.batch_size}; "
-                        "lower batch_size / effective_batch_size")
-    steps_per_epoch = len(loader) // accum
+    loader, accum, eff, lr, steps_per_epoch = trainer.train_loader(train_set, cfg, info)
     optimizer = build_optimizer(cfg, model, lr, info.device)
-    scheduler = CosineLRScheduler(
-        optimizer, t_initial=max(1, (cfg.epochs - cfg.warmup_epochs) * steps_per_epoch), lr_min=cfg.min_lr,
-        warmup_t=cfg.warmup_epochs * steps_per_epoch, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
+    scheduler = trainer.warmup_cosine(optimizer, cfg, steps_per_epoch)
     mixup = None
     if cfg.mode == "finetune" and (cfg.mixup > 0 or cfg.cutmix > 0):
         mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,

@@ -8,11 +8,10 @@ from typing import Optional, Tuple
 
 import torch
 from timm.optim import create_optimizer_v2
-from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
 from .. import models
-from ..data import DataError, SeededSamples, collate_skip_bad, demo_photos, pretrain_transform
+from ..data import SeededSamples, demo_photos, pretrain_transform
 from ..data.images import ImageDataset
 from ..models.masking import make_noise
 from ..visualize import NORM_PIX_NOTE, reconstruct, save_grid
@@ -85,20 +84,12 @@ def train(cfg: PretrainConfig, info: Optional[DistInfo] = None, source=None) -> 
                               **cfg.model_kwargs).to(info.device)
     grid = model.grid_size
     dataset = build_data(cfg, grid, source)
-    accum, eff, lr = trainer.resolve_batch(cfg, info.world_size)
-    loader = trainer.make_loader(dataset, cfg.batch_size, info, cfg.seed, cfg.num_workers, collate_skip_bad)
-    if len(loader) < accum:
-        raise DataError(f"an epoch has {len(loader)} batches of {cfg.batch_size}, fewer than accum_iter={accum}; "
-                        "lower effective_batch_size or batch_size")
-    steps_per_epoch = len(loader) // accum
+    loader, accum, eff, lr, steps_per_epoch = trainer.train_loader(dataset, cfg, info)
 
     # AdamW; no weight decay on biases, norms and the pos/cls/mask tokens (model.no_weight_decay()).
     optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
                                     **trainer.fused_adamw(info.device))
-    # linear warm-up, then half-cycle cosine to min_lr, updated every optimizer step
-    scheduler = CosineLRScheduler(
-        optimizer, t_initial=max(1, (cfg.epochs - cfg.warmup_epochs) * steps_per_epoch), lr_min=cfg.min_lr,
-        warmup_t=cfg.warmup_epochs * steps_per_epoch, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
+    scheduler = trainer.warmup_cosine(optimizer, cfg, steps_per_epoch)
     autocast, scaler, amp = trainer.amp_setup(cfg.amp, info.device)
 
     start_epoch, step = 0, 0

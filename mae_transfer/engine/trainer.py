@@ -92,6 +92,29 @@ def resolve_batch(cfg, world_size: int):
     return accum, eff, (cfg.lr if cfg.lr is not None else cfg.blr * eff / 256)
 
 
+def train_loader(dataset, cfg, info: DistInfo):
+    """The training loader and its arithmetic: (loader, accum_iter, effective batch, lr, optimizer
+    steps per epoch); an epoch too small for one accumulation is a clear error."""
+    from ..data import DataError, collate_skip_bad
+
+    accum, eff, lr = resolve_batch(cfg, info.world_size)
+    loader = make_loader(dataset, cfg.batch_size, info, cfg.seed, cfg.num_workers, collate_skip_bad)
+    if len(loader) < accum:
+        raise DataError(f"{len(dataset)} training images make {len(loader)} full batches of {cfg.batch_size}, "
+                        f"fewer than accum_iter={accum}; lower batch_size / effective_batch_size")
+    return loader, accum, eff, lr, len(loader) // accum
+
+
+def warmup_cosine(optimizer, cfg, steps_per_epoch: int):
+    """Linear warm-up from 0, then half-cycle cosine to cfg.min_lr, updated every optimizer step
+    (timm's scheduler; it applies each group's `lr_scale`, i.e. layer decay)."""
+    from timm.scheduler import CosineLRScheduler
+
+    return CosineLRScheduler(
+        optimizer, t_initial=max(1, (cfg.epochs - cfg.warmup_epochs) * steps_per_epoch), lr_min=cfg.min_lr,
+        warmup_t=cfg.warmup_epochs * steps_per_epoch, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
+
+
 def micro_step(net, compute_loss, it: int, accum: int, optimizer, scaler, info: DistInfo, autocast, where: str,
                output_dir: Path):
     """One micro-batch: forward, the non-finite guard, scaled backward (without DDP gradient sync

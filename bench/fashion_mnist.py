@@ -79,7 +79,7 @@ def run(args):
             epochs=epochs, num_workers=1, output_dir=str(out / name), resume="none", save_freq=1000, **kw)
         train_tf, eval_tf = classify.build_transforms(cfg)
         sets = (SeededSamples(Arrays(xtr[idx_train], ytr[idx_train]), train_tf),
-                SeededSamples(Arrays(xte, yte), eval_tf))
+                SeededSamples(Arrays(xte, yte), eval_tf, replace_bad=False))
         t0 = time.time()
         acc = classify.train(cfg, datasets=sets)["acc1"]
         times[name] = time.time() - t0

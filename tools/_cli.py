@@ -19,14 +19,15 @@ def run_cli(main):
     from mae_transfer.checkpoints import CheckpointError
     from mae_transfer.data import DataError
     from mae_transfer.engine.config import ConfigError
-    from mae_transfer.engine.trainer import NonFiniteLoss
+    from mae_transfer.engine.loop import NonFiniteLoss
+    from mae_transfer.models import UnknownModel
 
     try:
         return main()
     except NonFiniteLoss as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    except (CheckpointError, DataError, ConfigError) as e:
+    except (CheckpointError, DataError, ConfigError, UnknownModel) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

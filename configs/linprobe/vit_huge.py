@@ -1,4 +1,6 @@
 # ViT-H/14 linear probing: 50 epochs.
-from configs.linprobe.vit_base import cfg
+from dataclasses import replace
 
-cfg.model, cfg.epochs, cfg.output_dir = "vit_huge_patch14", 50, "output/linprobe/vit_huge"
+from configs.linprobe.vit_base import cfg as base
+
+cfg = replace(base, model="vit_huge_patch14", epochs=50, output_dir="output/linprobe/vit_huge")

@@ -1,4 +1,6 @@
 # ViT-L/16 linear probing: 50 epochs (75.8 % top-1 from 1600-ep pretraining).
-from configs.linprobe.vit_base import cfg
+from dataclasses import replace
 
-cfg.model, cfg.epochs, cfg.output_dir = "vit_large_patch16", 50, "output/linprobe/vit_large"
+from configs.linprobe.vit_base import cfg as base
+
+cfg = replace(base, model="vit_large_patch16", epochs=50, output_dir="output/linprobe/vit_large")

@@ -1,5 +1,6 @@
 from .images import (  # noqa: F401
-    IMAGENET_MEAN, IMAGENET_STD, DataError, ImageDataset, LabelledImageFolder, SeededSamples, collate_skip_bad,
+    IMAGENET_MEAN, IMAGENET_STD, DataError, EpochSampler, ImageDataset, LabelledImageFolder, SeededSamples,
+    collate_skip_bad,
     demo_photos,
     pretrain_transform,
 )

@@ -1,8 +1,9 @@
 """Image data for pretraining: ImageFolder or flat folders, robust decoding, embedded demo photos.
 
 Randomness is per sample: sample `i` of epoch `e` draws its crop, flip and mask noise from a
-generator seeded with (seed, e, i). A batch is therefore the same whatever the number of workers,
-processes or restarts -- which is what makes resume bit-identical and DDP equal to one process.
+generator seeded with (seed, e, i), and (e, i) is what the sampler hands the worker. A batch is
+therefore the same whatever the number of workers, their persistence, the number of processes or
+restarts -- which is what makes resume bit-identical and DDP equal to one process.
 """
 import logging
 import os
@@ -115,51 +116,89 @@ class SeededSamples(torch.utils.data.Dataset):
     """Wraps a source of PIL images (a Dataset, or a list of photos sampled with replacement to
     `length`) with per-sample seeded augmentation and extras such as mask noise.
 
-    The source yields a PIL image, or a tuple (PIL image, label, ...) whose other items pass through.
-    Returns (image tensor, *rest, *extras(generator)), or None for a skipped image.
+    Indexed by `(epoch, i)` -- what `EpochSampler` yields, so the epoch reaches every loader worker,
+    persistent or not -- or by a plain `i` (= epoch 0). The source yields a PIL image, or a tuple
+    (PIL image, label, ...) whose other items pass through. Returns `(sample, n_bad)` with `sample` =
+    (image tensor, *rest, *extras(generator)). An unreadable image is replaced by a readable one drawn
+    deterministically from the same seed when `replace_bad` (training: every batch stays full, so
+    processes never disagree on the number of backward passes), else `sample` is None (evaluation).
     """
 
-    def __init__(self, source, transform: Callable, seed: int = 0, length: Optional[int] = None,
-                 extras: Sequence[Callable[[torch.Generator], torch.Tensor]] = ()):
-        self.source, self.transform, self.seed, self.extras = source, transform, seed, tuple(extras)
-        self.length = length or len(source)
-        self.epoch = 0
+    MAX_TRIES = 50
 
-    def set_epoch(self, epoch: int):
-        self.epoch = epoch
+    def __init__(self, source, transform: Callable, seed: int = 0, length: Optional[int] = None,
+                 extras: Sequence[Callable[[torch.Generator], torch.Tensor]] = (), replace_bad: bool = True):
+        self.source, self.transform, self.seed, self.extras = source, transform, seed, tuple(extras)
+        self.length, self.replace_bad = length or len(source), replace_bad
 
     def __len__(self):
         return self.length
 
-    def __getitem__(self, i):
-        seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + i
+    def __getitem__(self, key):
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        seed = (self.seed * 1_000_003 + epoch) * 10_000_019 + i
         # torchvision draws from the global CPU generator: seed it for this sample, then restore it
         # (get/set_state on the generator: ~2 us, where fork_rng + torch.manual_seed cost ~200 us)
         gen = torch.default_generator
         state = gen.get_state()
         gen.manual_seed(seed)
         try:
-            if isinstance(self.source, list):  # demo photos: pick one at random
-                img = self.source[int(torch.randint(len(self.source), ()))]
+            for n_bad in range(self.MAX_TRIES if self.replace_bad else 1):
+                j = i if n_bad == 0 else int(torch.randint(len(self.source), ()))
+                if isinstance(self.source, list):  # demo photos: pick one at random
+                    item = self.source[int(torch.randint(len(self.source), ()))]
+                else:
+                    item = self.source[j]
+                img, *rest = item if isinstance(item, tuple) else (item,)
+                if img is not None:
+                    x = self.transform(img)
+                    break
             else:
-                img = self.source[i]
-            img, *rest = img if isinstance(img, tuple) else (img,)
-            if img is None:
-                return None
-            x = self.transform(img)
+                if not self.replace_bad:
+                    return None, 1
+                raise DataError(f"{self.MAX_TRIES} images in a row were unreadable (starting at index {i}); "
+                                "is the data folder mostly broken files?")
         finally:
             gen.set_state(state)
         g = torch.Generator().manual_seed(seed)
-        return (x, *rest, *(f(g) for f in self.extras))
+        return (x, *rest, *(f(g) for f in self.extras)), n_bad
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """`DistributedSampler`'s order (a permutation of seed + epoch, split over processes; one process
+    with batch B*k sees what k processes with batch B see) yielding `(epoch, index)` pairs: the
+    epoch travels with each index to the worker that loads it, so persistent workers, which never
+    see the main process's `set_epoch`, still draw fresh crops and masks every epoch. `start` skips
+    this process's first samples of the epoch (resume in the middle of an epoch)."""
+
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = True):
+        self.order = torch.utils.data.DistributedSampler(dataset, num_replicas=num_replicas, rank=rank,
+                                                         shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0):
+        self.order.set_epoch(epoch)
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        for pos, i in enumerate(self.order):
+            if pos >= self.start:
+                yield self.epoch, i
+
+    def __len__(self):
+        return len(self.order) - self.start
+
+    def full_length(self) -> int:
+        return len(self.order)
 
 
 def collate_skip_bad(batch):
-    """Default collate over the readable samples; the number skipped rides along as the last item."""
-    good = [b for b in batch if b is not None]
-    n_bad = len(batch) - len(good)
-    if not good:
-        return None, n_bad
-    return torch.utils.data.default_collate(good), n_bad
+    """Default collate over the readable samples of `(sample, n_bad)` items; returns (batch or None
+    if nothing was readable, number of unreadable images met)."""
+    good = [s for s, _ in batch if s is not None]
+    n_bad = sum(n for _, n in batch)
+    return (torch.utils.data.default_collate(good) if good else None), n_bad
 
 
 def worker_threads(_):

@@ -1,7 +1,5 @@
 """End-to-end fine-tuning, partial fine-tuning and linear probing (MAE paper Sec. 4, appendix A.2-A.3)."""
 import logging
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -14,22 +12,23 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import Lars, create_optimizer_v2
 from timm.utils import accuracy
 from torchvision import transforms
-from tqdm import tqdm
 
 from .. import checkpoints, models
 from ..data.compat import patch_timm_posterize
-from ..data import IMAGENET_MEAN, IMAGENET_STD, DataError, LabelledImageFolder, SeededSamples, collate_skip_bad
+from ..data import IMAGENET_MEAN, IMAGENET_STD, DataError, LabelledImageFolder, SeededSamples
 from . import trainer
-from .distributed import DistInfo, barrier, cleanup
-from .logger import RunLogger
+from .distributed import DistInfo, cleanup
+from .logger import RunLogger, log_lr_table
+from .loop import Run, fit
+from .trainer import TrainConfig
 
 _logger = logging.getLogger("mae_transfer")
 
 
 @dataclass
-class ClassifyConfig:
+class ClassifyConfig(TrainConfig):
     """Defaults: ViT-B end-to-end fine-tuning (appendix Table 9); configs/finetune and
-    configs/linprobe hold the per-size presets."""
+    configs/linprobe hold the per-size presets. Shared fields: trainer.TrainConfig."""
     mode: str = "finetune"              # finetune | linprobe
     model: str = "vit_base_patch16"
     model_kwargs: dict = field(default_factory=dict)  # e.g. depth/embed_dim for CPU-sized models
@@ -41,14 +40,12 @@ class ClassifyConfig:
     epochs: int = 100
     warmup_epochs: int = 5
     blr: float = 5e-4                   # lr = blr * effective_batch_size / 256
-    lr: Optional[float] = None
     min_lr: float = 1e-6
     weight_decay: float = 0.05
     layer_decay: float = 0.65
     drop_path: float = 0.1
     batch_size: int = 32                # per device
     effective_batch_size: int = 1024
-    accum_iter: Optional[int] = None
     smoothing: float = 0.1
     mixup: float = 0.8
     cutmix: float = 1.0
@@ -56,25 +53,16 @@ class ClassifyConfig:
     reprob: float = 0.25                # random erasing
     head_init_std: float = 2e-5         # trunc_normal std of the fresh head (0.01 for linear probing)
     data_path: Optional[str] = None     # <data_path>/{train,val}/<class>/<image>
-    num_workers: int = 10
-    amp: str = "auto"
-    device: str = "auto"
-    seed: int = 0
     output_dir: str = "output/finetune"
-    resume: str = "auto"
     save_freq: int = 10
     eval_freq: int = 1                  # evaluate every N epochs (and after the last)
     eval_only: Optional[str] = None     # evaluate this fine-tuned checkpoint and exit
-    max_steps: Optional[int] = None
 
 
 def build_model(cfg: ClassifyConfig) -> nn.Module:
-    factory = getattr(models, cfg.model, None) if cfg.model.startswith("vit_") else None
-    if factory is None:
-        raise ValueError(f"unknown encoder {cfg.model!r}; choose one of {sorted(f.__name__ for f in models.ENCODERS.values())}")
-    model = factory(img_size=cfg.img_size, num_classes=cfg.num_classes, global_pool=cfg.global_pool,
-                    drop_path_rate=cfg.drop_path if cfg.mode == "finetune" else 0.0,
-                    checkpoint=cfg.finetune, **cfg.model_kwargs)
+    model = models.create_encoder(cfg.model, img_size=cfg.img_size, num_classes=cfg.num_classes,
+                                  global_pool=cfg.global_pool, drop_path_rate=cfg.drop_path if cfg.mode == "finetune" else 0.0,
+                                  checkpoint=cfg.finetune, **cfg.model_kwargs)
     if cfg.finetune:
         trunc_normal_(model.head.weight, std=cfg.head_init_std)  # the fresh head, as the official code
     if cfg.mode == "linprobe":
@@ -152,19 +140,19 @@ def _datasets(cfg: ClassifyConfig, train_tf, eval_tf):
     if len(train_src.classes) > cfg.num_classes:
         raise DataError(f"{len(train_src.classes)} classes in {cfg.data_path}/train but the head has "
                         f"num_classes={cfg.num_classes}")
-    return (SeededSamples(train_src, train_tf, cfg.seed), SeededSamples(val_src, eval_tf, cfg.seed))
+    return SeededSamples(train_src, train_tf, cfg.seed), SeededSamples(val_src, eval_tf, cfg.seed, replace_bad=False)
 
 
 def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -> dict:
     """Fine-tune / probe; returns the last evaluation. `datasets` (train, val) replaces the
-    ImageFolder reading (e.g. Fashion-MNIST arrays in bench/)."""
+    ImageFolder reading (e.g. Fashion-MNIST arrays in bench/; the val set with replace_bad=False)."""
     info, out = trainer.start_run(cfg, info)
     train_tf, eval_tf = build_transforms(cfg)
     train_set, val_set = datasets or _datasets(cfg, train_tf, eval_tf)
     model = build_model(cfg).to(info.device)
     autocast, scaler, amp = trainer.amp_setup(cfg.amp, info.device)
-    val_loader = trainer.make_loader(val_set, cfg.batch_size, info, cfg.seed, cfg.num_workers, collate_skip_bad,
-                                     shuffle=False, drop_last=False)
+    val_loader = trainer.make_loader(val_set, cfg.batch_size, info, cfg.seed, cfg.num_workers, shuffle=False,
+                                     drop_last=False)
     if cfg.eval_only:
         model.load_state_dict(checkpoints.read_state_dict(cfg.eval_only), strict=True)
         stats = evaluate(model, val_loader, info, autocast)
@@ -173,68 +161,44 @@ def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -
 
     loader, accum, eff, lr, steps_per_epoch = trainer.train_loader(train_set, cfg, info)
     optimizer = build_optimizer(cfg, model, lr, info.device)
-    scheduler = trainer.warmup_cosine(optimizer, cfg, steps_per_epoch)
     mixup = None
     if cfg.mode == "finetune" and (cfg.mixup > 0 or cfg.cutmix > 0):
         mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
                       num_classes=cfg.num_classes)
     criterion = SoftTargetCrossEntropy() if mixup else (
         LabelSmoothingCrossEntropy(cfg.smoothing) if cfg.smoothing > 0 and cfg.mode == "finetune" else nn.CrossEntropyLoss())
-
-    start_epoch, step = 0, 0
-    resume = trainer.find_resume(out, cfg.resume)
-    if resume is not None:
-        start_epoch, step = trainer.load_training_state(resume, model, optimizer, scheduler, scaler)
     net = trainer.wrap_ddp(model, info)
-    log = RunLogger(out, enabled=info.is_main)
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    _logger.info("%s %s | %d train / %d val | %.2fM trained params | batch %d x accum %d x %d = %d | lr %.3g | amp %s",
-                 cfg.mode, cfg.model, len(train_set), len(val_set), n_train / 1e6, cfg.batch_size, accum,
-                 info.world_size, eff, lr, amp)
-    stats, best = {}, 0.0
-    for epoch in range(start_epoch, cfg.epochs):
-        loader.sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
+
+    def train_mode():
         net.train()
         if cfg.mode == "linprobe":
             model.eval()
             model.head.train()  # frozen trunk in eval mode; the head's BatchNorm learns statistics
-        t0, loss_sum, n_loss = time.time(), 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not (info.is_main and sys.stderr.isatty()), leave=False)
-        for it, (batch, _bad) in enumerate(bar):
-            if it // accum >= steps_per_epoch or batch is None:
-                break
-            if it % accum == 0:
-                scheduler.step_update(step)
-            imgs, target = batch[0].to(info.device), batch[1].to(info.device)
-            if int(target.max()) >= cfg.num_classes:
-                raise DataError(f"label {int(target.max())} is outside the head (num_classes={cfg.num_classes})")
-            if mixup is not None:
-                imgs, target = mixup(imgs, target)
-            loss_value, stepped = trainer.micro_step(
-                net, lambda: criterion(net(imgs), target), it, accum, optimizer, scaler, info, autocast,
-                f"epoch {epoch}, iteration {it}", out)
-            step += stepped
-            loss_sum, n_loss = loss_sum + loss_value, n_loss + 1
-            bar.set_postfix(loss=f"{loss_value:.4f}")
-            if cfg.max_steps is not None and step >= cfg.max_steps:
-                break
-        record = {"train_lr": max(g["lr"] for g in optimizer.param_groups), "train_loss": loss_sum / max(1, n_loss),
-                  "epoch": epoch, "epoch_time_s": round(time.time() - t0, 2)}
-        if (epoch + 1) % cfg.eval_freq == 0 or epoch + 1 == cfg.epochs:
-            stats = evaluate(model, val_loader, info, autocast)
-            best = max(best, stats["acc1"])
-            record.update(test_loss=stats["loss"], test_acc1=stats["acc1"], test_acc5=stats["acc5"])
-        if info.is_main:
-            _logger.info("epoch %d/%d  loss %.4f  val top-1 %s  (best %.2f)  %.1fs", epoch + 1, cfg.epochs,
-                         record["train_loss"], f"{stats['acc1']:.2f}" if "test_acc1" in record else "-", best,
-                         record["epoch_time_s"])
-            trainer.end_of_epoch_checkpoint(out, model, optimizer, scheduler, scaler, epoch, step, cfg)
-            log.epoch(record)
-            log.scalars({k.replace("_", "/", 1): v for k, v in record.items() if k.startswith(("test_", "train_l"))}, epoch)
-        barrier(info)
-        if cfg.max_steps is not None and step >= cfg.max_steps:
-            break
-    log.close()
+
+    run = Run(cfg, info, out, model, net, loader, optimizer, trainer.warmup_cosine(optimizer, cfg, steps_per_epoch),
+              scaler, autocast, accum, steps_per_epoch, RunLogger(out, enabled=info.is_main), train_mode)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    _logger.info("%s %s | %d train / %d val | %.2fM trained params | batch %d x accum %d x %d = %d | lr %.3g | amp %s",
+                 cfg.mode, cfg.model, len(train_set), len(val_set), n_train / 1e6, cfg.batch_size, accum,
+                 info.world_size, eff, lr, amp)
+    log_lr_table(_logger, optimizer.param_groups, model, lr)
+
+    def loss_fn(batch):
+        imgs, target = batch
+        if int(target.max()) >= cfg.num_classes:
+            raise DataError(f"label {int(target.max())} is outside the head (num_classes={cfg.num_classes})")
+        if mixup is not None:
+            imgs, target = mixup(imgs, target)
+        return criterion(net(imgs), target)
+
+    stats = {}
+
+    def after_epoch(epoch):
+        if (epoch + 1) % cfg.eval_freq and epoch + 1 != cfg.epochs:
+            return {}
+        stats.update(evaluate(model, val_loader, info, autocast))
+        return {"test_loss": stats["loss"], "test_acc1": stats["acc1"], "test_acc5": stats["acc5"]}
+
+    fit(run, loss_fn, after_epoch)
     cleanup()
     return stats

@@ -1,5 +1,12 @@
-"""Python config files (`cfg = SomeConfig(...)`, inherit by import then mutate) + `key=value` overrides."""
+"""Python config files (`cfg = SomeConfig(...)`; a derived file imports its base and makes a copy
+with `dataclasses.replace(base, ...)`) + `key=value` overrides.
+
+Like detectron2's `LazyConfig.load`, every load executes the file and the bases it imports afresh,
+so loading one config never changes what the next load returns, even for a file that mutates
+its base."""
 import ast
+import contextlib
+import copy
 import dataclasses
 import importlib.util
 import sys
@@ -20,13 +27,28 @@ def load_config(path, expected_type=None) -> Any:
         sys.path.insert(0, str(root))
     spec = importlib.util.spec_from_file_location(f"_cfg_{path.stem}", path)
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    with _fresh_modules("configs"):
+        spec.loader.exec_module(mod)
     if not hasattr(mod, "cfg"):
         raise ConfigError(f"{path} defines no `cfg`")
-    cfg = dataclasses.replace(mod.cfg)  # a copy: the module's object stays pristine
+    cfg = copy.deepcopy(mod.cfg)  # nothing of the file's objects (dicts in fields included) is shared
     if expected_type is not None and not isinstance(cfg, expected_type):
         raise ConfigError(f"{path}: cfg is a {type(cfg).__name__}, expected {expected_type.__name__}")
     return cfg
+
+
+@contextlib.contextmanager
+def _fresh_modules(package: str):
+    """Imports of `package` inside the block execute afresh; modules imported before are restored."""
+    def ours(name):
+        return name == package or name.startswith(package + ".")
+    saved = {k: sys.modules.pop(k) for k in [k for k in sys.modules if ours(k)]}
+    try:
+        yield
+    finally:
+        for k in [k for k in sys.modules if ours(k)]:
+            del sys.modules[k]
+        sys.modules.update(saved)
 
 
 def apply_overrides(cfg, overrides: List[str]):

@@ -4,7 +4,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 
 def setup_logging(output_dir: Optional[Path], is_main: bool, name: str = "mae_transfer") -> logging.Logger:
@@ -51,6 +51,12 @@ class RunLogger:
             self.tb.flush()
         plot_curves(self.records(), self.dir / "loss_curve.png")
 
+    def event(self, record: Dict):
+        """Something that happened outside the epoch rhythm (a rollback): one JSON line in events.jsonl."""
+        if self.enabled:
+            with open(self.dir / "events.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
     def records(self) -> List[Dict]:
         path = self.dir / "log.txt"
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
@@ -81,3 +87,26 @@ def plot_curves(records: List[Dict], path: Path, keys=("train_loss", "test_loss"
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     tmp.replace(path)
+
+
+def lr_table(param_groups: Iterable[Dict], names: Dict[int, str], base_lr: float) -> List[Tuple[float, float, str]]:
+    """(lr_scale, peak lr, which parameters) per distinct scale, lowest first: the layer-wise lr
+    that layer decay gives (a run's logged lr is one group's; users misread it otherwise)."""
+    rows: Dict[float, List[str]] = {}
+    for g in param_groups:
+        scale = g.get("lr_scale", 1.0)
+        for p in g["params"]:
+            parts = names.get(id(p), "?").split(".")
+            mod = ".".join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else parts[0]
+            rows.setdefault(scale, [])
+            if mod not in rows[scale]:
+                rows[scale].append(mod)
+    return [(s, base_lr * s, ", ".join(m)) for s, m in sorted(rows.items())]
+
+
+def log_lr_table(logger: logging.Logger, param_groups, model, base_lr: float) -> None:
+    rows = lr_table(param_groups, {id(p): n for n, p in model.named_parameters()}, base_lr)
+    if len(rows) < 2:
+        return
+    logger.info("layer-wise lr (peak, after warm-up; the logged lr is the largest):\n%s", "\n".join(
+        f"  x{s:<10.4g} {lr:<10.3g} {mods}" for s, lr, mods in rows))

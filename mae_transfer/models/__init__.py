@@ -1,4 +1,8 @@
-"""MAE models. Importing this module registers every factory with timm."""
+"""MAE models. Importing this module registers every factory with timm, the one registry of names:
+`timm.create_model('mae_vit_base_patch16')` (pretraining), `timm.create_model('vit_base_patch16')`
+(fine-tuning encoder). Adding a size is one `@register_model` entry in mae.py and one in vit.py."""
+import timm
+
 from .mae import (  # noqa: F401
     MaskedAutoencoderViT,
     mae_vit_base_patch16, mae_vit_base_patch16_dec512d8b,
@@ -14,17 +18,28 @@ from .vit import (  # noqa: F401
     vit_base_patch16, vit_huge_patch14, vit_large_patch16, vit_small_patch4, vit_tiny_patch8,
 )
 
-# short (official alias) and full names of the pretraining models; the fine-tuning encoder of each
-MAE_MODELS = {name: globals()[name] for name in (
-    "mae_vit_tiny_patch8", "mae_vit_small_patch4", "mae_vit_base_patch16", "mae_vit_large_patch16",
-    "mae_vit_huge_patch14")}
-MAE_MODELS.update({f.__name__: f for f in list(MAE_MODELS.values())})
-ENCODERS = {"mae_vit_tiny_patch8": vit_tiny_patch8, "mae_vit_small_patch4": vit_small_patch4,
-            "mae_vit_base_patch16": vit_base_patch16, "mae_vit_large_patch16": vit_large_patch16,
-            "mae_vit_huge_patch14": vit_huge_patch14}
+
+class UnknownModel(ValueError):
+    """A model name this toolkit does not register; the message lists the ones it does."""
+
+
+def _create(name: str, module: str, **kwargs):
+    names = timm.list_models(module=module)  # this package's entries in timm's registry
+    if name not in names:
+        raise UnknownModel(f"unknown model {name!r}; choose one of {', '.join(names)}")
+    return timm.create_model(name, **kwargs)
 
 
 def create_mae(name: str, **kwargs) -> MaskedAutoencoderViT:
-    if name not in MAE_MODELS:
-        raise ValueError(f"unknown MAE model {name!r}; choose one of {sorted(MAE_MODELS)}")
-    return MAE_MODELS[name](**kwargs)
+    """A pretraining model by its registered name (short or full: mae_vit_base_patch16[_dec512d8b])."""
+    return _create(name, "mae", **kwargs)
+
+
+def create_encoder(name: str, **kwargs):
+    """A fine-tuning encoder (timm VisionTransformer, official MAE layout) by its registered name."""
+    return _create(name, "vit", **kwargs)
+
+
+def encoder_name(mae_name: str) -> str:
+    """'mae_vit_base_patch16[_dec512d8b]' -> 'vit_base_patch16': the encoder a pretraining model fine-tunes as."""
+    return mae_name.split("_dec")[0].removeprefix("mae_")

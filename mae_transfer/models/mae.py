@@ -215,12 +215,30 @@ def mae_vit_huge_patch14_dec512d8b(pretrained=False, **kwargs):
     return _mae(pretrained, **{**kw, **kwargs})
 
 
-# set recommended archs (the official aliases)
-mae_vit_tiny_patch8 = mae_vit_tiny_patch8_dec128d2b
-mae_vit_small_patch4 = mae_vit_small_patch4_dec256d4b
-mae_vit_base_patch16 = mae_vit_base_patch16_dec512d8b  # decoder: 512 dim, 8 blocks
-mae_vit_large_patch16 = mae_vit_large_patch16_dec512d8b  # decoder: 512 dim, 8 blocks
-mae_vit_huge_patch14 = mae_vit_huge_patch14_dec512d8b  # decoder: 512 dim, 8 blocks
+# recommended archs under the official short names, registered with timm as well
+@register_model
+def mae_vit_tiny_patch8(pretrained=False, **kwargs):
+    return mae_vit_tiny_patch8_dec128d2b(pretrained, **kwargs)
+
+
+@register_model
+def mae_vit_small_patch4(pretrained=False, **kwargs):
+    return mae_vit_small_patch4_dec256d4b(pretrained, **kwargs)
+
+
+@register_model
+def mae_vit_base_patch16(pretrained=False, **kwargs):  # decoder: 512 dim, 8 blocks
+    return mae_vit_base_patch16_dec512d8b(pretrained, **kwargs)
+
+
+@register_model
+def mae_vit_large_patch16(pretrained=False, **kwargs):  # decoder: 512 dim, 8 blocks
+    return mae_vit_large_patch16_dec512d8b(pretrained, **kwargs)
+
+
+@register_model
+def mae_vit_huge_patch14(pretrained=False, **kwargs):  # decoder: 512 dim, 8 blocks
+    return mae_vit_huge_patch14_dec512d8b(pretrained, **kwargs)
 
 
 _HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}  # ViT-Ti/S/B/L/H; decoders use 32-d heads

@@ -1,5 +1,9 @@
 import os
+import signal
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,3 +26,31 @@ def tiny_mae():
         torch.manual_seed(0)
         return MaskedAutoencoderViT(**{**TINY, **kw}).eval()
     return make
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for torchrun's rendezvous), instead of a fixed one."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_mid_epoch(cmd, checkpoint: Path, at_step: int, timeout: float = 300):
+    """Start `cmd`, SIGKILL it once `checkpoint` holds a mid-epoch state at or past `at_step`
+    optimizer steps, and return that state (the run writes checkpoint-last every step)."""
+    from mae_transfer import checkpoints
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, st = time.time() + timeout, None
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if checkpoint.exists():
+                st = checkpoints.load_file(checkpoint)["train_state"]
+                if st["step"] >= at_step and st["batch"] > 0:
+                    break
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert st is not None and st["batch"] > 0, f"no mid-epoch checkpoint before the run ended: {st}"
+    return st

@@ -1,4 +1,6 @@
 """Fine-tuning, partial fine-tuning and linear probing: presets, layer decay, loading, resume, eval."""
+import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,8 @@ from mae_transfer import models as M
 from mae_transfer.data import DataError
 from mae_transfer.engine.classify import ClassifyConfig, build_model, build_optimizer, train
 from mae_transfer.engine.config import apply_overrides, load_config
+
+from conftest import kill_mid_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 KW = {"depth": 2}
@@ -136,3 +140,36 @@ def test_clear_errors(tmp_path, data):
         train(_cfg(tmp_path / "o", f"data_path={bad}"))
     with pytest.raises(DataError, match="num_classes=2"):
         train(_cfg(tmp_path / "o2", f"data_path={data}", "num_classes=2"))
+
+
+@pytest.mark.cli
+def test_finetune_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, data, ckpts):
+    """tools/finetune.py with the ViT-B preset's Mixup/CutMix, RandAugment and drop path, a persistent
+    loader worker, accumulation 2, checkpoint-last every step, SIGKILL at a random step inside an epoch."""
+    args = [str(ROOT / "tools/finetune.py"), "--finetune", str(ckpts / "official_full.pth"), "--data-path", str(data),
+            *SMALL, "num_workers=1", "batch_size=2", "effective_batch_size=4", "epochs=3", "ckpt_every_steps=1"]
+    ref, run = tmp_path / "ref", tmp_path / "killed"
+    subprocess.run([sys.executable, *args, "--output-dir", str(ref)], check=True, capture_output=True, timeout=600)
+    kill_mid_epoch([sys.executable, *args, "--output-dir", str(run)], run / "checkpoint-last.pth", random.randrange(2, 11))
+    subprocess.run([sys.executable, *args, "--output-dir", str(run)], check=True, capture_output=True, timeout=600)
+    a, b = (checkpoints.load_file(d / "checkpoint-last.pth") for d in (ref, run))
+    assert a["step"] == b["step"] == 12 and a["train_state"] == b["train_state"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    torch.testing.assert_close(a["optimizer"]["state"], b["optimizer"]["state"], rtol=0, atol=0)
+    recs = [[json.loads(x) for x in (d / "log.txt").read_text().splitlines()] for d in (ref, run)]
+    assert [(r["train_loss"], r["test_acc1"]) for r in recs[0]] == [(r["train_loss"], r["test_acc1"]) for r in recs[1]]
+
+
+def test_layer_decay_table_is_logged(tmp_path, data):
+    from mae_transfer.engine.logger import lr_table
+    cfg = _cfg(tmp_path, "model_kwargs={'depth': 2}")
+    model = build_model(cfg)
+    opt = build_optimizer(cfg, model, lr=1e-3)
+    rows = lr_table(opt.param_groups, {id(p): n for n, p in model.named_parameters()}, 1e-3)
+    assert [r[0] for r in rows] == pytest.approx([0.65 ** 3, 0.65 ** 2, 0.65, 1.0])
+    assert rows[0][2] == "cls_token, pos_embed, patch_embed" and rows[1][2] == "blocks.0"
+    assert rows[-1][1] == pytest.approx(1e-3) and "head" in rows[-1][2] and "fc_norm" in rows[-1][2]
+    train(_cfg(tmp_path / "run", f"data_path={data}", "epochs=1", "max_steps=1"))
+    table = (tmp_path / "run/run.log").read_text().split("layer-wise lr")[1].splitlines()[1:5]
+    lr = 1e-3 * 6 / 256  # blr * batch / 256
+    assert [float(line.split()[1]) for line in table] == pytest.approx([lr * 0.65 ** k for k in (3, 2, 1, 0)], rel=5e-3)

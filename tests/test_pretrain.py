@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -18,11 +19,14 @@ from mae_transfer import checkpoints
 from mae_transfer import models as M
 from mae_transfer.engine.pretrain import PretrainConfig, train
 
+from conftest import free_port, kill_mid_epoch
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-# A run that takes a couple of seconds an epoch on 2 cores.
+# The shipped demo config (tools/pretrain.py's default) made small: a couple of seconds an epoch on
+# 2 cores, with a persistent loader worker as every real run has.
 TINY_RUN = ["img_size=32", "demo_samples=96", "batch_size=16", "effective_batch_size=16", "epochs=4",
-            "warmup_epochs=1", "num_workers=0", "vis_freq=100", "save_freq=100", "blr=1e-3"]
+            "warmup_epochs=1", "num_workers=1", "vis_freq=100", "save_freq=100", "blr=1e-3"]
 
 
 def _run(out, *extra, check=True, **kw):
@@ -57,29 +61,81 @@ def test_recipe_defaults_are_the_papers():
     assert "pos_embed" in dict(m.named_parameters()) and not {"pos_embed", "decoder_pos_embed"} & trained
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
-    ref = tmp_path / "ref"
-    _run(ref)
-    run = tmp_path / "killed"
-    cmd = [PY, str(ROOT / "tools/pretrain.py"), "--output-dir", str(run), *TINY_RUN]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = run / "log.txt"
-    deadline = time.time() + 300
-    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 2):
-        time.sleep(0.05)
-    time.sleep(0.5)  # inside epoch 3
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = [json.loads(x)["epoch"] for x in log.read_text().splitlines()]
-    assert 2 <= len(done) < 4, f"kill landed after epochs {done}"
-    _run(run)  # auto-resume from checkpoint-last.pth
-    a, b = _weights(ref / "checkpoint-last.pth"), _weights(run / "checkpoint-last.pth")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ca, cb = checkpoints.load_file(ref / "checkpoint-last.pth"), checkpoints.load_file(run / "checkpoint-last.pth")
-    assert ca["epoch"] == cb["epoch"] == 3 and ca["step"] == cb["step"]
+def _assert_same_training_state(a_path, b_path):
+    ca, cb = checkpoints.load_file(a_path), checkpoints.load_file(b_path)
+    assert ca["model"].keys() == cb["model"].keys()
+    assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
     torch.testing.assert_close(ca["optimizer"]["state"], cb["optimizer"]["state"], rtol=0, atol=0)
+    assert ca["train_state"] == cb["train_state"] and ca["epoch"] == cb["epoch"]
+    return ca
 
 
+@pytest.mark.cli
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
+    """The shipped demo config (tools/pretrain.py without --config), persistent loader workers,
+    checkpoint-last after every step, a SIGKILL at a random step inside an epoch."""
+    extra = ["demo_samples=128", "effective_batch_size=32", "ckpt_every_steps=1"]  # 4 steps an epoch, 16 in all
+    ref = tmp_path / "ref"
+    _run(ref, *extra)
+    run = tmp_path / "killed"
+    at = random.randrange(2, 15)
+    st = kill_mid_epoch([PY, str(ROOT / "tools/pretrain.py"), "--output-dir", str(run), *TINY_RUN, *extra],
+                        run / "checkpoint-last.pth", at)
+    _run(run, *extra)  # auto-resume from checkpoint-last.pth, inside the epoch
+    ck = _assert_same_training_state(ref / "checkpoint-last.pth", run / "checkpoint-last.pth")
+    assert ck["epoch"] == 3 and ck["step"] == 16, (at, st)
+    losses = [[json.loads(x)["train_loss"] for x in (d / "log.txt").read_text().splitlines()] for d in (ref, run)]
+    assert losses[0] == losses[1]  # the interrupted epoch's record too (its running sums were saved)
+
+
+def test_epochs_draw_fresh_crops_and_masks_under_any_worker_count():
+    from mae_transfer.engine import trainer
+    from mae_transfer.engine.config import apply_overrides, load_config
+    from mae_transfer.engine.distributed import DistInfo
+    from mae_transfer.engine.pretrain import build_data
+
+    cfg = apply_overrides(load_config(ROOT / "configs/pretrain/demo_tiny.py"), ["img_size=32", "demo_samples=24"])
+    ds = build_data(cfg, (4, 4))
+
+    def epochs(workers):
+        loader = trainer.make_loader(ds, 8, DistInfo(), cfg.seed, workers)
+        out = []
+        for e in range(3):
+            loader.sampler.set_epoch(e)
+            out.append([torch.cat([t.flatten(1) for t in b], 1) for b, _ in loader])
+        return out
+    runs = {w: epochs(w) for w in (0, 1, 2)}
+    for e in range(3):
+        assert all(torch.equal(x, y) for x, y in zip(runs[0][e], runs[2][e]))
+        assert all(torch.equal(x, y) for x, y in zip(runs[0][e], runs[1][e]))
+    first = {e: dict(zip(ds_order(ds, cfg.seed, e), torch.cat(runs[2][e]))) for e in range(3)}
+    for i in range(len(ds)):  # the same sample: other crop, flip and mask in each epoch
+        assert not torch.equal(first[0][i], first[1][i]) and not torch.equal(first[1][i], first[2][i])
+
+
+def ds_order(ds, seed, epoch):
+    from mae_transfer.data import EpochSampler
+
+    s = EpochSampler(ds, seed=seed)
+    s.set_epoch(epoch)
+    return [i for _, i in s]
+
+
+def test_loading_configs_in_sequence_keeps_each_files_values():
+    from mae_transfer.engine.config import load_config
+    demo = load_config(ROOT / "configs/pretrain/demo_tiny.py")
+    large = load_config(ROOT / "configs/pretrain/mae_vit_large.py")
+    assert (large.model, large.img_size, large.epochs, large.blr, large.output_dir, large.num_workers) == (
+        "mae_vit_large_patch16", 224, 800, 1.5e-4, "output/pretrain", 10)
+    assert (demo.model, demo.img_size, demo.epochs) == ("mae_vit_tiny_patch8", 64, 30)
+    demo.model_kwargs["depth"] = 3  # a loaded config is the caller's own copy
+    assert load_config(ROOT / "configs/pretrain/demo_tiny.py").model_kwargs == {}
+    from configs.pretrain import demo_tiny, mae_vit_base  # a plain import: the base is copied, not changed
+    assert (mae_vit_base.cfg.model, mae_vit_base.cfg.img_size) == ("mae_vit_base_patch16", 224)
+    assert demo_tiny.cfg.model == "mae_vit_tiny_patch8"
+
+
+@pytest.mark.cli
 def test_kill_during_checkpoint_write_keeps_last_intact(tmp_path):
     script = tmp_path / "die_in_save.py"
     script.write_text(textwrap.dedent(f"""
@@ -103,6 +159,7 @@ def test_kill_during_checkpoint_write_keeps_last_intact(tmp_path):
     assert ck["epoch"] == 0  # the first epoch's checkpoint, whole
 
 
+@pytest.mark.cli
 def test_torchrun_two_processes_match_one(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(textwrap.dedent(f"""
@@ -120,7 +177,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
         torch.save(model.state_dict(), f"{{out}}/rank{{info.rank}}.pt")
     """))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                     str(script), str(tmp_path / "ddp"), "8"], check=True, timeout=600, env=env, capture_output=True)
     subprocess.run([PY, str(script), str(tmp_path / "one"), "16"], check=True, timeout=600, env=env, capture_output=True)
     r0, r1 = torch.load(tmp_path / "ddp/rank0.pt"), torch.load(tmp_path / "ddp/rank1.pt")
@@ -148,16 +205,26 @@ def _image_folder(root: Path):
     Image.fromarray(np.zeros((1, 1, 3), dtype=np.uint8)).save(root / "cls_b/onepixel.png")
 
 
-def test_bad_images_skipped_and_counted(tmp_path):
+@pytest.mark.cli
+def test_bad_images_replaced_and_counted(tmp_path):
+    """Unreadable images inside an accumulation window: each is replaced by a readable one (drawn
+    from the same seed), so every micro-batch is full and every process makes the same backward
+    calls; the epoch goes on and the count is logged."""
     _image_folder(tmp_path / "data")
     out = tmp_path / "run"
-    r = _run(out, "--data-path", str(tmp_path / "data"), "epochs=1", "batch_size=19", "effective_batch_size=19")
-    rec = json.loads((out / "log.txt").read_text().splitlines()[-1])
-    assert rec["skipped_images"] == 3, r.stdout  # truncated, not an image, 1 pixel
-    assert "3 unreadable images skipped" in r.stdout
+    _run(out, "--data-path", str(tmp_path / "data"), "epochs=2", "batch_size=4", "effective_batch_size=8")
+    recs = [json.loads(x) for x in (out / "log.txt").read_text().splitlines()]
+    from mae_transfer.data import ImageDataset
+    files = ImageDataset(tmp_path / "data").files
+    bad = {i for i, f in enumerate(files) if Path(f).name in ("truncated.jpg", "notanimage.jpg", "onepixel.png")}
+    seen = [ds_order(files, 0, e)[:16] for e in range(2)]  # 2 steps of 2 x 4 of the 19 images an epoch
+    assert [r["skipped_images"] for r in recs] == [len(bad & set(s)) for s in seen]
+    assert sum(r["skipped_images"] for r in recs) > 0
+    assert checkpoints.load_file(out / "checkpoint-last.pth")["step"] == 4  # 2 full steps an epoch
 
 
 @pytest.mark.parametrize("setup,msg", [("missing", "data folder not found"), ("empty", "no images")])
+@pytest.mark.cli
 def test_missing_or_empty_folder_is_one_line(tmp_path, setup, msg):
     if setup == "empty":
         (tmp_path / "empty").mkdir()
@@ -166,29 +233,51 @@ def test_missing_or_empty_folder_is_one_line(tmp_path, setup, msg):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
-    from mae_transfer.engine.config import apply_overrides, load_config
-    from mae_transfer.engine.trainer import NonFiniteLoss
-    cfg = apply_overrides(load_config(ROOT / "configs/pretrain/demo_tiny.py"),
-                          TINY_RUN + [f"output_dir={tmp_path}"])
+def _flaky_loss(monkeypatch, bad_calls):
     calls = [0]
     real = M.MaskedAutoencoderViT.forward_loss
 
     def flaky(self, *a):
         calls[0] += 1
         loss = real(self, *a)
-        return loss * float("nan") if calls[0] > 8 else loss  # epoch 0 has 6 steps
+        return loss * float("nan") if calls[0] in bad_calls else loss
     monkeypatch.setattr(M.MaskedAutoencoderViT, "forward_loss", flaky)
+
+
+def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    from mae_transfer.engine.config import apply_overrides, load_config
+    from mae_transfer.engine.loop import NonFiniteLoss
+    cfg = apply_overrides(load_config(ROOT / "configs/pretrain/demo_tiny.py"), TINY_RUN + [f"output_dir={tmp_path}"])
+    _flaky_loss(monkeypatch, range(9, 100))  # epoch 0 has 6 steps
     with pytest.raises(NonFiniteLoss, match="Last good checkpoint"):
         train(cfg)
     assert checkpoints.load_file(tmp_path / "checkpoint-last.pth")["epoch"] == 0
 
 
+def test_nonfinite_loss_rolls_back_and_goes_on(tmp_path, monkeypatch):
+    from mae_transfer.engine.config import apply_overrides, load_config
+    from mae_transfer.engine.loop import NonFiniteLoss
+    base = load_config(ROOT / "configs/pretrain/demo_tiny.py")
+    cfg = apply_overrides(base, TINY_RUN + [f"output_dir={tmp_path / 'a'}", "on_nonfinite=rollback", "epochs=2"])
+    _flaky_loss(monkeypatch, {8, 10})  # steps 2 and 4 of epoch 1 (6 steps an epoch)
+    train(cfg)
+    events = [json.loads(x) for x in (tmp_path / "a/events.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["epoch"], e["batch"], e["to_step"]) for e in events] == [
+        ("rollback", 1, 2, 6), ("rollback", 1, 4, 6)]  # back to the end of epoch 0, then on with the next data
+    ck = checkpoints.load_file(tmp_path / "a/checkpoint-last.pth")
+    assert ck["step"] == 8 and ck["train_state"]["rollbacks"] == 2 and ck["epoch"] == 1  # 12 batches, 4 lost
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+    _flaky_loss(monkeypatch, {8, 10})
+    with pytest.raises(NonFiniteLoss):  # more non-finite steps than max_rollbacks allows
+        train(apply_overrides(cfg, [f"output_dir={tmp_path / 'b'}", "max_rollbacks=1"]))
+
+
+@pytest.mark.cli
 def test_pretrain_checkpoint_loads_everywhere(tmp_path):
     out = tmp_path / "run"
     _run(out, "epochs=1", "vis_freq=1")
     ck = checkpoints.load_file(out / "checkpoint-last.pth")
-    assert {"model", "optimizer", "epoch", "args", "scheduler", "rng"} <= set(ck)
+    assert {"model", "optimizer", "epoch", "args", "scheduler", "train_state"} <= set(ck)
     mae = M.mae_vit_tiny_patch8(img_size=32)
     mae.load_state_dict(ck["model"], strict=True)
     vit = M.vit_tiny_patch8(img_size=32, num_classes=3, checkpoint=str(out / "checkpoint-last.pth"))
@@ -209,6 +298,7 @@ def test_slurm_requeue_resumes(tmp_path):
     assert job.cfg.resume == "auto" and job.cfg.output_dir == str(tmp_path) and job.train_fn is train
 
 
+@pytest.mark.cli
 def test_visualize_tool(tmp_path):
     out = tmp_path / "run"
     _run(out, "epochs=1")

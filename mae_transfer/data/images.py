@@ -5,11 +5,14 @@ generator seeded with (seed, e, i), and (e, i) is what the sampler hands the wor
 therefore the same whatever the number of workers, their persistence, the number of processes or
 restarts -- which is what makes resume bit-identical and DDP equal to one process.
 """
+import contextlib
 import logging
 import os
+import random
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
+import numpy as np
 import torch
 from PIL import Image, ImageFile
 from torchvision import transforms
@@ -112,6 +115,23 @@ def demo_photos() -> List[Image.Image]:
     return photos
 
 
+@contextlib.contextmanager
+def seeded_globals(seed: int):
+    """Seed the global generators that transforms draw from -- torch (torchvision), `random` and
+    numpy (timm's RandAugment, RandomErasing) -- for one sample: ~10 us. torch's state is restored
+    afterwards (2 us); `random` and numpy are left seeded, since restoring numpy's state costs
+    ~150 us a sample and the training loop seeds the main process before every micro-batch anyway."""
+    gen = torch.default_generator
+    state = gen.get_state()
+    gen.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        gen.set_state(state)
+
+
 class SeededSamples(torch.utils.data.Dataset):
     """Wraps a source of PIL images (a Dataset, or a list of photos sampled with replacement to
     `length`) with per-sample seeded augmentation and extras such as mask noise.
@@ -119,7 +139,7 @@ class SeededSamples(torch.utils.data.Dataset):
     Indexed by `(epoch, i)` -- what `EpochSampler` yields, so the epoch reaches every loader worker,
     persistent or not -- or by a plain `i` (= epoch 0). The source yields a PIL image, or a tuple
     (PIL image, label, ...) whose other items pass through. Returns `(sample, n_bad)` with `sample` =
-    (image tensor, *rest, *extras(generator)). An unreadable image is replaced by a readable one drawn
+    (image tensor, *rest, *extras(generator)) and `n_bad` = 1 if it was replaced. An unreadable image is replaced by a readable one drawn
     deterministically from the same seed when `replace_bad` (training: every batch stays full, so
     processes never disagree on the number of backward passes), else `sample` is None (evaluation).
     """
@@ -137,12 +157,7 @@ class SeededSamples(torch.utils.data.Dataset):
     def __getitem__(self, key):
         epoch, i = key if isinstance(key, tuple) else (0, key)
         seed = (self.seed * 1_000_003 + epoch) * 10_000_019 + i
-        # torchvision draws from the global CPU generator: seed it for this sample, then restore it
-        # (get/set_state on the generator: ~2 us, where fork_rng + torch.manual_seed cost ~200 us)
-        gen = torch.default_generator
-        state = gen.get_state()
-        gen.manual_seed(seed)
-        try:
+        with seeded_globals(seed):
             for n_bad in range(self.MAX_TRIES if self.replace_bad else 1):
                 j = i if n_bad == 0 else int(torch.randint(len(self.source), ()))
                 if isinstance(self.source, list):  # demo photos: pick one at random
@@ -158,10 +173,8 @@ class SeededSamples(torch.utils.data.Dataset):
                     return None, 1
                 raise DataError(f"{self.MAX_TRIES} images in a row were unreadable (starting at index {i}); "
                                 "is the data folder mostly broken files?")
-        finally:
-            gen.set_state(state)
         g = torch.Generator().manual_seed(seed)
-        return (x, *rest, *(f(g) for f in self.extras)), n_bad
+        return (x, *rest, *(f(g) for f in self.extras)), int(n_bad > 0)
 
 
 class EpochSampler(torch.utils.data.Sampler):

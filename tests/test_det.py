@@ -156,3 +156,25 @@ def test_converted_vit_equals_our_encoder(tiny_ckpts):
             t = blk(t)
         ref = t.transpose(1, 2).reshape(2, 192, 8, 8)
         torch.testing.assert_close(model.backbone.net(x)["last_feat"], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_vitdet_h_config_equals_vitdet_value_for_value():
+    """ViTDet's projects/ViTDet/configs/COCO/mask_rcnn_vitdet_h_75ep.py, read off the reference file."""
+    h = LazyConfig.load(str(ROOT / "configs/det/mask_rcnn_vitdet_h_75ep.py"))
+    net = h.model.backbone.net
+    assert (net.embed_dim, net.depth, net.num_heads, net.drop_path_rate) == (1280, 32, 16, 0.5)
+    import inspect
+    from detectron2.modeling import ViT
+    assert "pretrain_img_size" not in net and inspect.signature(ViT).parameters["pretrain_img_size"].default == 224
+    assert list(net.window_block_indexes) == [i for i in range(32) if i not in (7, 15, 23, 31)]
+    f = h.optimizer.params.lr_factor_func
+    assert (f.keywords["lr_decay_rate"], f.keywords["num_layers"]) == (0.9, 32)
+    assert h.optimizer.params.overrides == {} and h.optimizer.params.weight_decay_norm is None
+    assert (h.optimizer.lr, h.optimizer.weight_decay, tuple(h.optimizer.betas)) == (1e-4, 0.1, (0.9, 0.999))
+    s = h.lr_multiplier
+    assert h.train.max_iter == s.scheduler.num_updates == 138281
+    assert list(s.scheduler.milestones) == [122916, 133159] and list(s.scheduler["values"]) == [1.0, 0.1, 0.01]
+    assert (s.warmup_length, s.warmup_factor) == (250 / 184375, 0.001)  # B's fraction, as ViTDet keeps it
+    b = LazyConfig.load(str(ROOT / "configs/det/mask_rcnn_vitdet_b_100ep.py"))  # loaded after H: its own values
+    assert b.optimizer.params.overrides == {"pos_embed": {"weight_decay": 0.0}} and b.optimizer.params.weight_decay_norm == 0.0
+    assert (b.train.max_iter, b.model.backbone.net.embed_dim, b.lr_multiplier.warmup_length) == (184375, 768, 250 / 184375)

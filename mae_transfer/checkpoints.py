@@ -114,6 +114,32 @@ def checkpoint_kind(sd: StateDict) -> str:
     return "finetuned" if any(k.startswith("head.") for k in sd) else "encoder"
 
 
+# ----------------------------------------------------------------------------------------- loading
+def load_into(module: torch.nn.Module, sd: StateDict, source, fresh_ok: str = None, ignore_ok: str = None,
+              scope: str = "") -> Dict[str, List[str]]:
+    """Load `sd` (already in `module`'s names) into `module`: the one load-and-report path of
+    fine-tuning, detectron2 and mmseg. Every tensor of `module` under `scope` must come from `sd`
+    unless its name matches `fresh_ok`, shapes must fit, and a tensor of `sd` the module lacks is
+    an error unless it matches `ignore_ok` -- each a CheckpointError naming a few keys. Returns
+    {'loaded', 'fresh', 'ignored'}: what was loaded, what starts fresh, what was left out."""
+    own = module.state_dict()
+    fresh_re, ignore_re = re.compile(fresh_ok or "(?!)"), re.compile(ignore_ok or "(?!)")
+    missing = [k for k in own if k.startswith(scope) and k not in sd and not fresh_re.search(k)]
+    if missing:
+        raise CheckpointError(f"{source}: the checkpoint lacks {len(missing)} weights the model needs, e.g. "
+                              f"{missing[:3]} (a ViT of another size?)")
+    misfit = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items() if k in own and v.shape != own[k].shape]
+    if misfit:
+        raise CheckpointError(f"{source}: weights do not fit the model: {misfit[:3]}")
+    extra = [k for k in sd if k not in own and not ignore_re.search(k)]
+    if extra:
+        raise CheckpointError(f"{source}: the checkpoint has weights the model lacks (a deeper ViT?): {extra[:3]}")
+    loaded = {k: v for k, v in sd.items() if k in own}
+    module.load_state_dict(loaded, strict=False)
+    return {"loaded": sorted(loaded), "fresh": sorted(k for k in own if k not in loaded),
+            "ignored": sorted(k for k in sd if k not in own)}
+
+
 # ----------------------------------------------------------------------------------------- writing
 def _atomic(path: Path, write: Callable[[str], None]) -> Path:
     """Write to a temporary file beside `path`, fsync, then rename: a crash never leaves a

@@ -1,8 +1,31 @@
 """`python -m mae_transfer.env`: versions of everything the toolkit runs on (like detectron2's collect_env)."""
 import importlib
 import importlib.metadata
+import logging
 import platform
+import re
 import sys
+from typing import Tuple
+
+
+def version_tuple(dist: str) -> Tuple[int, ...]:
+    """(major, minor, patch) of an installed distribution; () when it is not installed. Compat
+    code compares it with the versions it was written for (`if version_tuple("timm")[:2] == (1, 0):`)."""
+    try:
+        v = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return ()
+    return tuple(int(x) for x in re.findall(r"\d+", v)[:3])
+
+
+_applied = set()
+
+
+def log_patch(what: str) -> None:
+    """Say once per process that a host-library patch was applied, in the toolkit's log."""
+    if what not in _applied:
+        _applied.add(what)
+        logging.getLogger("mae_transfer").info("compat: %s", what)
 
 
 def _version(mod: str) -> str:

@@ -113,6 +113,7 @@ def test_partial_finetuning_trains_only_last_blocks(tmp_path):
     assert trained == {"blocks.1", "fc_norm", "head"}
 
 
+@pytest.mark.cli
 def test_resume_and_eval(tmp_path, data, ckpts):
     out = tmp_path / "run"
     train(_cfg(out, f"finetune={ckpts / 'official_full.pth'}", f"data_path={data}", "epochs=1"))

@@ -78,6 +78,7 @@ def test_vit_h_kernel_resampled_to_16():
     torch.testing.assert_close(w.mean(), sd["patch_embed.proj.weight"].mean(), rtol=0.1, atol=1e-4)
 
 
+@pytest.mark.cli
 def test_train_eval_resume_through_the_tool(tmp_path, coco, tiny_ckpts):
     d, _ = tiny_ckpts
     data = ["--train-json", coco["train_json"], "--train-images", coco["train_images"],
@@ -100,6 +101,7 @@ def test_train_eval_resume_through_the_tool(tmp_path, coco, tiny_ckpts):
     assert (tmp_path / "ev/eval_results.json").exists()
 
 
+@pytest.mark.cli
 def test_two_process_gloo_training(tmp_path, coco, tiny_ckpts):
     d, _ = tiny_ckpts
     _tool("--backbone", str(d / "encoder.pth"), "--config", TINY, "--output-dir", str(tmp_path), "--num-gpus", "2",
@@ -108,6 +110,7 @@ def test_two_process_gloo_training(tmp_path, coco, tiny_ckpts):
     assert (tmp_path / "model_final.pth").exists()
 
 
+@pytest.mark.cli
 def test_bad_data_is_one_line(tmp_path, coco):
     bad = tmp_path / "bad.json"
     bad.write_text('{"images": [')

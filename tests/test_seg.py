@@ -14,11 +14,14 @@ from mae_transfer import checkpoints
 from mae_transfer import models as M
 from mae_transfer.data.synthetic import make_ade_shapes
 
+from conftest import free_port  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs/seg/tiny_cpu.py")
 PY = sys.executable
 
 
+@pytest.mark.cli
 def test_mmseg_models_imports_on_mmcv_lite():
     code = "import mae_transfer.seg, mmseg.models; from mmseg.registry import MODELS; print(MODELS.get('MAEViT'))"
     r = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=300)
@@ -91,6 +94,7 @@ def test_checkpoint_formats_load_with_no_trunk_key_missing(ckpts, name):
     assert bb.pos_embed.shape[1] == 1 + 16 * 16  # 8x8 table resampled for 128-px crops
 
 
+@pytest.mark.cli
 def test_train_resume_eval_through_the_tool(tmp_path, ade, ckpts):
     wd = tmp_path / "run"
     r = _tool("--config", TINY, "--backbone", str(ckpts / "full.pth"), "--data-root", ade, "--work-dir", str(wd),
@@ -107,9 +111,10 @@ def test_train_resume_eval_through_the_tool(tmp_path, ade, ckpts):
     assert "mIoU" in r.stdout + r.stderr and (wd / "eval_results.json").exists()
 
 
+@pytest.mark.cli
 def test_two_process_training(tmp_path, ade, ckpts):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29544",
+    r = subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                         str(ROOT / "tools/train_seg.py"), "--launcher", "pytorch", "--config", TINY,
                         "--backbone", str(ckpts / "encoder.pth"), "--data-root", ade, "--work-dir", str(tmp_path),
                         "--cfg-options", *FAST], capture_output=True, text=True, timeout=900, env=env)
@@ -117,6 +122,7 @@ def test_two_process_training(tmp_path, ade, ckpts):
     assert (tmp_path / "iter_2.pth").exists()
 
 
+@pytest.mark.cli
 def test_bad_data_is_one_line(tmp_path, ade):
     import shutil
     root = tmp_path / "ade"

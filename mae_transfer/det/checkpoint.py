@@ -19,29 +19,16 @@ def load_backbone(model: torch.nn.Module, path, prefix: str = "backbone.net.") -
     fit; returns {'loaded': [...], 'fresh': [...], 'ignored': [...]}."""
     own = model.state_dict()
     net = next(m for n, m in model.named_modules() if n == prefix.rstrip("."))
-    patch = net.patch_embed.proj.kernel_size[0]
-    src = checkpoints.read_state_dict(path)
-    sd = checkpoints.to_detectron2(src, patch_size=patch, prefix=prefix)
+    sd = checkpoints.to_detectron2(checkpoints.read_state_dict(path), patch_size=net.patch_embed.proj.kernel_size[0],
+                                   prefix=prefix)
     key = prefix + "pos_embed"
     if key in sd and key in own and sd[key].shape != own[key].shape:
         side = int(round((own[key].shape[1] - 1) ** 0.5))
         sd[key] = resample_pos_embed(sd[key], (side, side))
-    trunk = [k for k in own if k.startswith(prefix)]
-    missing = [k for k in trunk if k not in sd and not FRESH_OK.search(k)]
-    if missing:
-        raise checkpoints.CheckpointError(
-            f"{path}: the backbone checkpoint lacks {len(missing)} trunk weights, e.g. {missing[:3]} "
-            f"(is it a ViT of this size?)")
-    misfit = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in trunk if k in sd and sd[k].shape != own[k].shape]
-    if misfit:
-        raise checkpoints.CheckpointError(f"{path}: backbone weights do not fit the config's ViT: {misfit[:3]}")
-    ignored = sorted(k for k in sd if k not in own)
-    loadable = {k: v for k, v in sd.items() if k in own}
-    model.load_state_dict(loadable, strict=False)
-    report = {"loaded": sorted(loadable), "fresh": sorted(k for k in own if k not in loadable), "ignored": ignored}
-    _logger.info("backbone %s: loaded %d tensors into %s*; fresh: %d rel-pos tables, %s; ignored: %s", path,
+    report = checkpoints.load_into(model, sd, path, fresh_ok=FRESH_OK.pattern, scope=prefix)
+    _logger.info("backbone %s: loaded %d tensors into %s*; fresh: %d rel-pos tables, %s", path,
                  len(report["loaded"]), prefix, sum(bool(FRESH_OK.search(k)) for k in report["fresh"]),
-                 _summarise([k for k in report["fresh"] if not FRESH_OK.search(k)]), ignored or "none")
+                 _summarise([k for k in report["fresh"] if not FRESH_OK.search(k)]))
     return report
 
 

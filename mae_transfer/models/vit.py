@@ -7,6 +7,7 @@ fine-tuning layout; `False` -> the cls token after `norm` (linear probing). Regi
     timm.create_model('vit_base_patch16.mae', pretrained=True)   # downloads only when asked
 """
 import logging
+import os
 from typing import Dict, Optional
 
 import torch
@@ -42,18 +43,16 @@ def checkpoint_filter_fn(state_dict: Dict, model: VisionTransformer) -> Dict[str
     return out
 
 
-def load_checkpoint(model: VisionTransformer, checkpoint) -> "torch.nn.modules.module._IncompatibleKeys":
-    """Load `checkpoint` (path or dict) into `model` and log missing / unexpected keys."""
-    msg = model.load_state_dict(checkpoint_filter_fn(checkpoint, model), strict=False)
-    trunk_missing = [k for k in msg.missing_keys if not k.startswith(("head.", "fc_norm."))]
-    if trunk_missing:
-        raise checkpoints.CheckpointError(f"checkpoint lacks encoder weights: {trunk_missing[:6]}")
-    extra = [k for k in msg.unexpected_keys if not k.startswith(("head.", "fc_norm.", "norm."))]
-    if extra:
-        raise checkpoints.CheckpointError(f"checkpoint has encoder weights the model lacks (a deeper ViT?): {extra[:6]}")
-    _logger.info("loaded %s: missing %s, unexpected %s", checkpoint if isinstance(checkpoint, str) else "state dict",
-                 msg.missing_keys, msg.unexpected_keys)
-    return msg
+def load_checkpoint(model: VisionTransformer, checkpoint) -> Dict:
+    """Load `checkpoint` (path or dict) into `model`; the head and fc_norm may start fresh, the
+    final `norm` of a pretrained file may be left out (global pooling uses fc_norm). Returns and
+    logs the report {'loaded', 'fresh', 'ignored'}."""
+    source = checkpoint if isinstance(checkpoint, (str, os.PathLike)) else "state dict"
+    report = checkpoints.load_into(model, checkpoint_filter_fn(checkpoint, model), source,
+                                   fresh_ok=r"^(head|fc_norm)\.", ignore_ok=r"^(head|fc_norm|norm)\.")
+    _logger.info("loaded %s: %d tensors; fresh: %s; ignored: %s", source, len(report["loaded"]),
+                 report["fresh"] or "none", report["ignored"] or "none")
+    return report
 
 
 def _create(variant: str, pretrained: bool = False, checkpoint: Optional[str] = None,

@@ -3,10 +3,9 @@
 Importing this module makes mmseg importable on mmcv-lite (see compat.py), registers `MAEViT` and
 `PerClassIoUMetric` in mmseg's registries; configs elsewhere can use them with
 `custom_imports = dict(imports=['mae_transfer.seg'])`."""
-from .compat import allow_mmengine_checkpoints, ensure_mmcv_ops
+from .compat import ensure_mmcv_ops
 
-ensure_mmcv_ops()
-allow_mmengine_checkpoints()
+ensure_mmcv_ops()  # mmseg does not import without it; the checkpoint patch is applied by train.main
 
 from .backbone import MAEViT  # noqa: E402,F401
 from .metric import PerClassIoUMetric  # noqa: E402,F401

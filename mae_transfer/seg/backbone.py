@@ -29,15 +29,7 @@ class MAEViT(MAE):
             return
         sd = checkpoints.to_mmseg(checkpoints.read_state_dict(self.checkpoint))
         sd = self.resize_abs_pos_embed(sd)  # mmseg's own bicubic resampling to img_size
-        own = self.state_dict()
-        missing = [k for k in own if k not in sd and not FRESH_OK.search(k)]
-        if missing:
-            raise checkpoints.CheckpointError(
-                f"{self.checkpoint}: lacks {len(missing)} backbone weights, e.g. {missing[:3]} (a ViT of this size?)")
-        misfit = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
-        if misfit:
-            raise checkpoints.CheckpointError(f"{self.checkpoint}: weights do not fit the config's ViT: {misfit[:3]}")
-        self.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
-        fresh = [k for k in own if k not in sd and k.endswith("bias_table")]
-        print_log(f"backbone {self.checkpoint}: loaded {len([k for k in sd if k in own])} tensors; fresh: "
-                  f"{len(fresh)} relative position tables (zero), the neck and the heads", logger="current")
+        report = checkpoints.load_into(self, sd, self.checkpoint, fresh_ok=FRESH_OK.pattern)
+        print_log(f"backbone {self.checkpoint}: loaded {len(report['loaded'])} tensors; fresh: "
+                  f"{sum(k.endswith('bias_table') for k in report['fresh'])} relative position tables (zero), "
+                  "the neck and the heads", logger="current")

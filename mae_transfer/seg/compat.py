@@ -1,5 +1,6 @@
 """Make MMSegmentation 1.2.2 import and resume on mmcv-lite + torch >= 2.6. A no-op where a full
-mmcv (with compiled ops) is installed.
+mmcv (with compiled ops) is installed. Each patch checks the versions it was written for (mmcv-lite
+2.1, mmengine 0.10, torch >= 2.6) and says in the log when it is applied.
 
 1. mmseg imports `mmcv.ops` eagerly in four modules (utils/mask_classification.py,
    models/utils/point_sample.py, decode_heads/san_head.py, losses/focal_loss.py), but mmcv-lite
@@ -17,6 +18,8 @@ import sys
 import types
 from pathlib import Path
 
+from ..env import log_patch, version_tuple
+
 
 def _compiled_only(name):
     def op(*args, **kwargs):
@@ -26,11 +29,15 @@ def _compiled_only(name):
 
 
 def ensure_mmcv_ops() -> None:
+    """Needed to import mmseg at all, so applied when mae_transfer.seg is imported."""
     try:
         import mmcv.ops  # noqa: F401  (full mmcv: nothing to do)
         return
     except ImportError:
         pass
+    if version_tuple("mmcv-lite")[:2] != (2, 1):
+        raise ImportError(f"mmcv.ops is missing and the mmcv-lite stand-in was written for mmcv-lite 2.1 "
+                          f"(installed: {version_tuple('mmcv-lite') or 'none'}); run tools/setup.sh")
     for k in [k for k in sys.modules if k.startswith("mmcv.ops.")]:
         del sys.modules[k]  # half-imported submodules of the failed attempt
     spec = importlib.util.find_spec("mmcv")
@@ -44,14 +51,17 @@ def ensure_mmcv_ops() -> None:
     ops.point_sample = importlib.import_module("mmcv.ops.point_sample").point_sample  # pure torch
     for name in ("sigmoid_focal_loss", "softmax_focal_loss", "CrissCrossAttention", "PSAMask"):
         setattr(ops, name, _compiled_only(name))
+    log_patch("mmcv-lite 2.1 has no mmcv.ops: a stand-in loads its pure-torch parts (point_sample)")
 
 
 def allow_mmengine_checkpoints() -> None:
-    """Allow-list the data types in mmengine's own checkpoints for weights_only loading: the
+    """Applied by tools/train_seg.py before the runner saves or loads. Allow-list the data types in mmengine's own checkpoints for weights_only loading: the
     message hub's HistoryBuffer and the numpy arrays/scalars it holds. A HistoryBuffer also pickles
     its class's registry of statistics functions, which would need `getattr` on load (not a type:
     it could reach anything); that registry lives on the class anyway, so it is left out when
     saving. Checkpoints written by a stock mmengine still carry it and are refused by torch."""
+    if version_tuple("torch") < (2, 6) or version_tuple("mmengine")[:2] != (0, 10):
+        return  # torch < 2.6 loads with weights_only=False by default; another mmengine may differ
     import numpy as np
     import torch
     from mmengine.logging import HistoryBuffer
@@ -66,12 +76,16 @@ def allow_mmengine_checkpoints() -> None:
     types_ += [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)]
     torch.serialization.add_safe_globals(types_)
     checkpoints.allow_globals(*types_)
+    log_patch("mmengine 0.10 checkpoints on torch >= 2.6: HistoryBuffer and numpy types allow-listed for "
+              "weights_only loading; HistoryBuffer pickles without its statistics registry")
 
 
 def cpu_distributed(cfg) -> None:
     """mmengine 0.10.7 calls torch.cuda.set_device() while initialising `--launcher pytorch` and
     hands DDP `device_ids=[LOCAL_RANK]`, so multi-process training on CPUs (gloo) fails. Initialise
     the gloo group first (mmengine then skips its own) and wrap with DDP without device ids."""
+    if version_tuple("mmengine")[:2] != (0, 10):
+        return
     import torch.distributed as dist
     from mmengine.model import MMDistributedDataParallel
     from mmengine.registry import MODEL_WRAPPERS
@@ -85,3 +99,4 @@ def cpu_distributed(cfg) -> None:
         dist.init_process_group("gloo")
     cfg.model_wrapper_cfg = dict(type="CPUDistributedDataParallel", broadcast_buffers=False,
                                  find_unused_parameters=cfg.get("find_unused_parameters", False))
+    log_patch("mmengine 0.10 --launcher pytorch on CPUs: gloo group and DDP without device ids")

@@ -88,7 +88,12 @@ def main(args):
     from mmengine.runner import Runner
 
     import mae_transfer.seg  # noqa: F401  (compat + registry entries)
+    from .compat import allow_mmengine_checkpoints
 
+    from ..engine.logger import setup_logging
+
+    setup_logging(None, is_main=True)  # the toolkit's own lines (compat patches) on stdout, beside mmengine's
+    allow_mmengine_checkpoints()  # before the runner saves (and on resume, loads) a checkpoint
     cfg = build_config(args)
     check_data(cfg, ("val",) if args.eval_only else ("train", "val"))
     if cfg.launcher == "pytorch" and not torch.cuda.is_available():

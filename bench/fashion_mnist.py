@@ -100,10 +100,12 @@ def run(args):
             f"ft100_{tag}", init, "finetune", everything, args.ft100_epochs, **ft)
 
     print(f"\nFashion-MNIST test accuracy (top-1 %, {len(yte)} images); ViT {ENC}, MAE decoder {DEC}")
-    print(f"MAE pretraining: {args.pretrain_epochs} epochs on {len(xtr)} unlabelled images, {times['pretrain'] / 60:.1f} min")
+    print(f"MAE pretraining: {args.pretrain_epochs} epochs on {len(xtr)} unlabelled images, "
+          f"{times['pretrain'] / 60:.1f} min")
     print(f"| {'task':<28} | {'MAE-pretrained':>14} | {'from scratch':>12} | {'time MAE / scratch (min)':>25} |")
     print(f"|{'-' * 30}|{'-' * 16}|{'-' * 14}|{'-' * 27}|")
-    keys = {"linear probe (100 % labels)": "linprobe", "fine-tune, 1 % labels": "ft1", "fine-tune, 100 % labels": "ft100"}
+    keys = {"linear probe (100 % labels)": "linprobe", "fine-tune, 1 % labels": "ft1",
+            "fine-tune, 100 % labels": "ft100"}
     for task, r in rows.items():
         k = keys[task]
         tm = f"{times[k + '_MAE'] / 60:.1f} / {times[k + '_scratch'] / 60:.1f}"

@@ -158,7 +158,8 @@ def train_flops(size: dict, batch: int, mask_ratio: float) -> float:
         return depth * (2 * n * 12 * d * d + 4 * n * n * d)
     f = blocks(size["embed_dim"], size["depth"], vis) + blocks(size["decoder_embed_dim"], size["decoder_depth"], L + 1)
     f += 2 * L * 3 * size["patch_size"] ** 2 * size["embed_dim"]  # patch embedding (all patches)
-    f += 2 * (vis * size["embed_dim"] * size["decoder_embed_dim"] + L * size["decoder_embed_dim"] * 3 * size["patch_size"] ** 2)
+    f += 2 * vis * size["embed_dim"] * size["decoder_embed_dim"]  # decoder embedding
+    f += 2 * L * size["decoder_embed_dim"] * 3 * size["patch_size"] ** 2  # pixel prediction
     return 3 * batch * f
 
 
@@ -197,7 +198,7 @@ def main():
             row.append(f"{batch / t['ours + compile']:.1f}")
         if a.gpu:
             fl = train_flops(SIZES[name], batch, 0.75)
-            row += [f"{100 * fl / t['ours'] / (a.peak_tflops * 1e12):.1f}%", f"{100 * fl / t['HF'] / (a.peak_tflops * 1e12):.1f}%"]
+            row += [f"{100 * fl / t[k] / (a.peak_tflops * 1e12):.1f}%" for k in ("ours", "HF")]
         rows.append(row)
     hdr = ["model", "batch", "ours img/s", "HF img/s", "ours / HF", "peak GiB ours / HF"]
     table(rows, hdr + (["ours + compile img/s"] if a.compile else []) + (["MFU ours", "MFU HF"] if a.gpu else []))

@@ -128,7 +128,8 @@ def load_into(module: torch.nn.Module, sd: StateDict, source, fresh_ok: str = No
     if missing:
         raise CheckpointError(f"{source}: the checkpoint lacks {len(missing)} weights the model needs, e.g. "
                               f"{missing[:3]} (a ViT of another size?)")
-    misfit = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items() if k in own and v.shape != own[k].shape]
+    misfit = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items()
+              if k in own and v.shape != own[k].shape]
     if misfit:
         raise CheckpointError(f"{source}: weights do not fit the model: {misfit[:3]}")
     extra = [k for k in sd if k not in own and not ignore_re.search(k)]

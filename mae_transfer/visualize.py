@@ -7,7 +7,6 @@ import torch
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .models.mae import MaskedAutoencoderViT
 
-
 NORM_PIX_NOTE = "\n(norm_pix_loss: predicted patches shown with their true mean and std)"
 
 

@@ -8,15 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import kill_mid_epoch
 from PIL import Image
 
 from mae_transfer import checkpoints
 from mae_transfer import models as M
 from mae_transfer.data import DataError
-from mae_transfer.engine.classify import ClassifyConfig, build_model, build_optimizer, train
+from mae_transfer.engine.classify import build_model, build_optimizer, train
 from mae_transfer.engine.config import apply_overrides, load_config
-
-from conftest import kill_mid_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 KW = {"depth": 2}
@@ -47,10 +46,11 @@ def ckpts(tmp_path_factory):
     torch.manual_seed(0)
     sd = M.mae_vit_tiny_patch8(img_size=32, depth=2).state_dict()
     checkpoints.save_official(d / "official_full.pth", sd)
-    checkpoints.save_official(d / "official_encoder.pth", {k: v for k, v in sd.items() if not k.startswith(("dec", "mask"))})
-    out = subprocess.run([sys.executable, str(ROOT / "tools/pretrain.py"), "--output-dir", str(d / "pre"), "img_size=32",
-                          "demo_samples=32", "batch_size=16", "effective_batch_size=16", "epochs=1", "num_workers=0",
-                          "vis_freq=100", f"model_kwargs={KW}"], capture_output=True, text=True)
+    enc = {k: v for k, v in sd.items() if not k.startswith(("dec", "mask"))}
+    checkpoints.save_official(d / "official_encoder.pth", enc)
+    out = subprocess.run([sys.executable, str(ROOT / "tools/pretrain.py"), "--output-dir", str(d / "pre"),
+                          "img_size=32", "demo_samples=32", "batch_size=16", "effective_batch_size=16", "epochs=1",
+                          "num_workers=0", "vis_freq=100", f"model_kwargs={KW}"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     return d
 
@@ -151,7 +151,8 @@ def test_finetune_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, data,
             *SMALL, "num_workers=1", "batch_size=2", "effective_batch_size=4", "epochs=3", "ckpt_every_steps=1"]
     ref, run = tmp_path / "ref", tmp_path / "killed"
     subprocess.run([sys.executable, *args, "--output-dir", str(ref)], check=True, capture_output=True, timeout=600)
-    kill_mid_epoch([sys.executable, *args, "--output-dir", str(run)], run / "checkpoint-last.pth", random.randrange(2, 11))
+    kill_mid_epoch([sys.executable, *args, "--output-dir", str(run)], run / "checkpoint-last.pth",
+                   random.randrange(2, 11))
     subprocess.run([sys.executable, *args, "--output-dir", str(run)], check=True, capture_output=True, timeout=600)
     a, b = (checkpoints.load_file(d / "checkpoint-last.pth") for d in (ref, run))
     assert a["step"] == b["step"] == 12 and a["train_state"] == b["train_state"]

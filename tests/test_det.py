@@ -167,6 +167,7 @@ def test_vitdet_h_config_equals_vitdet_value_for_value():
     net = h.model.backbone.net
     assert (net.embed_dim, net.depth, net.num_heads, net.drop_path_rate) == (1280, 32, 16, 0.5)
     import inspect
+
     from detectron2.modeling import ViT
     assert "pretrain_img_size" not in net and inspect.signature(ViT).parameters["pretrain_img_size"].default == 224
     assert list(net.window_block_indexes) == [i for i in range(32) if i not in (7, 15, 23, 31)]
@@ -179,5 +180,7 @@ def test_vitdet_h_config_equals_vitdet_value_for_value():
     assert list(s.scheduler.milestones) == [122916, 133159] and list(s.scheduler["values"]) == [1.0, 0.1, 0.01]
     assert (s.warmup_length, s.warmup_factor) == (250 / 184375, 0.001)  # B's fraction, as ViTDet keeps it
     b = LazyConfig.load(str(ROOT / "configs/det/mask_rcnn_vitdet_b_100ep.py"))  # loaded after H: its own values
-    assert b.optimizer.params.overrides == {"pos_embed": {"weight_decay": 0.0}} and b.optimizer.params.weight_decay_norm == 0.0
-    assert (b.train.max_iter, b.model.backbone.net.embed_dim, b.lr_multiplier.warmup_length) == (184375, 768, 250 / 184375)
+    p = b.optimizer.params
+    assert p.overrides == {"pos_embed": {"weight_decay": 0.0}} and p.weight_decay_norm == 0.0
+    assert (b.train.max_iter, b.model.backbone.net.embed_dim, b.lr_multiplier.warmup_length) == (
+        184375, 768, 250 / 184375)

@@ -3,12 +3,11 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import TINY
 
 from mae_transfer import checkpoints
 from mae_transfer import models as M
 from mae_transfer.models.masking import make_noise, num_keep, random_masking
-
-from conftest import TINY
 
 
 def _hf_model(norm_pix_loss):
@@ -143,7 +142,8 @@ def test_norm_pix_loss(tiny_mae):
     assert not torch.allclose(plain.forward_loss(imgs * 3 + 1, pred, mask), plain.forward_loss(imgs, pred, mask))
     t = norm.patchify(imgs)
     t = (t - t.mean(-1, keepdim=True)) / (t.var(-1, keepdim=True) + 1e-6) ** 0.5  # unbiased var, as official
-    torch.testing.assert_close(norm.forward_loss(imgs, pred, mask), (((pred - t) ** 2).mean(-1) * mask).sum() / mask.sum())
+    expected = (((pred - t) ** 2).mean(-1) * mask).sum() / mask.sum()
+    torch.testing.assert_close(norm.forward_loss(imgs, pred, mask), expected)
 
 
 def test_patchify_order_and_roundtrip(tiny_mae):

@@ -7,19 +7,17 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import free_port, kill_mid_epoch
 from PIL import Image
 
 from mae_transfer import checkpoints
 from mae_transfer import models as M
 from mae_transfer.engine.pretrain import PretrainConfig, train
-
-from conftest import free_port, kill_mid_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -40,13 +38,16 @@ def _weights(path):
 
 def test_recipe_defaults_are_the_papers():
     c = PretrainConfig()
-    assert (c.betas, c.weight_decay, c.blr, c.min_lr, c.warmup_epochs, c.epochs) == ((0.9, 0.95), 0.05, 1.5e-4, 0.0, 40, 800)
-    assert (c.mask_ratio, c.norm_pix_loss, c.crop_scale, c.img_size, c.effective_batch_size) == (0.75, True, (0.2, 1.0), 224, 4096)
+    assert (c.betas, c.weight_decay, c.blr, c.min_lr, c.warmup_epochs, c.epochs) == (
+        (0.9, 0.95), 0.05, 1.5e-4, 0.0, 40, 800)
+    assert (c.mask_ratio, c.norm_pix_loss, c.crop_scale, c.img_size, c.effective_batch_size) == (
+        0.75, True, (0.2, 1.0), 224, 4096)
     from mae_transfer.engine.trainer import resolve_batch
     accum, eff, lr = resolve_batch(c, world_size=8)  # 64 x 8 GPUs -> accum 8
     assert (accum, eff, lr) == (8, 4096, 1.5e-4 * 4096 / 256)
     from mae_transfer.engine.config import load_config
-    for size, model in [("base", "mae_vit_base_patch16"), ("large", "mae_vit_large_patch16"), ("huge", "mae_vit_huge_patch14")]:
+    for size, model in [("base", "mae_vit_base_patch16"), ("large", "mae_vit_large_patch16"),
+                        ("huge", "mae_vit_huge_patch14")]:
         cfg = load_config(ROOT / f"configs/pretrain/mae_vit_{size}.py")
         assert cfg.model == model and cfg.blr == 1.5e-4 and cfg.epochs == 800
     # param groups: no decay on biases, norms, cls/mask tokens; pos tables are frozen
@@ -179,7 +180,8 @@ def test_torchrun_two_processes_match_one(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                     str(script), str(tmp_path / "ddp"), "8"], check=True, timeout=600, env=env, capture_output=True)
-    subprocess.run([PY, str(script), str(tmp_path / "one"), "16"], check=True, timeout=600, env=env, capture_output=True)
+    subprocess.run([PY, str(script), str(tmp_path / "one"), "16"], check=True, timeout=600, env=env,
+                   capture_output=True)
     r0, r1 = torch.load(tmp_path / "ddp/rank0.pt"), torch.load(tmp_path / "ddp/rank1.pt")
     one = torch.load(tmp_path / "one/rank0.pt")
     assert all(torch.equal(r0[k], r1[k]) for k in r0)

@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import free_port  # noqa: E402
 from PIL import Image
 
 from mae_transfer import checkpoints
 from mae_transfer import models as M
 from mae_transfer.data.synthetic import make_ade_shapes
-
-from conftest import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs/seg/tiny_cpu.py")
@@ -30,8 +29,9 @@ def test_mmseg_models_imports_on_mmcv_lite():
 
 
 def test_mmseg_mae_equals_our_encoder_after_conversion():
-    import mae_transfer.seg  # noqa: F401
     from mmseg.registry import MODELS
+
+    import mae_transfer.seg  # noqa: F401
 
     torch.manual_seed(0)
     mae = M.mae_vit_tiny_patch8(depth=4).eval()
@@ -45,7 +45,8 @@ def test_mmseg_mae_equals_our_encoder_after_conversion():
     with torch.no_grad():
         feats = mm(x)
         latent, _, _ = mae.forward_encoder(x, 0.0, noise=torch.arange(64.0).expand(2, -1))  # nothing masked
-        t = torch.cat([(mae.cls_token + mae.pos_embed[:, :1]).expand(2, -1, -1), mae.patch_embed(x) + mae.pos_embed[:, 1:]], 1)
+        cls = (mae.cls_token + mae.pos_embed[:, :1]).expand(2, -1, -1)
+        t = torch.cat([cls, mae.patch_embed(x) + mae.pos_embed[:, 1:]], 1)
         for i, blk in enumerate(mae.blocks):
             t = blk(t)
             if i == 1:
@@ -84,8 +85,9 @@ def _tool(*args, check=True, env=None):
 
 @pytest.mark.parametrize("name", ["full.pth", "encoder.pth"])
 def test_checkpoint_formats_load_with_no_trunk_key_missing(ckpts, name):
-    import mae_transfer.seg  # noqa: F401
     from mmseg.registry import MODELS
+
+    import mae_transfer.seg  # noqa: F401
     sd = checkpoints.read_state_dict(str(ckpts / name))
     bb = MODELS.build(dict(type="MAEViT", checkpoint=str(ckpts / name), img_size=(128, 128), patch_size=8,
                            embed_dims=192, num_layers=12, num_heads=3, init_values=1.0, out_indices=[3, 5, 7, 11]))

@@ -31,7 +31,8 @@ def main():
     cfg = apply_overrides(cfg, extra + a.overrides)
     train(cfg)
     out = Path(cfg.output_dir)
-    print(f"checkpoint: {out / 'checkpoint-last.pth'}\nloss curve: {out / 'loss_curve.png'}\nreconstructions: {out / 'reconstructions.png'}\n"
+    print(f"checkpoint: {out / 'checkpoint-last.pth'}\nloss curve: {out / 'loss_curve.png'}\n"
+          f"reconstructions: {out / 'reconstructions.png'}\n"
           f"logs: {out / 'log.txt'} (JSON lines), tensorboard --logdir {out / 'tensorboard'}")
 
 

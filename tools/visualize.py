@@ -11,13 +11,13 @@ import _cli  # noqa: F401
 
 def main():
     import torch
+    from torchvision import transforms
 
     from mae_transfer import checkpoints
     from mae_transfer.data import DataError, pretrain_transform
     from mae_transfer.data.images import find_images, load_rgb
     from mae_transfer.models.mae import mae_from_state_dict
     from mae_transfer.visualize import NORM_PIX_NOTE, reconstruct, save_grid
-    from torchvision import transforms
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)

@@ -139,9 +139,10 @@ class SeededSamples(torch.utils.data.Dataset):
     Indexed by `(epoch, i)` -- what `EpochSampler` yields, so the epoch reaches every loader worker,
     persistent or not -- or by a plain `i` (= epoch 0). The source yields a PIL image, or a tuple
     (PIL image, label, ...) whose other items pass through. Returns `(sample, n_bad)` with `sample` =
-    (image tensor, *rest, *extras(generator)) and `n_bad` = 1 if it was replaced. An unreadable image is replaced by a readable one drawn
-    deterministically from the same seed when `replace_bad` (training: every batch stays full, so
-    processes never disagree on the number of backward passes), else `sample` is None (evaluation).
+    (image tensor, *rest, *extras(generator)) and `n_bad` = 1 if it was replaced. An unreadable
+    image is replaced by a readable one drawn deterministically from the same seed when
+    `replace_bad` (training: every batch stays full, so processes never disagree on the number of
+    backward passes), else `sample` is None (evaluation).
     """
 
     MAX_TRIES = 50

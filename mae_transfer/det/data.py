@@ -17,7 +17,8 @@ def check_coco_json(json_file, image_root) -> dict:
     for field in ("images", "annotations", "categories"):
         if not isinstance(js.get(field), list):
             raise DataError(f"{path}: not a COCO instances file (no '{field}' list)")
-    missing = [im.get("file_name") for im in js["images"] if not (Path(image_root) / str(im.get("file_name"))).is_file()]
+    missing = [im.get("file_name") for im in js["images"]
+               if not (Path(image_root) / str(im.get("file_name"))).is_file()]
     if missing:
         raise DataError(f"{path}: {len(missing)} image(s) missing under {image_root}, e.g. {missing[0]}")
     ids = {c["id"] for c in js["categories"]}

@@ -14,8 +14,8 @@ from timm.utils import accuracy
 from torchvision import transforms
 
 from .. import checkpoints, models
-from ..data.compat import patch_timm_posterize
 from ..data import IMAGENET_MEAN, IMAGENET_STD, DataError, LabelledImageFolder, SeededSamples
+from ..data.compat import patch_timm_posterize
 from . import trainer
 from .distributed import DistInfo, cleanup
 from .logger import RunLogger, log_lr_table
@@ -61,8 +61,8 @@ class ClassifyConfig(TrainConfig):
 
 def build_model(cfg: ClassifyConfig) -> nn.Module:
     model = models.create_encoder(cfg.model, img_size=cfg.img_size, num_classes=cfg.num_classes,
-                                  global_pool=cfg.global_pool, drop_path_rate=cfg.drop_path if cfg.mode == "finetune" else 0.0,
-                                  checkpoint=cfg.finetune, **cfg.model_kwargs)
+                                  global_pool=cfg.global_pool, checkpoint=cfg.finetune,
+                                  drop_path_rate=cfg.drop_path if cfg.mode == "finetune" else 0.0, **cfg.model_kwargs)
     if cfg.finetune:
         trunc_normal_(model.head.weight, std=cfg.head_init_std)  # the fresh head, as the official code
     if cfg.mode == "linprobe":
@@ -87,7 +87,8 @@ def build_transforms(cfg: ClassifyConfig):
     if cfg.mode == "linprobe":  # crop + flip only
         train_tf = transforms.Compose([
             transforms.RandomResizedCrop(cfg.img_size, interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.RandomHorizontalFlip(), transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+            transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     else:
         patch_timm_posterize()
         train_tf = create_transform(cfg.img_size, is_training=True, color_jitter=None, auto_augment=cfg.aa,
@@ -156,7 +157,8 @@ def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -
     if cfg.eval_only:
         model.load_state_dict(checkpoints.read_state_dict(cfg.eval_only), strict=True)
         stats = evaluate(model, val_loader, info, autocast)
-        _logger.info("top-1 %.2f  top-5 %.2f  loss %.4f  (%d images)", stats["acc1"], stats["acc5"], stats["loss"], stats["n"])
+        _logger.info("top-1 %.2f  top-5 %.2f  loss %.4f  (%d images)", stats["acc1"], stats["acc5"], stats["loss"],
+                     stats["n"])
         return stats
 
     loader, accum, eff, lr, steps_per_epoch = trainer.train_loader(train_set, cfg, info)
@@ -165,8 +167,12 @@ def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -
     if cfg.mode == "finetune" and (cfg.mixup > 0 or cfg.cutmix > 0):
         mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
                       num_classes=cfg.num_classes)
-    criterion = SoftTargetCrossEntropy() if mixup else (
-        LabelSmoothingCrossEntropy(cfg.smoothing) if cfg.smoothing > 0 and cfg.mode == "finetune" else nn.CrossEntropyLoss())
+    if mixup:
+        criterion = SoftTargetCrossEntropy()
+    elif cfg.smoothing > 0 and cfg.mode == "finetune":
+        criterion = LabelSmoothingCrossEntropy(cfg.smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss()
     net = trainer.wrap_ddp(model, info)
 
     def train_mode():

@@ -68,7 +68,8 @@ def _nonfinite(run: Run, loss_value: float):
         saved = ckpt.load_checkpoint(last, run)
         st.step, st.rollbacks = saved.step, st.rollbacks + 1
         _logger.warning("loss is %s at %s: rolled back to %s (step %d) and continuing with the next data "
-                        "(rollback %d of at most %d)", loss_value, where, last, st.step, st.rollbacks, cfg.max_rollbacks)
+                        "(rollback %d of at most %d)", loss_value, where, last, st.step, st.rollbacks,
+                        cfg.max_rollbacks)
         run.log.event({"event": "rollback", "loss": str(loss_value), "epoch": st.epoch, "batch": st.batch,
                        "to_step": st.step})
         return

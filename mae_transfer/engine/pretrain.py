@@ -114,5 +114,6 @@ def _save_recon(model, vis_batch, cfg, path: Path, epoch: int):
     was_training = model.training
     dev = next(model.parameters()).device
     images = reconstruct(model, imgs.to(dev), cfg.mask_ratio, noise.to(dev))
-    save_grid(images, path, f"{cfg.model}, epoch {epoch + 1}, mask ratio {cfg.mask_ratio}" + NORM_PIX_NOTE * cfg.norm_pix_loss)
+    title = f"{cfg.model}, epoch {epoch + 1}, mask ratio {cfg.mask_ratio}" + NORM_PIX_NOTE * cfg.norm_pix_loss
+    save_grid(images, path, title)
     model.train(was_training)

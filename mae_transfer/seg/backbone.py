@@ -8,7 +8,6 @@ come from the checkpoint, or initialisation fails with a clear error."""
 import re
 
 from mmengine.logging import print_log
-
 from mmseg.models.backbones import MAE
 from mmseg.registry import MODELS
 

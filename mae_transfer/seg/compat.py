@@ -55,8 +55,9 @@ def ensure_mmcv_ops() -> None:
 
 
 def allow_mmengine_checkpoints() -> None:
-    """Applied by tools/train_seg.py before the runner saves or loads. Allow-list the data types in mmengine's own checkpoints for weights_only loading: the
-    message hub's HistoryBuffer and the numpy arrays/scalars it holds. A HistoryBuffer also pickles
+    """Applied by tools/train_seg.py before the runner saves or loads. Allow-list the data types in
+    mmengine's own checkpoints for weights_only loading: the message hub's HistoryBuffer and the
+    numpy arrays/scalars it holds. A HistoryBuffer also pickles
     its class's registry of statistics functions, which would need `getattr` on load (not a type:
     it could reach anything); that registry lives on the class anyway, so it is left out when
     saving. Checkpoints written by a stock mmengine still carry it and are refused by torch."""

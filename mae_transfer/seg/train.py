@@ -66,7 +66,8 @@ def check_data(cfg: Config, splits=("train", "val")) -> None:
         root = Path(ds.data_root)
         img_dir, ann_dir = root / ds.data_prefix.img_path, root / ds.data_prefix.seg_map_path
         if not img_dir.is_dir():
-            raise DataError(f"{split} images not found: {img_dir} (expected the ADE20K layout images/{{training,validation}})")
+            raise DataError(f"{split} images not found: {img_dir} "
+                            "(expected the ADE20K layout images/{training,validation})")
         imgs = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         if not imgs:
             raise DataError(f"no {split} images in {img_dir}")
@@ -88,9 +89,9 @@ def main(args):
     from mmengine.runner import Runner
 
     import mae_transfer.seg  # noqa: F401  (compat + registry entries)
-    from .compat import allow_mmengine_checkpoints
 
     from ..engine.logger import setup_logging
+    from .compat import allow_mmengine_checkpoints
 
     setup_logging(None, is_main=True)  # the toolkit's own lines (compat patches) on stdout, beside mmengine's
     allow_mmengine_checkpoints()  # before the runner saves (and on resume, loads) a checkpoint

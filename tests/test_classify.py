@@ -169,7 +169,7 @@ def test_layer_decay_table_is_logged(tmp_path, data):
     opt = build_optimizer(cfg, model, lr=1e-3)
     rows = lr_table(opt.param_groups, {id(p): n for n, p in model.named_parameters()}, 1e-3)
     assert [r[0] for r in rows] == pytest.approx([0.65 ** 3, 0.65 ** 2, 0.65, 1.0])
-    assert rows[0][2] == "cls_token, pos_embed, patch_embed" and rows[1][2] == "blocks.0"
+    assert rows[0][2] == "cls_token, pos_embed, patch_embed.proj" and rows[1][2] == "blocks.0"
     assert rows[-1][1] == pytest.approx(1e-3) and "head" in rows[-1][2] and "fc_norm" in rows[-1][2]
     train(_cfg(tmp_path / "run", f"data_path={data}", "epochs=1", "max_steps=1"))
     table = (tmp_path / "run/run.log").read_text().split("layer-wise lr")[1].splitlines()[1:5]

@@ -12,6 +12,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..engine.logger import log_lr_table
 from .checkpoint import load_backbone
 from .data import check_coco_json, register_coco_from_paths
 
@@ -79,6 +80,7 @@ def do_train(args, cfg):
             load_backbone(model, args.backbone)
     cfg.optimizer.params.model = model
     optim = instantiate(cfg.optimizer)
+    log_lr_table(_logger, optim.param_groups, model, cfg.optimizer.lr)
     train_loader = instantiate(cfg.dataloader.train)
     ddp_kw = dict(cfg.train.ddp)
     if cfg.train.device == "cpu":

@@ -89,19 +89,29 @@ def plot_curves(records: List[Dict], path: Path, keys=("train_loss", "test_loss"
     tmp.replace(path)
 
 
+def _module_of(name: str) -> str:
+    """'blocks.3.attn.qkv.weight' -> 'blocks.3'; 'backbone.net.pos_embed' -> 'backbone.net'; 'head.weight' -> 'head'."""
+    parts = name.split(".")
+    for i, p in enumerate(parts[:-1]):
+        if p.isdigit():
+            return ".".join(parts[:i + 1])
+    return ".".join(parts[:max(1, min(2, len(parts) - 1))])
+
+
 def lr_table(param_groups: Iterable[Dict], names: Dict[int, str], base_lr: float) -> List[Tuple[float, float, str]]:
-    """(lr_scale, peak lr, which parameters) per distinct scale, lowest first: the layer-wise lr
-    that layer decay gives (a run's logged lr is one group's; users misread it otherwise)."""
+    """(lr factor, peak lr, which modules) per distinct factor, lowest first: the layer-wise lr that
+    layer decay gives (a run's logged lr is one group's, and users misread it). The factor is timm's
+    `lr_scale`, or for groups built with their lr already scaled (detectron2), lr / base_lr."""
     rows: Dict[float, List[str]] = {}
     for g in param_groups:
-        scale = g.get("lr_scale", 1.0)
+        scale = round(g["lr_scale"] if "lr_scale" in g else g["lr"] / base_lr, 10)
+        mods = rows.setdefault(scale, [])
         for p in g["params"]:
-            parts = names.get(id(p), "?").split(".")
-            mod = ".".join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else parts[0]
-            rows.setdefault(scale, [])
-            if mod not in rows[scale]:
-                rows[scale].append(mod)
-    return [(s, base_lr * s, ", ".join(m)) for s, m in sorted(rows.items())]
+            mod = _module_of(names.get(id(p), "?"))
+            if mod not in mods:
+                mods.append(mod)
+    return [(s, base_lr * s, ", ".join(m[:5]) + (f", ... (+{len(m) - 5})" if len(m) > 5 else ""))
+            for s, m in sorted(rows.items())]
 
 
 def log_lr_table(logger: logging.Logger, param_groups, model, base_lr: float) -> None:

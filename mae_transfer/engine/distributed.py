@@ -46,12 +46,12 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local, dev)
 
 
-def all_reduce_mean(value: float, info: DistInfo) -> float:
+def all_reduce_sum(value: int, info: DistInfo) -> int:
     if not info.distributed:
         return value
-    t = torch.tensor([value], dtype=torch.float64, device=info.device)
+    t = torch.tensor([value], dtype=torch.int64, device=info.device)
     dist.all_reduce(t)
-    return t.item() / info.world_size
+    return int(t.item())
 
 
 def barrier(info: DistInfo):

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from . import state as ckpt
-from .distributed import DistInfo, barrier
+from .distributed import DistInfo, all_reduce_sum, barrier
 from .logger import RunLogger
 from .state import TrainState
 from .trainer import seed_micro_batch
@@ -144,7 +144,7 @@ def fit(run: Run, loss_fn: Callable[[list], torch.Tensor],
         after_epoch: Optional[Callable[[int], Dict[str, Any]]] = None) -> None:
     """Resume if asked, then train to cfg.epochs. `after_epoch(epoch)` runs on every process after
     each finished epoch (evaluation, pictures) and returns items for the epoch's log record."""
-    cfg, info, st = run.cfg, run.info, run.state
+    cfg, info = run.cfg, run.info
     ckpt.resume(run)
     st = run.state
     while st.epoch < cfg.epochs:
@@ -155,7 +155,7 @@ def fit(run: Run, loss_fn: Callable[[list], torch.Tensor],
                 ckpt.save_checkpoint(run)
             break
         epoch = st.epoch
-        n_bad = _sum_over_processes(st.n_bad, info)
+        n_bad = all_reduce_sum(st.n_bad, info)
         record = {"epoch": epoch, "train_loss": st.loss_sum / max(1, st.n_loss), "train_lr": peak_lr(run.optimizer),
                   "skipped_images": n_bad, "epoch_time_s": round(time.time() - t0, 2)}
         record.update(after_epoch(epoch) if after_epoch else {})
@@ -164,17 +164,11 @@ def fit(run: Run, loss_fn: Callable[[list], torch.Tensor],
             keep = (epoch + 1) % cfg.save_freq == 0 or epoch + 1 == cfg.epochs
             ckpt.save_checkpoint(run, extra_names=(f"checkpoint-{epoch}.pth",) if keep else ())
             run.log.epoch(record)
-            extras = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k.startswith(("test_", "val_")))
-            _logger.info("epoch %d/%d  loss %.4f  lr %.3g  %s  %.1fs%s", epoch + 1, cfg.epochs, record["train_loss"],
-                         record["train_lr"], extras, record["epoch_time_s"],
-                         f"  ({n_bad} unreadable images replaced)" if n_bad else "")
+            line = [f"epoch {epoch + 1}/{cfg.epochs}", f"loss {record['train_loss']:.4f}",
+                    f"lr {record['train_lr']:.3g}"]
+            line += [f"{k} {v:.4g}" for k, v in record.items() if k.startswith("test_")]
+            line += [f"{record['epoch_time_s']:.1f}s"] + ([f"({n_bad} unreadable images replaced)"] if n_bad else [])
+            _logger.info("  ".join(line))
         barrier(info)
     run.log.close()
 
-
-def _sum_over_processes(n: int, info: DistInfo) -> int:
-    if not info.distributed:
-        return n
-    t = torch.tensor([n], dtype=torch.int64, device=info.device)
-    torch.distributed.all_reduce(t)
-    return int(t.item())

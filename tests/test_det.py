@@ -122,6 +122,40 @@ def test_bad_data_is_one_line(tmp_path, coco):
     r = _tool("--config", TINY, "--train-json", str(tmp_path / "missing.json"), "--train-images", coco["val_images"],
               check=False)
     assert r.returncode == 2 and "missing" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    js = json.loads(Path(coco["train_json"]).read_text())
+    del js["annotations"][1]["segmentation"]  # one box without its mask among masked ones
+    (tmp_path / "mixed.json").write_text(json.dumps(js))
+    r = _tool("--config", TINY, "--train-json", str(tmp_path / "mixed.json"), "--train-images", coco["train_images"],
+              check=False)
+    assert r.returncode == 2 and "have no 'segmentation'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def _boxes_only(src, dst):
+    """A detection-only copy of a COCO file: no 'segmentation', category ids 0, 5, 9 (+ the unused 7)."""
+    js = json.loads(Path(src).read_text())
+    ids = {1: 0, 2: 5, 3: 9, 7: 7}
+    for c in js["categories"]:
+        c["id"] = ids[c["id"]]
+    for a in js["annotations"]:
+        a.pop("segmentation", None)
+        a["category_id"] = ids[a["category_id"]]
+    Path(dst).write_text(json.dumps(js))
+    return str(dst)
+
+
+@pytest.mark.cli
+def test_box_only_set_trains_and_reports_box_ap(tmp_path, coco, tiny_ckpts):
+    d, _ = tiny_ckpts
+    train_js = _boxes_only(coco["train_json"], tmp_path / "t.json")
+    val_js = _boxes_only(coco["val_json"], tmp_path / "v.json")
+    out = tmp_path / "run"
+    r = _tool("--backbone", str(d / "encoder.pth"), "--config", TINY, "--output-dir", str(out),
+              "--train-json", train_js, "--train-images", coco["train_images"],
+              "--val-json", val_js, "--val-images", coco["val_images"], *FAST)
+    assert "no mask head" in r.stdout + r.stderr
+    res = json.loads((out / "eval_results.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in json"))
+    assert set(res) == {"bbox"} and isinstance(res["bbox"]["AP"], float)
+    assert "mask_head" not in "".join(torch.load(out / "model_final.pth", weights_only=False)["model"])
 
 
 def test_backbone_registry_for_yacs_configs(tiny_ckpts):

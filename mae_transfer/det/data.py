@@ -25,19 +25,54 @@ def check_coco_json(json_file, image_root) -> dict:
     bad = [a["id"] for a in js["annotations"] if a.get("category_id") not in ids]
     if bad:
         raise DataError(f"{path}: annotation {bad[0]} has a category_id not in 'categories'")
+    has_mask(js, path)  # a mixed set is an error here, not in a loader worker
     return js
 
 
-def register_coco_from_paths(name: str, json_file, image_root) -> str:
-    """Register (once) a COCO-format instances set under `name` with detectron2's own loader."""
+def has_mask(js: dict, path="annotations") -> bool:
+    """True if every annotation has a `segmentation` (polygons or RLE), False if none has one (a
+    box-only set: ViTDet runs without its mask head). Some with and some without is a DataError."""
+    with_mask = [bool(a.get("segmentation")) for a in js["annotations"]]
+    if any(with_mask) and not all(with_mask):
+        first = next(a["id"] for a, m in zip(js["annotations"], with_mask) if not m)
+        raise DataError(f"{path}: {with_mask.count(False)} of {len(with_mask)} annotations have no 'segmentation' "
+                        f"(e.g. id {first}); give every annotation a mask, or drop all masks for box-only training")
+    return any(with_mask)
+
+
+def boxes_only(cfg) -> None:
+    """Switch a ViTDet Mask R-CNN LazyConfig to Faster R-CNN: no mask pooler/head, the loader keeps
+    its crop boxes instead of recomputing them from masks; COCOEvaluator then reports box AP only."""
+    heads = cfg.model.roi_heads
+    heads.mask_in_features = heads.mask_pooler = heads.mask_head = None
+    cfg.dataloader.train.mapper.use_instance_mask = False
+    cfg.dataloader.train.mapper.recompute_boxes = False
+    cfg.dataloader.evaluator.tasks = ("bbox",)
+
+
+def json_safe(results: dict) -> dict:
+    """detectron2's metrics as valid JSON: an overall AP of NaN (no prediction at all) is 0, a
+    per-class AP of NaN (class absent from the validation set) is null."""
+    def clean(k, v):
+        if isinstance(v, dict):
+            return {kk: clean(kk, vv) for kk, vv in v.items()}
+        if isinstance(v, float) and v != v:
+            return None if "-" in k else 0.0  # 'AP-person' vs 'AP', 'AP50', 'APs'
+        return v
+    return clean("", results)
+
+
+def register_coco_from_paths(name: str, json_file, image_root) -> dict:
+    """Register (once) a COCO-format instances set under `name` with detectron2's own loader;
+    returns the checked json."""
     from detectron2.data import DatasetCatalog
     from detectron2.data.datasets import register_coco_instances
 
-    check_coco_json(json_file, image_root)
+    js = check_coco_json(json_file, image_root)
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
         from detectron2.data import MetadataCatalog
 
         MetadataCatalog.remove(name)
     register_coco_instances(name, {}, str(json_file), str(image_root))
-    return name
+    return js

@@ -14,7 +14,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..engine.logger import log_lr_table
 from .checkpoint import load_backbone
-from .data import check_coco_json, register_coco_from_paths
+from .data import boxes_only, check_coco_json, has_mask, json_safe, register_coco_from_paths
 
 _logger = logging.getLogger("mae_transfer")
 
@@ -26,13 +26,20 @@ def setup(args):
     if args.output_dir:
         cfg.train.output_dir = args.output_dir
     if args.train_json:
-        register_coco_from_paths("mae_det_train", args.train_json, args.train_images)
+        js = register_coco_from_paths("mae_det_train", args.train_json, args.train_images)
         cfg.dataloader.train.dataset.names = "mae_det_train"
+        if not has_mask(js, args.train_json):
+            boxes_only(cfg)
+            _logger.warning("%s has boxes but no masks: training ViTDet Faster R-CNN (no mask head); "
+                            "box AP only", args.train_json)
     if args.val_json:
-        js = register_coco_from_paths("mae_det_val", args.val_json, args.val_images) and \
-            json.loads(Path(args.val_json).read_text())
+        js = register_coco_from_paths("mae_det_val", args.val_json, args.val_images)
         cfg.dataloader.test.dataset.names = "mae_det_val"
         cfg.model.roi_heads.num_classes = len(js["categories"])
+        if not has_mask(js, args.val_json):  # nothing to score masks against: box AP only
+            if args.eval_only and not args.train_json:
+                boxes_only(cfg)
+            cfg.dataloader.evaluator.tasks = ("bbox",)
     cfg.dataloader.evaluator.dataset_name = cfg.dataloader.test.dataset.names
     cfg.dataloader.evaluator.output_dir = str(Path(cfg.train.output_dir) / "inference")
     used = [cfg.dataloader.test.dataset.names] + ([] if args.eval_only else [cfg.dataloader.train.dataset.names])
@@ -64,7 +71,7 @@ def do_test(cfg, model):
     if comm.is_main_process():
         print_csv_format(results)
         out = Path(cfg.train.output_dir) / "eval_results.json"
-        out.write_text(json.dumps(results, indent=2))
+        out.write_text(json.dumps(json_safe(results), indent=2, allow_nan=False))
         _logger.info("evaluation written to %s", out)
     return results
 

@@ -32,8 +32,14 @@ class CheckpointError(RuntimeError):
 
 # ----------------------------------------------------------------------------------------- reading
 def load_file(path) -> Dict[str, Any]:
-    """Read a `.pth`/`.pt`/`.bin` (safely) or `.safetensors` file into a dict."""
+    """Read a `.pth`/`.pt`/`.bin` (safely) or `.safetensors` file, or an HF model directory (its
+    model.safetensors / pytorch_model.bin), into a dict."""
     path = Path(path)
+    if path.is_dir():
+        found = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
+        if not found:
+            raise CheckpointError(f"{path} is a directory without model.safetensors or pytorch_model.bin")
+        path = found[0]
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":

@@ -244,21 +244,28 @@ def mae_vit_huge_patch14(pretrained=False, **kwargs):  # decoder: 512 dim, 8 blo
 _HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}  # ViT-Ti/S/B/L/H; decoders use 32-d heads
 
 
+def infer_sizes(sd, args: Optional[dict] = None) -> dict:
+    """The MaskedAutoencoderViT keyword arguments that produced a state dict in official names:
+    shapes give the sizes (decoder ones only when the decoder is there), `args` from a training
+    checkpoint gives the image size and `norm_pix_loss`."""
+    args = args or {}
+    d, p = sd["patch_embed.proj.weight"].shape[0], sd["patch_embed.proj.weight"].shape[-1]
+    side = int(round((sd["pos_embed"].shape[1] - 1) ** 0.5)) * p
+    kw = dict(img_size=args.get("img_size", side), patch_size=p, in_chans=sd["patch_embed.proj.weight"].shape[1],
+              embed_dim=d, depth=1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.")),
+              num_heads=_HEADS.get(d, d // 64), norm_pix_loss=bool(args.get("norm_pix_loss", False)))
+    if "decoder_pred.weight" in sd:
+        dd = sd["mask_token"].shape[-1]
+        kw.update(decoder_embed_dim=dd, decoder_num_heads=max(1, dd // 32),
+                  decoder_depth=1 + max(int(k.split(".")[1]) for k in sd if k.startswith("decoder_blocks.")))
+    return kw
+
+
 def mae_from_state_dict(sd, args: Optional[dict] = None) -> MaskedAutoencoderViT:
-    """Rebuild the MAE that produced a full state dict (shapes say the sizes; `args` from a
-    training checkpoint says the image size and `norm_pix_loss`). Raises ValueError for an
+    """Rebuild the MAE that produced a full state dict (see `infer_sizes`). Raises ValueError for an
     encoder-only file: it has no decoder to reconstruct with."""
     if "decoder_pred.weight" not in sd:
         raise ValueError("this checkpoint has no decoder (an encoder-only release such as "
                          "mae_pretrain_vit_*.pth): it cannot reconstruct images. Use a *_full.pth / "
                          "mae_visualize_*.pth file or a checkpoint from tools/pretrain.py")
-    args = args or {}
-    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-    dec_depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("decoder_blocks."))
-    d, dd = sd["cls_token"].shape[-1], sd["mask_token"].shape[-1]
-    p = sd["patch_embed.proj.weight"].shape[-1]
-    side = int(round((sd["pos_embed"].shape[1] - 1) ** 0.5)) * p
-    return MaskedAutoencoderViT(
-        img_size=args.get("img_size", side), patch_size=p, in_chans=sd["patch_embed.proj.weight"].shape[1],
-        embed_dim=d, depth=depth, num_heads=_HEADS.get(d, d // 64), decoder_embed_dim=dd, decoder_depth=dec_depth,
-        decoder_num_heads=max(1, dd // 32), norm_pix_loss=bool(args.get("norm_pix_loss", False)))
+    return MaskedAutoencoderViT(**infer_sizes(sd, args))

@@ -43,6 +43,16 @@ def checkpoint_filter_fn(state_dict: Dict, model: VisionTransformer) -> Dict[str
     return out
 
 
+def _pretrained_filter(state_dict: Dict, model: VisionTransformer) -> Dict[str, torch.Tensor]:
+    """timm's `pretrained=True` path loads strictly: an `fc_norm` the file lacks starts fresh (the
+    model's own initial values, as the official fine-tuning does) and a final `norm` the pooling
+    does not use is left out."""
+    sd = checkpoint_filter_fn(state_dict, model)
+    own = model.state_dict()
+    sd.update({k: v for k, v in own.items() if k.startswith("fc_norm.") and k not in sd})
+    return {k: v for k, v in sd.items() if k in own or k.startswith("head.")}
+
+
 def load_checkpoint(model: VisionTransformer, checkpoint) -> Dict:
     """Load `checkpoint` (path or dict) into `model`; the head and fc_norm may start fresh, the
     final `norm` of a pretrained file may be left out (global pooling uses fc_norm). Returns and
@@ -60,7 +70,7 @@ def _create(variant: str, pretrained: bool = False, checkpoint: Optional[str] = 
     if isinstance(global_pool, bool):
         global_pool = "avg" if global_pool else "token"
     model = build_model_with_cfg(
-        VisionTransformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+        VisionTransformer, variant, pretrained, pretrained_filter_fn=_pretrained_filter,
         global_pool=global_pool, **kwargs)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)

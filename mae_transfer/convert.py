@@ -1,0 +1,79 @@
+"""Write any MAE checkpoint in the form another codebase loads directly (`tools/convert.py`):
+
+    hf           a directory for `ViTMAEForPreTraining.from_pretrained(dir)` (or `ViTMAEModel`):
+                 config.json + model.safetensors, transformers 5.x names
+    timm         the encoder, for `timm.create_model(name, pretrained=True,
+                 pretrained_cfg_overlay=dict(file=...))` with this toolkit's `vit_*` names
+    detectron2   `{'model': ...}` with `backbone.net.*` names for `DetectionCheckpointer(model).load()`
+    mmseg        `{'state_dict': ...}` with mmseg `MAE` names for `init_cfg=dict(type='Pretrained', ...)`
+    safetensors  the official names, flat
+    official     `{'model': ...}`, the official MAE layout
+Each returns a report of what was written, dropped and renamed."""
+import json
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from . import checkpoints
+from .models.mae import infer_sizes
+from .models.pos_embed import resample_pos_embed
+
+TARGETS = ("hf", "timm", "detectron2", "mmseg", "safetensors", "official")
+_DECODER = ("decoder_", "mask_token")
+
+
+def _report(src: Dict, out: Dict, path: Path, renamed: Optional[List[str]] = None) -> Dict:
+    return {"written": str(path), "tensors": len(out), "dropped": sorted(set(src) - set(out) - set(renamed or ())),
+            "renamed": renamed or []}
+
+
+def hf_config(sd, args: Optional[dict] = None) -> dict:
+    """transformers' ViTMAEConfig for a state dict in official names."""
+    kw = infer_sizes(sd, args)
+    arch = "ViTMAEForPreTraining" if "decoder_embed_dim" in kw else "ViTMAEModel"
+    cfg = {"model_type": "vit_mae", "architectures": [arch],
+           "image_size": kw["img_size"], "patch_size": kw["patch_size"], "num_channels": kw["in_chans"],
+           "hidden_size": kw["embed_dim"], "num_hidden_layers": kw["depth"], "num_attention_heads": kw["num_heads"],
+           "intermediate_size": 4 * kw["embed_dim"], "hidden_act": "gelu", "layer_norm_eps": 1e-6, "qkv_bias": True,
+           "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02,
+           "mask_ratio": (args or {}).get("mask_ratio", 0.75), "norm_pix_loss": kw["norm_pix_loss"]}
+    if "decoder_embed_dim" in kw:
+        dd = kw["decoder_embed_dim"]
+        cfg.update(decoder_hidden_size=dd, decoder_num_hidden_layers=kw["decoder_depth"],
+                   decoder_num_attention_heads=kw["decoder_num_heads"], decoder_intermediate_size=4 * dd)
+    return cfg
+
+
+def export(src_path, target: str, out, det_patch_size: Optional[int] = None, det_pretrain_img_size: int = 224) -> Dict:
+    """Convert the checkpoint at `src_path` (any format `read_state_dict` takes) to `target` at `out`."""
+    if target not in TARGETS:
+        raise checkpoints.CheckpointError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    obj = checkpoints.load_file(src_path)
+    args = obj.get("args") if isinstance(obj.get("args"), dict) else None
+    sd = checkpoints.read_state_dict(obj)
+    out = Path(out)
+    if target == "safetensors" and out.suffix != ".safetensors":
+        raise checkpoints.CheckpointError(f"--to safetensors writes a .safetensors file, not {out.name}")
+    if target == "hf":
+        out.mkdir(parents=True, exist_ok=True)
+        hf = checkpoints.to_hf(sd)
+        (out / "config.json").write_text(json.dumps(hf_config(sd, args), indent=2))
+        checkpoints.save(out / "model.safetensors", {"model": hf})
+        return _report(sd, hf, out, renamed=[k for k in sd])
+    if target in ("safetensors", "official"):
+        checkpoints.save(out, {"model": sd})  # .pth: the official {'model': ...}; .safetensors: flat
+        return _report(sd, sd, out)
+    if target == "timm":
+        enc = {k: v for k, v in sd.items() if not k.startswith(_DECODER)}
+        checkpoints.save(out, enc)  # a flat state dict (.pth or .safetensors)
+        return _report(sd, enc, out)
+    if target == "detectron2":
+        patch = det_patch_size or sd["patch_embed.proj.weight"].shape[-1]
+        d2 = checkpoints.to_detectron2(sd, patch_size=patch)
+        side = det_pretrain_img_size // patch
+        if d2["backbone.net.pos_embed"].shape[1] != side * side + 1:  # d2's ViT holds pretrain_img_size / patch
+            d2["backbone.net.pos_embed"] = resample_pos_embed(d2["backbone.net.pos_embed"], (side, side))
+        checkpoints.save(out, {"model": d2, "__author__": "mae_transfer", "matching_heuristics": False})
+        return _report(sd, d2, out, renamed=[k for k in sd if "backbone.net." + k in d2])
+    mm = checkpoints.to_mmseg(sd)
+    checkpoints.save(out, {"state_dict": mm, "meta": {"source": str(src_path)}})
+    return _report(sd, mm, out, renamed=[k for k in sd if k not in mm and not k.startswith(_DECODER + ("norm.",))])

@@ -1,0 +1,112 @@
+"""tools/convert.py: every target is loaded by the target library's own loader, round trips are exact."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mae_transfer import checkpoints
+from mae_transfer import models as M
+from mae_transfer.convert import export
+
+ROOT = Path(__file__).resolve().parents[1]
+KW = dict(img_size=64, depth=2)  # ViT-Ti/8 at 64 px with 2 blocks: the demo model, shortened
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory):
+    """A tools/pretrain.py-style checkpoint (args included) of a tiny MAE with random weights."""
+    d = tmp_path_factory.mktemp("conv")
+    torch.manual_seed(0)
+    mae = M.mae_vit_tiny_patch8(**KW, norm_pix_loss=True)
+    for p in mae.parameters():  # LayerNorms away from ones/zeros, so a skipped tensor would show
+        p.data.add_(0.01 * torch.randn_like(p))
+    checkpoints.save(d / "ck.pth", {"model": mae.state_dict(), "args": {"img_size": 64, "norm_pix_loss": True}})
+    return d / "ck.pth", mae.eval()
+
+
+def test_hf_directory_opens_with_from_pretrained_and_round_trips(tmp_path, src):
+    from transformers import ViTMAEForPreTraining, ViTMAEModel
+
+    path, mae = src
+    export(path, "hf", tmp_path / "hf")
+    hf = ViTMAEForPreTraining.from_pretrained(tmp_path / "hf").eval()
+    assert hf.config.norm_pix_loss and hf.config.num_hidden_layers == 2 and hf.config.decoder_num_hidden_layers == 2
+    imgs, noise = torch.randn(2, 3, 64, 64), torch.rand(2, 64)
+    with torch.no_grad():
+        loss, pred, _ = mae(imgs, mask_ratio=0.75, noise=noise)
+        out = hf(pixel_values=imgs, noise=noise)
+        enc = ViTMAEModel.from_pretrained(tmp_path / "hf").eval()(pixel_values=imgs, noise=noise).last_hidden_state
+        latent, _, _ = mae.forward_encoder(imgs, 0.75, noise)
+    torch.testing.assert_close(out.logits, pred, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.loss, loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(enc, latent, rtol=1e-5, atol=1e-5)
+    back = checkpoints.read_state_dict(str(tmp_path / "hf"))  # X -> HF -> X
+    assert back.keys() == mae.state_dict().keys() and all(torch.equal(back[k], v) for k, v in mae.state_dict().items())
+    export(tmp_path / "hf", "official", tmp_path / "again.pth")  # and the HF directory converts onward
+    assert torch.equal(checkpoints.read_state_dict(str(tmp_path / "again.pth"))["blocks.1.mlp.fc2.weight"],
+                       mae.state_dict()["blocks.1.mlp.fc2.weight"])
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_timm_file_loads_with_create_model_pretrained(tmp_path, src, suffix):
+    import timm
+
+    path, mae = src
+    export(path, "timm", tmp_path / f"vit{suffix}")
+    for pool in ("avg", "token"):
+        overlay = dict(file=str(tmp_path / f"vit{suffix}"))
+        vit = timm.create_model("vit_tiny_patch8", pretrained=True, pretrained_cfg_overlay=overlay, global_pool=pool,
+                                num_classes=5, **KW)
+        own = vit.state_dict()
+        assert all(torch.equal(own[k], v) for k, v in mae.state_dict().items() if k in own and not k.startswith("head"))
+        assert ("norm.weight" in own) == (pool == "token") and torch.equal(own["blocks.1.attn.qkv.weight"],
+                                                                          mae.state_dict()["blocks.1.attn.qkv.weight"])
+
+
+def test_detectron2_file_loads_with_detection_checkpointer(tmp_path, src):
+    pytest.importorskip("detectron2")
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import LazyConfig, instantiate
+
+    path, mae = src
+    export(path, "detectron2", tmp_path / "d2.pth", det_pretrain_img_size=64)
+    cfg = LazyConfig.load(str(ROOT / "configs/det/tiny_cpu.py"))
+    cfg.model.backbone.net.depth = 2
+    cfg.model.backbone.net.window_block_indexes = [0]
+    model = instantiate(cfg.model)
+    DetectionCheckpointer(model).load(str(tmp_path / "d2.pth"))
+    own, sd = model.state_dict(), mae.state_dict()
+    trunk = [k for k in own if k.startswith("backbone.net.") and "rel_pos" not in k]
+    assert trunk and all(torch.equal(own[k], sd[k[len("backbone.net."):]]) for k in trunk)
+
+
+def test_mmseg_file_loads_through_init_cfg(tmp_path, src):
+    pytest.importorskip("mmseg")
+    import mae_transfer.seg  # noqa: F401  (mmcv-lite compat: before mmseg.models)
+
+    # isort: split
+    from mmseg.models.backbones import MAE
+
+    path, mae = src
+    export(path, "mmseg", tmp_path / "mm.pth")
+    mm = MAE(img_size=64, patch_size=8, embed_dims=192, num_layers=2, num_heads=3, out_indices=(1,),
+             init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "mm.pth")))
+    mm.init_weights()
+    sd = mae.state_dict()
+    assert torch.equal(mm.layers[1].ffn.layers[1].weight, sd["blocks.1.mlp.fc2.weight"])
+    assert torch.equal(mm.patch_embed.projection.weight, sd["patch_embed.proj.weight"])
+    assert torch.equal(mm.layers[0].ln1.weight, sd["blocks.0.norm1.weight"])
+
+
+def test_convert_cli_reports_and_errors(tmp_path, src):
+    path, _ = src
+    r = subprocess.run([sys.executable, str(ROOT / "tools/convert.py"), str(path), "--to", "safetensors",
+                        str(tmp_path / "x.safetensors")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "dropped: nothing" in r.stdout, r.stderr[-2000:]
+    written = checkpoints.read_state_dict(str(tmp_path / "x.safetensors"))
+    assert written.keys() == checkpoints.read_state_dict(str(path)).keys()
+    r = subprocess.run([sys.executable, str(ROOT / "tools/convert.py"), str(tmp_path / "nope.pth"), "--to", "hf",
+                        str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1

@@ -225,6 +225,29 @@ def test_bad_images_replaced_and_counted(tmp_path):
     assert checkpoints.load_file(out / "checkpoint-last.pth")["step"] == 4  # 2 full steps an epoch
 
 
+@pytest.mark.cli
+def test_pretrains_from_a_folder_of_tar_shards(tmp_path):
+    """WebDataset-style shards on disk (timm's tar reader), loader worker on; same batches as the
+    images unpacked into a folder, since samples are indexed and seeded alike."""
+    import tarfile
+    _image_folder(tmp_path / "imgs")
+    (tmp_path / "shards").mkdir()
+    files = sorted(p for p in (tmp_path / "imgs").rglob("*") if p.is_file())
+    for k in range(2):
+        with tarfile.open(tmp_path / "shards" / f"shard-{k:05d}.tar", "w") as tf:
+            for f in files[k::2]:
+                tf.add(f, arcname=f"{f.parent.name}_{f.name}")
+    from mae_transfer.data.images import TarImages, image_source
+    src = image_source(tmp_path / "shards")
+    assert isinstance(src, TarImages) and len(src) == len(files)
+    out = tmp_path / "run"
+    _run(out, "--data-path", str(tmp_path / "shards"), "epochs=2", "batch_size=4", "effective_batch_size=8")
+    recs = [json.loads(x) for x in (out / "log.txt").read_text().splitlines()]
+    assert [r["epoch"] for r in recs] == [0, 1] and all(np.isfinite(r["train_loss"]) for r in recs)
+    assert sum(r["skipped_images"] for r in recs) > 0  # the broken files inside the shards were replaced
+    assert checkpoints.load_file(out / "checkpoint-last.pth")["step"] == 4
+
+
 @pytest.mark.parametrize("setup,msg", [("missing", "data folder not found"), ("empty", "no images")])
 @pytest.mark.cli
 def test_missing_or_empty_folder_is_one_line(tmp_path, setup, msg):

@@ -19,7 +19,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="a configs/pretrain/*.py file (default: the tiny CPU demo "
                    "without --data-path, ViT-L with it)")
-    p.add_argument("--data-path", default=None, help="ImageFolder tree or flat folder of images")
+    p.add_argument("--data-path", default=None, help="ImageFolder tree, flat folder of images, a .tar or a "
+                   "folder of .tar shards")
     p.add_argument("--output-dir", default=None)
     p.add_argument("--resume", default=None, help="auto (default) | none | path to a checkpoint")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value")

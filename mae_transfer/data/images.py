@@ -1,4 +1,4 @@
-"""Image data for pretraining: ImageFolder or flat folders, robust decoding, embedded demo photos.
+"""Image data for pretraining: ImageFolder or flat folders, tar shards, robust decoding, embedded demo photos.
 
 Randomness is per sample: sample `i` of epoch `e` draws its crop, flip and mask noise from a
 generator seeded with (seed, e, i), and (e, i) is what the sampler hands the worker. A batch is
@@ -48,9 +48,9 @@ def find_images(root) -> List[str]:
     return files
 
 
-def load_rgb(path: str, min_size: int = 2) -> Optional[Image.Image]:
-    """Decode to RGB (grey, CMYK, palette and RGBA are converted); None for unreadable, truncated or
-    degenerate (< `min_size` px) images."""
+def load_rgb(path, min_size: int = 2) -> Optional[Image.Image]:
+    """Decode a file (path or file object) to RGB (grey, CMYK, palette and RGBA are converted); None
+    for unreadable, truncated or degenerate (< `min_size` px) images."""
     try:
         with Image.open(path) as im:
             im.load()
@@ -72,6 +72,41 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return load_rgb(self.files[i])
+
+
+class TarImages(torch.utils.data.Dataset):
+    """Images inside .tar shards -- one tar, or a folder of them (WebDataset-style shards on local
+    disk) -- read by timm's `ReaderImageInTar`. Indexable, so per-sample seeding holds as for a
+    folder. Open tar handles are not cached: a handle opened in the main process and inherited by
+    forked loader workers would be read by several processes at once."""
+
+    def __init__(self, root):
+        from timm.data.readers.reader_image_in_tar import ReaderImageInTar
+
+        try:
+            self.reader = ReaderImageInTar(str(root), cache_tarfiles=False)
+        except (AssertionError, OSError) as e:
+            raise DataError(f"cannot read tar shards at {root}: {e}") from None
+        if not len(self.reader):
+            raise DataError(f"no images ({', '.join(IMG_EXTENSIONS)}) inside the tar files at {root}")
+
+    def __len__(self):
+        return len(self.reader)
+
+    def __getitem__(self, i):
+        return load_rgb(self.reader[i][0])
+
+
+def image_source(path) -> torch.utils.data.Dataset:
+    """Unlabelled images for pretraining: a .tar file or a folder of .tar shards (TarImages), else an
+    ImageFolder tree or a flat folder (ImageDataset)."""
+    p = Path(path)
+    if (p.is_file() and p.suffix == ".tar") or (p.is_dir() and any(p.glob("*.tar"))):
+        return TarImages(p)
+    if "://" in str(path) or str(path).startswith(("pipe:", "wds/", "hfds/")):
+        raise DataError(f"{path}: remote / streaming datasets (WebDataset URLs, HF datasets) are not supported yet; "
+                        "copy the shards to a local folder of .tar files")
+    return ImageDataset(p)
 
 
 class LabelledImageFolder(torch.utils.data.Dataset):

@@ -9,7 +9,7 @@ from timm.optim import create_optimizer_v2
 
 from .. import models
 from ..data import SeededSamples, demo_photos, pretrain_transform
-from ..data.images import ImageDataset
+from ..data.images import image_source
 from ..models.masking import make_noise
 from ..visualize import NORM_PIX_NOTE, reconstruct, save_grid
 from . import trainer
@@ -40,7 +40,7 @@ class PretrainConfig(TrainConfig):
     batch_size: int = 64                # per device
     effective_batch_size: int = 4096    # 64 per GPU x 64 GPUs in the paper
     crop_scale: Tuple[float, float] = (0.2, 1.0)
-    data_path: Optional[str] = None     # ImageFolder or flat folder; None: embedded demo photos
+    data_path: Optional[str] = None     # ImageFolder, flat folder, .tar or folder of .tar shards; None: demo photos
     demo_samples: int = 1024            # samples per epoch drawn from the demo photos
     compile: bool = False
     output_dir: str = "output/pretrain"
@@ -54,7 +54,7 @@ def build_data(cfg: PretrainConfig, grid, source=None):
         return SeededSamples(source, transform, cfg.seed, extras=[noise])
     if cfg.data_path is None:
         return SeededSamples(demo_photos(), transform, cfg.seed, length=cfg.demo_samples, extras=[noise])
-    return SeededSamples(ImageDataset(cfg.data_path), transform, cfg.seed, extras=[noise])
+    return SeededSamples(image_source(cfg.data_path), transform, cfg.seed, extras=[noise])
 
 
 def make_noise_1(cfg: PretrainConfig, grid, g: torch.Generator) -> torch.Tensor:

@@ -130,11 +130,66 @@ def test_bad_data_is_one_line(tmp_path, ade):
     root = tmp_path / "ade"
     shutil.copytree(ade, root)
     ann = sorted((root / "annotations/training").iterdir())
-    Image.fromarray(np.full((16, 16), 9, dtype=np.uint8)).save(ann[0])  # label 9 with 3 classes
+    Image.fromarray(np.full((128, 128), 9, dtype=np.uint8)).save(ann[0])  # label 9 with 3 classes
     r = _tool("--config", TINY, "--data-root", str(root), check=False)
     assert r.returncode == 2 and "outside the 3 classes" in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+    Image.fromarray(np.zeros((64, 128), dtype=np.uint8)).save(ann[0])
+    r = _tool("--config", TINY, "--data-root", str(root), check=False)
+    assert r.returncode == 2 and "mask is 128x64, its image 128x128" in r.stderr
     ann[1].unlink()
     ann[0].unlink()
     r = _tool("--config", TINY, "--data-root", str(root), check=False)
-    assert r.returncode == 2 and "annotation missing" in r.stderr
+    assert r.returncode == 2 and "mask missing" in r.stderr
+
+
+def _voc_and_plain(ade: Path, root: Path):
+    """The generated scenes in VOC's layout (JPEGImages/, palette SegmentationClass/ with 0 =
+    background as a class, shapes as VOC classes 1..3, a 255 void band around each shape,
+    ImageSets/Segmentation/{train,val}.txt) and as a plain 2-class images/ + masks/ set."""
+    import mae_transfer.seg  # noqa: F401  (mmcv-lite compat: before mmseg.datasets)
+
+    # isort: split
+    from mmseg.datasets import PascalVOCDataset
+    from PIL import ImageFilter
+    palette = [c for rgb in PascalVOCDataset.METAINFO["palette"] for c in rgb]
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / "voc" / sub).mkdir(parents=True)
+    for split, voc_split in (("training", "train"), ("validation", "val")):
+        stems = []
+        for img in sorted((ade / "images" / split).iterdir()):
+            lab = np.asarray(Image.open(ade / "annotations" / split / (img.stem + ".png")))
+            edge = np.asarray(Image.fromarray(lab).filter(ImageFilter.FIND_EDGES)) > 0
+            voc = Image.fromarray(np.where(edge, 255, lab).astype(np.uint8), "P")
+            voc.putpalette(palette + [224, 224, 192] * (256 - len(palette) // 3))
+            voc.save(root / "voc/SegmentationClass" / (img.stem + ".png"))
+            (root / "voc/JPEGImages" / img.name).write_bytes(img.read_bytes())
+            stems.append(img.stem)
+            for sub in ("images", "masks"):
+                (root / "plain" / voc_split / sub).mkdir(parents=True, exist_ok=True)
+            (root / "plain" / voc_split / "images" / img.name).write_bytes(img.read_bytes())
+            Image.fromarray((lab > 0).astype(np.uint8)).save(root / "plain" / voc_split / "masks" / (img.stem + ".png"))
+        (root / "voc/ImageSets/Segmentation" / f"{voc_split}.txt").write_text("\n".join(stems) + "\n")
+    (root / "plain/classes.txt").write_text("background\nshape\n")
+
+
+@pytest.mark.cli
+def test_voc_layout_and_plain_two_class_set_by_path(tmp_path, ade, ckpts):
+    _voc_and_plain(Path(ade), tmp_path)
+    assert Image.open(next((tmp_path / "voc/SegmentationClass").iterdir())).mode == "P"
+    wd = tmp_path / "voc_run"
+    _tool("--config", TINY, "--backbone", str(ckpts / "encoder.pth"), "--data-root", str(tmp_path / "voc"),
+          "--work-dir", str(wd), "--cfg-options", *FAST)
+    res = json.loads((wd / "eval_results.json").read_text())
+    assert len(res["per_class"]) == 21 and list(res["per_class"])[:2] == ["background", "aeroplane"]
+    assert res["per_class"]["background"]["IoU"] is not None and res["per_class"]["cat"]["IoU"] is None  # absent
+    p, wd = tmp_path / "plain", tmp_path / "plain_run"
+    _tool("--config", TINY, "--backbone", str(ckpts / "encoder.pth"), "--classes", str(p / "classes.txt"),
+          "--train-images", str(p / "train/images"), "--train-masks", str(p / "train/masks"),
+          "--val-images", str(p / "val/images"), "--val-masks", str(p / "val/masks"), "--work-dir", str(wd),
+          "--cfg-options", *FAST)
+    res = json.loads((wd / "eval_results.json").read_text())
+    assert list(res["per_class"]) == ["background", "shape"] and "mIoU" in res["summary"]
+    r = _tool("--config", TINY, "--classes", str(p / "classes.txt"), "--train-images", str(p / "train/images"),
+              "--train-masks", str(p / "train/masks"), check=False)
+    assert r.returncode == 2 and "go together" in r.stderr

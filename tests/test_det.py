@@ -99,6 +99,18 @@ def test_train_eval_resume_through_the_tool(tmp_path, coco, tiny_ckpts):
     r = _tool("--config", TINY, "--output-dir", str(tmp_path / "ev"), "--eval-only", str(out / "model_final.pth"),
               "--val-json", coco["val_json"], "--val-images", coco["val_images"], "dataloader.test.num_workers=0")
     assert (tmp_path / "ev/eval_results.json").exists()
+    # tools/predict.py on a folder: overlays and COCO results, class names from the json
+    r = subprocess.run([sys.executable, str(ROOT / "tools/predict.py"), "det", coco["val_images"], "--config", TINY,
+                        "--weights", str(out / "model_final.pth"), "--classes-json", coco["val_json"],
+                        "--score-thresh", "0", "--out", str(tmp_path / "pred")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    n_images = len(list(Path(coco["val_images"]).iterdir()))
+    assert len(list((tmp_path / "pred").glob("*_overlay.png"))) == n_images
+    res = json.loads((tmp_path / "pred/coco_results.json").read_text())
+    cat_ids = {c["id"] for c in json.loads(Path(coco["val_json"]).read_text())["categories"]}
+    assert res and {r["category_id"] for r in res} <= cat_ids
+    assert all(len(r["bbox"]) == 4 and "segmentation" in r for r in res)
 
 
 @pytest.mark.cli

@@ -111,6 +111,16 @@ def test_train_resume_eval_through_the_tool(tmp_path, ade, ckpts):
     (wd / "eval_results.json").unlink()
     r = _tool("--config", TINY, "--data-root", ade, "--work-dir", str(wd), "--eval-only", str(wd / "iter_4.pth"))
     assert "mIoU" in r.stdout + r.stderr and (wd / "eval_results.json").exists()
+    imgs = Path(ade) / "images/validation"
+    r = subprocess.run([PY, str(ROOT / "tools/predict.py"), "seg", str(imgs), "--config", TINY, "--weights",
+                        str(wd / "iter_4.pth"), "--out", str(tmp_path / "pred"), "--batch-size", "2"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for f in imgs.iterdir():
+        cls = np.asarray(Image.open(tmp_path / "pred" / f"{f.stem}_classes.png"))
+        assert cls.shape == np.asarray(Image.open(f)).shape[:2] and cls.max() < 3
+        assert (tmp_path / "pred" / f"{f.stem}_overlay.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "pred/classes.json").read_text()) == ["circle", "square", "triangle"]
 
 
 @pytest.mark.cli

@@ -10,7 +10,8 @@ from mae_transfer.data import compat
 def test_posterize_patch_is_version_gated_and_logged(monkeypatch, caplog):
     from timm.data import auto_augment
 
-    monkeypatch.setattr(auto_augment, "NAME_TO_OP", dict(auto_augment.NAME_TO_OP))
+    fresh = {n: auto_augment.posterize for n in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal")}
+    monkeypatch.setattr(auto_augment, "NAME_TO_OP", {**auto_augment.NAME_TO_OP, **fresh})  # as timm ships it
     monkeypatch.setattr(env, "_applied", set())
     real = env.version_tuple
     monkeypatch.setattr(compat, "version_tuple", lambda d: (2, 0, 0) if d == "timm" else real(d))

@@ -1,4 +1,6 @@
-"""mmseg's IoUMetric, plus per-class IoU/Acc written to JSON beside the log."""
+"""mmseg's IoUMetric, plus per-class IoU/Acc written to JSON beside the log (valid JSON: `null`
+for a class absent from the validation labels, whose IoU mmseg gives as NaN, or as 0 once it is
+predicted somewhere)."""
 import json
 from collections import OrderedDict
 from pathlib import Path
@@ -20,12 +22,20 @@ class PerClassIoUMetric(IoUMetric):
             totals = [sum(r[i] for r in results) for i in range(4)]
             per = self.total_area_to_metrics(*totals, ["mIoU"], self.nan_to_num, self.beta)
             classes = self.dataset_meta["classes"]
+            present = np.asarray(totals[3]) > 0  # area_label: pixels of the class in the ground truth
             per_class = OrderedDict(
-                (c, {"IoU": _pct(per["IoU"][i]), "Acc": _pct(per["Acc"][i])}) for i, c in enumerate(classes))
+                (c, {"IoU": _pct(per["IoU"][i]) if present[i] else None,
+                     "Acc": _pct(per["Acc"][i]) if present[i] else None}) for i, c in enumerate(classes))
             Path(self.json_file).parent.mkdir(parents=True, exist_ok=True)
             Path(self.json_file).write_text(json.dumps(
-                {"summary": {k: float(v) for k, v in summary.items()}, "per_class": per_class}, indent=2))
+                {"summary": {k: _finite(v) for k, v in summary.items()}, "per_class": per_class}, indent=2,
+                allow_nan=False))
         return summary
+
+
+def _finite(x):
+    x = float(x)
+    return None if np.isnan(x) else x
 
 
 def _pct(x) -> float:

@@ -18,8 +18,10 @@ class SegPredictor:
         from mmengine.config import Config
         from mmseg.apis import init_model
 
+        from .compat import allow_mmengine_checkpoints
         from .data import walk
 
+        allow_mmengine_checkpoints()  # the runner's checkpoint holds mmengine's message-hub types
         cfg = Config.fromfile(config)
         if not str(device).startswith("cuda"):  # SyncBN is CUDA-only
             walk(cfg.model, lambda d: d.update(type="BN") if d.get("type") == "SyncBN" else None)

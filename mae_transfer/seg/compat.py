@@ -62,7 +62,7 @@ def allow_mmengine_checkpoints() -> None:
     it could reach anything); that registry lives on the class anyway, so it is left out when
     saving. Checkpoints written by a stock mmengine still carry it and are refused by torch."""
     if version_tuple("torch") < (2, 6) or version_tuple("mmengine")[:2] != (0, 10):
-        return  # torch < 2.6 loads with weights_only=False by default; another mmengine may differ
+        return  # torch < 2.6 does not default to weights-only loading; another mmengine may differ
     import numpy as np
     import torch
     from mmengine.logging import HistoryBuffer

@@ -39,6 +39,11 @@ def walk(node, fn):
             walk(v, fn)
 
 
+def plain_bn(model_cfg) -> None:
+    """SyncBN -> BN everywhere in a model config (SyncBN runs on CUDA only)."""
+    walk(model_cfg, lambda d: d.update(type="BN") if d.get("type") == "SyncBN" else None)
+
+
 def _suffix(folder: Path) -> str:
     exts = Counter(p.suffix.lower() for p in folder.iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
     if not exts:

@@ -19,12 +19,12 @@ class SegPredictor:
         from mmseg.apis import init_model
 
         from .compat import allow_mmengine_checkpoints
-        from .data import walk
+        from .data import plain_bn
 
         allow_mmengine_checkpoints()  # the runner's checkpoint holds mmengine's message-hub types
         cfg = Config.fromfile(config)
-        if not str(device).startswith("cuda"):  # SyncBN is CUDA-only
-            walk(cfg.model, lambda d: d.update(type="BN") if d.get("type") == "SyncBN" else None)
+        if not str(device).startswith("cuda"):
+            plain_bn(cfg.model)
         self.model = init_model(cfg, weights, device=device)
         self.classes = list(self.model.dataset_meta["classes"])
 

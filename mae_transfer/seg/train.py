@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from mmengine.config import Config
 
-from .data import check_data, configure_paths, walk
+from .data import check_data, configure_paths, plain_bn
 
 _logger = logging.getLogger("mae_transfer")
 
@@ -34,7 +34,7 @@ def build_config(args) -> Config:
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
     if not torch.cuda.is_available():  # CPU: plain BN (SyncBN is CUDA-only), fp32, gloo
-        walk(cfg.model, lambda d: d.update(type="BN") if d.get("type") == "SyncBN" else None)
+        plain_bn(cfg.model)
         if cfg.optim_wrapper.get("type") == "AmpOptimWrapper":
             cfg.optim_wrapper.type = "OptimWrapper"
             cfg.optim_wrapper.pop("dtype", None)

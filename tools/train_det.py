@@ -24,6 +24,7 @@ def main():
     p.add_argument("--eval-only", default="", metavar="CKPT", help="evaluate a trained model and exit")
     p.add_argument("--train-json"), p.add_argument("--train-images")
     p.add_argument("--val-json"), p.add_argument("--val-images")
+    p.add_argument("--seed", type=int, help="seeds model init, sampling and augmentation (train.seed; -1: random)")
     p.add_argument("--num-gpus", type=int, default=1, help="processes per machine (GPUs, or CPU processes)")
     p.add_argument("--num-machines", type=int, default=1)
     p.add_argument("--machine-rank", type=int, default=0)

@@ -33,6 +33,7 @@ def main():
     p.add_argument("--resume", action="store_true", help="resume from the latest checkpoint in work_dir")
     p.add_argument("--eval-only", default="", metavar="CKPT", help="evaluate a trained checkpoint and exit")
     p.add_argument("--aug-test", action="store_true", help="multi-scale + flip evaluation")
+    p.add_argument("--seed", type=int, help="seeds model init, sampling and augmentation (mmengine randomness.seed)")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config entries, key=value")
     p.add_argument("--local-rank", "--local_rank", type=int, default=0)
     a = p.parse_args()

@@ -25,6 +25,8 @@ def setup(args):
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
     if args.output_dir:
         cfg.train.output_dir = args.output_dir
+    if getattr(args, "seed", None) is not None:
+        cfg.train.seed = args.seed  # default_setup seeds every generator with seed + rank
     if args.train_json:
         js = register_coco_from_paths("mae_det_train", args.train_json, args.train_images)
         cfg.dataloader.train.dataset.names = "mae_det_train"

@@ -23,6 +23,8 @@ def build_config(args) -> Config:
     if args.work_dir:
         cfg.work_dir = args.work_dir
     cfg.launcher = args.launcher
+    if getattr(args, "seed", None) is not None:
+        cfg.randomness = dict(cfg.get("randomness") or {}, seed=args.seed)  # Runner.set_randomness
     cfg.resume = bool(args.resume)
     if args.eval_only:
         cfg.load_from = args.eval_only

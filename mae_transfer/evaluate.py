@@ -1,0 +1,273 @@
+"""Score backbones on classification, detection and segmentation with fixed recipes, N seeds each
+(tools/evaluate_backbone.py). Every run is the toolkit's own launcher in a subprocess -- the command a
+user would type -- so a suite is exactly a list of commands: `--dry-run` prints it, and a finished
+run (its `result.json`) is not run again when the suite is restarted.
+
+Suites:
+* `cpu`: the Fashion-MNIST scenes (mae_transfer.data.scenes) on 2 CPU cores: linear probe and
+  fine-tuning on the scenes' items, ViTDet Mask R-CNN and UperNet on the scenes. ViT-Ti/8 backbones.
+* `paper`: ImageNet-1k, COCO 2017 and ADE20K with the published recipes (configs/), on GPUs, with the
+  published numbers as reference rows.
+"""
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+RANDOM = "random"  # the backbone name that means "same ViT, random init"
+
+
+@dataclass
+class Task:
+    name: str
+    metrics: Sequence[str]
+    config: str
+    command: Callable[[str, int, Path], List[str]]  # (checkpoint or "", seed, output dir) -> argv
+    read: Callable[[Path], Dict[str, float]]         # output dir -> {metric: value}
+
+
+def _tool(name: str) -> str:
+    return str(ROOT / "tools" / name)
+
+
+def _classify_read(out: Path) -> Dict[str, float]:
+    lines = [json.loads(s) for s in (out / "log.txt").read_text().splitlines() if s.strip()]
+    return {"top-1": [r for r in lines if "test_acc1" in r][-1]["test_acc1"]}
+
+
+def _det_read(out: Path) -> Dict[str, float]:
+    res = json.loads((out / "eval_results.json").read_text())
+    return {"box AP": res["bbox"]["AP"], **({"mask AP": res["segm"]["AP"]} if "segm" in res else {})}
+
+
+def _seg_read(out: Path) -> Dict[str, float]:
+    return {"mIoU": json.loads((out / "eval_results.json").read_text())["summary"]["mIoU"]}
+
+
+def _launch(gpus: int) -> List[str]:
+    return [PY] if gpus <= 1 else ["torchrun", f"--nproc_per_node={gpus}"]
+
+
+def classify_task(name: str, config: str, data: str, extra: Sequence[str] = (), gpus: int = 1) -> Task:
+    tool = _tool("linprobe.py" if name == "linprobe" else "finetune.py")
+
+    def command(ckpt, seed, out):
+        return _launch(gpus) + [tool, "--config", config, "--data-path", data, "--output-dir", str(out),
+                                "--resume", "none", *(["--finetune", ckpt] if ckpt else []), f"seed={seed}", *extra]
+    return Task(name, ("top-1",), config, command, _classify_read)
+
+
+def det_task(config: str, data: Optional[Dict[str, str]], extra: Sequence[str] = (), gpus: int = 1) -> Task:
+    paths = [] if data is None else ["--train-json", data["train_json"], "--train-images", data["train_images"],
+                                     "--val-json", data["val_json"], "--val-images", data["val_images"]]
+
+    def command(ckpt, seed, out):
+        return [PY, _tool("train_det.py"), "--config", config, "--backbone", ckpt, "--output-dir", str(out),
+                "--seed", str(seed), "--num-gpus", str(gpus), *paths, *extra]
+    return Task("det", ("box AP", "mask AP"), config, command, _det_read)
+
+
+def seg_task(config: str, data: Sequence[str], extra: Sequence[str] = (), gpus: int = 1) -> Task:
+    def command(ckpt, seed, out):
+        launch = _launch(gpus) + [_tool("train_seg.py")] + (["--launcher", "pytorch"] if gpus > 1 else [])
+        return launch + ["--config", config, "--backbone", ckpt, "--work-dir", str(out), "--seed", str(seed),
+                         *data, *(["--cfg-options", *extra] if extra else [])]
+    return Task("seg", ("mIoU",), config, command, _seg_read)
+
+
+def cpu_suite(data_root: str, quick: bool = False) -> List[Task]:
+    """The scene set at `data_root` (made by mae_transfer.data.scenes); `quick`: a smoke budget."""
+    from .data.scenes import make_scenes
+
+    root = Path(data_root)
+    if not (root / "annotations" / "val.json").is_file():
+        make_scenes(root, *((40, 10, 128, 0, None, 20) if quick else (2000, 200)))
+    d = {k: str(root / v) for k, v in (("train_json", "annotations/train.json"), ("train_images", "train"),
+                                        ("val_json", "annotations/val.json"), ("val_images", "val"))}
+    seg_data = ["--train-images", str(root / "train"), "--train-masks", str(root / "masks/train"),
+                "--val-images", str(root / "val"), "--val-masks", str(root / "masks/val"),
+                "--classes", str(root / "classes.txt")]
+    cls_quick = ["epochs=1", "warmup_epochs=0"] if quick else []
+    det_quick = ["train.max_iter=4", "lr_multiplier.scheduler.milestones=[2,3]", "lr_multiplier.warmup_length=0.25",
+                 "dataloader.train.total_batch_size=2"] if quick else []
+    seg_quick = ["train_cfg.max_iters=4", "train_cfg.val_interval=4", "train_dataloader.batch_size=2",
+                 "param_scheduler.0.end=2", "param_scheduler.1.begin=2", "param_scheduler.1.end=4"] if quick else []
+    cfg = str(ROOT / "configs")
+    return [classify_task("linprobe", f"{cfg}/linprobe/scenes_cpu.py", str(root / "items"), cls_quick),
+            classify_task("finetune", f"{cfg}/finetune/scenes_cpu.py", str(root / "items"), cls_quick),
+            det_task(f"{cfg}/det/tiny_cpu.py", d, det_quick),
+            seg_task(f"{cfg}/seg/tiny_cpu.py", seg_data, seg_quick)]
+
+
+# Published results of the recipes the paper suite runs (MAE Tables 3 and 10, ViTDet Table 3 / MAE Table 4,
+# MAE Table 5): ImageNet top-1 fine-tune / linear, COCO box / mask AP, ADE20K mIoU.
+REFERENCE = {
+    "base": {"finetune": {"top-1": 83.6}, "linprobe": {"top-1": 68.0}, "det": {"box AP": 51.6, "mask AP": 45.9},
+             "seg": {"mIoU": 48.1}},
+    "large": {"finetune": {"top-1": 85.9}, "linprobe": {"top-1": 75.8}, "det": {"box AP": 55.5, "mask AP": 49.2},
+              "seg": {"mIoU": 53.6}},
+}
+
+
+def paper_suite(arch: str, imagenet: str, ade: str, gpus: int = 8) -> List[Task]:
+    """ImageNet-1k (`imagenet`/{train,val}), COCO 2017 (under $DETECTRON2_DATASETS), ADE20K (`ade`)."""
+    cfg, short = str(ROOT / "configs"), {"base": "b", "large": "l", "huge": "h"}[arch]
+    det = {"huge": "mask_rcnn_vitdet_h_75ep.py"}.get(arch, f"mask_rcnn_vitdet_{short}_100ep.py")
+    tasks = [classify_task("linprobe", f"{cfg}/linprobe/vit_{arch}.py", imagenet, gpus=gpus),
+             classify_task("finetune", f"{cfg}/finetune/vit_{arch}.py", imagenet, gpus=gpus),
+             det_task(f"{cfg}/det/{det}", None, gpus=gpus)]
+    if arch != "huge":  # no ViT-H UperNet recipe in the paper
+        tasks.append(seg_task(f"{cfg}/seg/mae_vit_{arch}_upernet_160k_ade20k.py", ["--data-root", ade], gpus=gpus))
+    return tasks
+
+
+def backbone_names(backbones: Sequence[str]) -> Dict[str, str]:
+    """Report name -> checkpoint path ("" for random init); names are file stems, made unique."""
+    out = {}
+    for b in backbones:
+        name = "random init" if b == RANDOM else Path(b.rstrip("/")).stem
+        base, k = name, 2
+        while name in out:
+            name, k = f"{base}-{k}", k + 1
+        out[name] = "" if b == RANDOM else b
+    return out
+
+
+def plan(tasks: Sequence[Task], backbones: Dict[str, str], seeds: Sequence[int], out: Path) -> List[dict]:
+    runs = []  # seed-major: after seed 0, every task has a number for every backbone
+    for seed in seeds:
+        for task in tasks:
+            for name, ckpt in backbones.items():
+                d = out / "runs" / name.replace(" ", "_") / task.name / f"seed{seed}"
+                runs.append({"backbone": name, "task": task.name, "seed": seed, "dir": d,
+                             "argv": task.command(ckpt, seed, d), "read": task.read})
+    return runs
+
+
+def execute(runs: List[dict], log=print) -> List[dict]:
+    """Run what has no result.json yet (a progress bar over the runs); a failed run is reported and
+    skipped, the others go on."""
+    from tqdm import tqdm
+
+    results = []
+    bar = tqdm(runs, unit="run", dynamic_ncols=True)
+    for r in bar:
+        bar.set_description(f"{r['backbone']} / {r['task']} / seed {r['seed']}")
+        done = r["dir"] / "result.json"
+        if not done.is_file():
+            r["dir"].mkdir(parents=True, exist_ok=True)
+            t = time.time()
+            with open(r["dir"] / "run.log", "w") as f:
+                f.write(shlex.join(r["argv"]) + "\n")
+                f.flush()
+                rc = subprocess.run(r["argv"], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+            if rc != 0:
+                tail = (r["dir"] / "run.log").read_text().strip().splitlines()[-1:] or [""]
+                bar.write(f"failed ({rc}): {r['backbone']} / {r['task']} / seed {r['seed']}: {tail[0]} "
+                          f"(log: {r['dir'] / 'run.log'})")
+                continue
+            done.write_text(json.dumps({"metrics": r["read"](r["dir"]), "minutes": (time.time() - t) / 60}))
+        res = json.loads(done.read_text())
+        results.append({"backbone": r["backbone"], "task": r["task"], "seed": r["seed"], **res})
+    return results
+
+
+def summarize(results: List[dict]) -> Dict[str, Dict[str, dict]]:
+    """backbone -> "task metric" -> {mean, std, n, values}."""
+    table: Dict[str, Dict[str, dict]] = {}
+    for r in results:
+        for metric, v in r["metrics"].items():
+            table.setdefault(r["backbone"], {}).setdefault(f"{r['task']} {metric}", {"values": []})["values"].append(v)
+    for cols in table.values():
+        for c in cols.values():
+            v = c["values"]
+            c.update(mean=statistics.fmean(v), std=statistics.stdev(v) if len(v) > 1 else 0.0, n=len(v))
+    return table
+
+
+def _columns(table) -> List[str]:
+    order = ["linprobe top-1", "finetune top-1", "det box AP", "det mask AP", "seg mIoU"]
+    present = {c for cols in table.values() for c in cols}
+    return [c for c in order if c in present] + sorted(present - set(order))
+
+
+def markdown(table, reference: Optional[dict] = None, title: str = "") -> str:
+    """mean ± std per backbone and column; for each pretrained backbone, its gap to random init in
+    units of the larger of the two seed-to-seed stds."""
+    cols = _columns(table)
+    lines = ([f"**{title}**", ""] if title else []) + ["| backbone | " + " | ".join(cols) + " |",
+                                                       "|---" * (len(cols) + 1) + "|"]
+
+    def cell(c):
+        return f"{c['mean']:.1f} ± {c['std']:.1f}" if c else "–"
+    for name, row in table.items():
+        lines.append(f"| {name} (n={max(c['n'] for c in row.values())}) | "
+                     + " | ".join(cell(row.get(c)) for c in cols) + " |")
+    rnd = table.get("random init")
+    for name, row in table.items():
+        if rnd is None or name == "random init":
+            continue
+        gaps = []
+        for c in cols:
+            a, b = row.get(c), rnd.get(c)
+            if not (a and b):
+                gaps.append("–")
+                continue
+            d, s = a["mean"] - b["mean"], max(a["std"], b["std"])
+            gaps.append(f"{d:+.1f}" + (f" ({d / s:+.1f} std)" if s > 0 else ""))
+        lines.append(f"| {name} − random init | " + " | ".join(gaps) + " |")
+    if reference:
+        ref = {f"{t} {m}": v for t, ms in reference["values"].items() for m, v in ms.items()}
+        lines.append(f"| {reference['name']} | " + " | ".join(f"{ref[c]:.1f}" if c in ref else "–" for c in cols)
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(table, path: Path, reference: Optional[dict] = None, title: str = "") -> None:
+    """One panel per column: a bar per backbone (mean, std as error bar), the reference as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols, names = _columns(table), list(table)
+    ref = {f"{t} {m}": v for t, ms in reference["values"].items() for m, v in ms.items()} if reference else {}
+    fig, axes = plt.subplots(1, len(cols), figsize=(2.6 * len(cols), 3.2), squeeze=False)
+    for ax, c in zip(axes[0], cols):
+        means = [table[n].get(c, {}).get("mean", 0.0) for n in names]
+        stds = [table[n].get(c, {}).get("std", 0.0) for n in names]
+        ax.bar(range(len(names)), means, yerr=stds, capsize=4, color=[f"C{i}" for i in range(len(names))])
+        if c in ref:
+            ax.axhline(ref[c], ls="--", color="k", lw=1, label=reference["name"])
+            ax.legend(fontsize=7)
+        ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+        ax.set_title(c, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(results: List[dict], out: Path, reference: Optional[dict] = None, title: str = "",
+                 command: str = "") -> dict:
+    """report.md, results.json and chart.png in `out`; returns the summary table."""
+    table = summarize(results)
+    md = markdown(table, reference, title)
+    if command:
+        md += f"\n```\n{command}\n```\n"
+    (out / "report.md").write_text(md)
+    (out / "results.json").write_text(json.dumps({"title": title, "command": command, "summary": table,
+                                                  "runs": results, "reference": reference}, indent=1))
+    if table:
+        chart(table, out / "chart.png", reference, title)
+    return table

@@ -1,0 +1,106 @@
+"""tools/evaluate_backbone.py: one command scores checkpoints of every accepted format on a tiny budget,
+the same seed gives the same numbers in every host, and the report says mean ± std and the gap."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mae_transfer import checkpoints
+from mae_transfer import models as M
+from mae_transfer.convert import export
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL = str(ROOT / "tools/evaluate_backbone.py")
+
+
+def _evaluate(*args, cwd=ROOT):
+    r = subprocess.run([sys.executable, TOOL, *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def scenes_quick(tmp_path_factory):
+    from mae_transfer.data.scenes import make_scenes
+
+    root = tmp_path_factory.mktemp("ev") / "scenes"
+    make_scenes(root, 40, 10, items_per_class=20)
+    return root
+
+
+def _losses(run_dir: Path, task: str):
+    if task in ("linprobe", "finetune"):
+        return [json.loads(s)["train_loss"] for s in (run_dir / "log.txt").read_text().splitlines()]
+    if task == "det":  # detectron2's JSONWriter
+        return [json.loads(s)["total_loss"] for s in (run_dir / "metrics.json").read_text().splitlines()
+                if "total_loss" in s]
+    (scalars,) = run_dir.glob("*/vis_data/scalars.json")  # mmengine's
+    return [json.loads(s)["loss"] for s in scalars.read_text().splitlines() if '"loss"' in s]
+
+
+@pytest.mark.cli
+def test_every_checkpoint_format_scores_identically(tmp_path, scenes_quick):
+    torch.manual_seed(0)
+    mae = M.mae_vit_tiny_patch8()  # the cpu suite's ViT-Ti/8, random weights nudged off their init
+    for p in mae.parameters():
+        p.data.add_(0.02 * torch.randn_like(p))
+    own = tmp_path / "own.pth"
+    checkpoints.save(own, {"model": mae.state_dict(), "args": {"img_size": 64}})
+    formats = {"official": tmp_path / "official.pth", "timm": tmp_path / "timm.pth", "hf": tmp_path / "hf",
+               "safetensors": tmp_path / "st.safetensors"}
+    for target, path in formats.items():
+        export(own, target, path)
+    out = tmp_path / "ev"
+    stdout = _evaluate(own, *formats.values(), "random", "--tasks", "linprobe", "--quick", "--seeds", "1",
+                       "--data", scenes_quick, "--output-dir", out)
+    res = json.loads((out / "results.json").read_text())
+    top1 = {r["backbone"]: r["metrics"]["top-1"] for r in res["runs"]}
+    assert set(top1) == {"own", "official", "timm", "hf", "st", "random init"}
+    runs = {d.name: _losses(d / "linprobe/seed0", "linprobe") for d in (out / "runs").iterdir()}
+    assert all(runs[n] == runs["own"] for n in ("official", "timm", "hf", "st")), runs
+    assert runs["random_init"] != runs["own"]
+    assert len({top1[n] for n in ("own", "official", "timm", "hf", "st")}) == 1
+    report = (out / "report.md").read_text()
+    assert "| own (n=1) |" in report and "own − random init" in report and report in stdout
+    assert (out / "chart.png").stat().st_size > 1000
+
+
+@pytest.mark.cli
+def test_same_seed_same_numbers_in_both_hosts(tmp_path, scenes_quick):
+    common = ["random", "--tasks", "det,seg", "--quick", "--data", scenes_quick]
+    _evaluate(*common, "--seeds", "2", "--output-dir", tmp_path / "a")
+    _evaluate(*common, "--seeds", "1", "--output-dir", tmp_path / "b")
+    a = json.loads((tmp_path / "a/results.json").read_text())["runs"]
+    b = json.loads((tmp_path / "b/results.json").read_text())["runs"]
+    metrics = {(r["task"], r["seed"]): r["metrics"] for r in a}
+    for r in b:
+        assert r["metrics"] == metrics[(r["task"], r["seed"])]
+    for task in ("det", "seg"):
+        same0 = _losses(tmp_path / f"a/runs/random_init/{task}/seed0", task)
+        assert len(same0) >= 2
+        assert same0 == _losses(tmp_path / f"b/runs/random_init/{task}/seed0", task)
+        assert same0 != _losses(tmp_path / f"a/runs/random_init/{task}/seed1", task)  # the seed matters
+
+
+def test_paper_suite_dry_run_prints_every_command():
+    out = _evaluate("ck.pth", "random", "--suite", "paper", "--arch", "large", "--seeds", "2", "--dry-run",
+                    "--imagenet", "/data/in1k", "--ade", "/data/ade")
+    lines = [s for s in out.splitlines() if s and not s.startswith("#")]
+    assert len(lines) == 2 * 4 * 2  # backbones x tasks x seeds
+    assert any("configs/det/mask_rcnn_vitdet_l_100ep.py" in s and "--backbone ck.pth" in s for s in lines)
+    assert any("mae_vit_large_upernet_160k_ade20k.py" in s and "--data-root /data/ade" in s for s in lines)
+    assert any("linprobe/vit_large.py" in s and "--data-path /data/in1k" in s and "seed=1" in s for s in lines)
+    assert any("--backbone ''" in s for s in lines)  # random init: no checkpoint
+
+
+def test_report_table_and_gap():
+    from mae_transfer import evaluate
+
+    runs = [{"backbone": b, "task": "det", "seed": s, "metrics": {"box AP": v}}
+            for b, vals in (("mae", (10.0, 12.0, 11.0)), ("random init", (5.0, 6.0, 7.0))) for s, v in enumerate(vals)]
+    md = evaluate.markdown(evaluate.summarize(runs))
+    assert "| mae (n=3) | 11.0 ± 1.0 |" in md and "| random init (n=3) | 6.0 ± 1.0 |" in md
+    assert "| mae − random init | +5.0 (+5.0 std) |" in md

@@ -1,0 +1,81 @@
+#!/usr/bin/env python
+"""Score one or more checkpoints (and `random`: the same ViT from random init) on classification,
+detection and segmentation with fixed recipes, N seeds each; writes report.md (mean ± std, gap to
+random init), results.json and chart.png.
+
+  python tools/evaluate_backbone.py output/pretrain/scenes_tiny/checkpoint-last.pth random --seeds 3
+  python tools/evaluate_backbone.py mae_pretrain_vit_base.pth random --suite paper --arch base \\
+      --imagenet /data/imagenet --ade data/ade/ADEChallengeData2016 --gpus 8 --dry-run
+
+Suites: cpu (default; the Fashion-MNIST scenes, made under --data if missing, 2 CPU cores: ViT-Ti/8
+checkpoints) and paper (ImageNet-1k, COCO 2017 under $DETECTRON2_DATASETS, ADE20K; the published
+recipes of configs/ and the published numbers as reference rows). Checkpoints in any format the
+launchers accept (official MAE, tools/pretrain.py, timm, HF directory, .safetensors). A restarted
+suite skips the runs that finished (their result.json).
+"""
+import argparse
+import shlex
+import sys
+
+import _cli
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("backbones", nargs="+", help="checkpoints, or 'random' for random init")
+    p.add_argument("--suite", choices=["cpu", "paper"], default="cpu")
+    p.add_argument("--tasks", default="linprobe,finetune,det,seg", help="comma-separated subset")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for every task and backbone")
+    p.add_argument("--output-dir", default="output/evaluate")
+    p.add_argument("--data", default="output/scenes", help="cpu suite: the scene set (made here if missing)")
+    p.add_argument("--quick", action="store_true", help="cpu suite: a smoke budget (a few iterations a task)")
+    p.add_argument("--arch", choices=["base", "large", "huge"], default="base", help="paper suite: ViT size")
+    p.add_argument("--imagenet", default="data/imagenet", help="paper suite: {train,val}/<class>/*")
+    p.add_argument("--ade", default="data/ade/ADEChallengeData2016", help="paper suite: ADE20K root")
+    p.add_argument("--gpus", type=int, default=8, help="paper suite: GPUs a run")
+    p.add_argument("--dry-run", action="store_true", help="print every command (and its config) and exit")
+    a = p.parse_args()
+
+    from pathlib import Path
+
+    from mae_transfer import evaluate
+    from mae_transfer.checkpoints import read_state_dict
+    from mae_transfer.data import DataError
+
+    names = evaluate.backbone_names(a.backbones)
+    if not a.dry_run:
+        for ckpt in names.values():
+            if ckpt:
+                read_state_dict(ckpt)  # unreadable: one line now, not after an hour of other runs
+    if a.suite == "cpu":
+        tasks = evaluate.cpu_suite(a.data, a.quick)
+        reference, title = None, f"cpu suite: Fashion-MNIST scenes ({a.data}), {a.seeds} seed(s)"
+    else:
+        tasks = evaluate.paper_suite(a.arch, a.imagenet, a.ade, a.gpus)
+        reference = {"name": f"published, MAE ViT-{a.arch[0].upper()}", "values": evaluate.REFERENCE.get(a.arch, {})}
+        title = f"paper suite: ViT-{a.arch[0].upper()}, {a.seeds} seed(s)"
+    wanted = a.tasks.split(",")
+    unknown = set(wanted) - {t.name for t in tasks}
+    if unknown:
+        raise DataError(f"unknown task(s) {sorted(unknown)}; the {a.suite} suite has {[t.name for t in tasks]}")
+    tasks = [t for t in tasks if t.name in wanted]
+    out = Path(a.output_dir)
+    runs = evaluate.plan(tasks, names, range(a.seeds), out)
+    if a.dry_run:
+        for t in tasks:
+            print(f"# {t.name}: {t.config}")
+        for r in runs:
+            print(shlex.join(r["argv"]))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    results = evaluate.execute(runs)
+    command = shlex.join(["python", "tools/evaluate_backbone.py", *sys.argv[1:]])
+    evaluate.write_report(results, out, reference, title, command)
+    print((out / "report.md").read_text())
+    print(f"report: {out}/report.md, results.json, chart.png")
+    if len(results) < len(runs):
+        sys.exit(f"error: {len(runs) - len(results)} of {len(runs)} runs failed (logs under {out}/runs)")
+
+
+if __name__ == "__main__":
+    _cli.run_cli(main)

@@ -10,7 +10,6 @@ with 1 % and with 100 % of the labels (tools/finetune.py's engine), all on the 1
 Grey images are replicated to RGB. Prints one table; --quick is a 3-minute smoke run.
 """
 import argparse
-import gzip
 import sys
 import time
 from pathlib import Path
@@ -21,20 +20,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mae_transfer.data import SeededSamples  # noqa: E402
+from mae_transfer.data.scenes import fashion_mnist  # noqa: E402
 from mae_transfer.engine import classify, pretrain  # noqa: E402
 
 ROOT = Path("/usr/share/datasets/fashion-mnist")
 # ViT with 7-px patches (4 x 4 tokens), 192-d, 6 blocks; decoder 128-d, 2 blocks: sized for 2 CPU cores.
 ENC = dict(patch_size=7, embed_dim=192, depth=6, num_heads=3)
 DEC = dict(decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4)
-
-
-def idx(name):
-    with gzip.open(ROOT / name) as f:
-        data = f.read()
-    ndim = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 class Arrays(torch.utils.data.Dataset):
@@ -54,8 +46,7 @@ class Arrays(torch.utils.data.Dataset):
 def run(args):
     if not ROOT.is_dir():
         sys.exit(f"error: {ROOT} not found; install Debian's dataset-fashion-mnist")
-    xtr, ytr = idx("train-images-idx3-ubyte.gz"), idx("train-labels-idx1-ubyte.gz")
-    xte, yte = idx("t10k-images-idx3-ubyte.gz"), idx("t10k-labels-idx1-ubyte.gz")
+    (xtr, ytr), (xte, yte) = fashion_mnist("train", ROOT), fashion_mnist("test", ROOT)
     if args.quick:
         xtr, ytr, xte, yte = xtr[:3000], ytr[:3000], xte[:1000], yte[:1000]
     out = Path(args.output_dir)

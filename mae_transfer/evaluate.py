@@ -97,9 +97,10 @@ def cpu_suite(data_root: str, quick: bool = False) -> List[Task]:
                 "--classes", str(root / "classes.txt")]
     cls_quick = ["epochs=1", "warmup_epochs=0"] if quick else []
     det_quick = ["train.max_iter=4", "lr_multiplier.scheduler.milestones=[2,3]", "lr_multiplier.warmup_length=0.25",
-                 "dataloader.train.total_batch_size=2"] if quick else []
+                 "dataloader.train.total_batch_size=2", "train.log_period=1"] if quick else []
     seg_quick = ["train_cfg.max_iters=4", "train_cfg.val_interval=4", "train_dataloader.batch_size=2",
-                 "param_scheduler.0.end=2", "param_scheduler.1.begin=2", "param_scheduler.1.end=4"] if quick else []
+                 "param_scheduler.0.end=2", "param_scheduler.1.begin=2", "param_scheduler.1.end=4",
+                 "default_hooks.logger.interval=1"] if quick else []
     cfg = str(ROOT / "configs")
     return [classify_task("linprobe", f"{cfg}/linprobe/scenes_cpu.py", str(root / "items"), cls_quick),
             classify_task("finetune", f"{cfg}/finetune/scenes_cpu.py", str(root / "items"), cls_quick),
@@ -130,10 +131,14 @@ def paper_suite(arch: str, imagenet: str, ade: str, gpus: int = 8) -> List[Task]
 
 
 def backbone_names(backbones: Sequence[str]) -> Dict[str, str]:
-    """Report name -> checkpoint path ("" for random init); names are file stems, made unique."""
+    """Report name -> checkpoint path ("" for random init). `NAME=PATH` names a checkpoint; otherwise
+    its file stem is its name, made unique."""
     out = {}
     for b in backbones:
-        name = "random init" if b == RANDOM else Path(b.rstrip("/")).stem
+        if "=" in b and not Path(b).exists():
+            name, b = b.split("=", 1)
+        else:
+            name = "random init" if b == RANDOM else Path(b.rstrip("/")).stem
         base, k = name, 2
         while name in out:
             name, k = f"{base}-{k}", k + 1
@@ -271,3 +276,22 @@ def write_report(results: List[dict], out: Path, reference: Optional[dict] = Non
     if table:
         chart(table, out / "chart.png", reference, title)
     return table
+
+
+def compare(det_dir: str, seg_dir: str, reference_json: str) -> str:
+    """The demo's detection and segmentation results beside a saved suite report (same recipes)."""
+    this = {**{f"det {k}": v for k, v in _det_read(Path(det_dir)).items()},
+            **{f"seg {k}": v for k, v in _seg_read(Path(seg_dir)).items()}}
+    cols = [c for c in ("det box AP", "det mask AP", "seg mIoU") if c in this]
+    lines = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|",
+             "| this run (seed 0) | " + " | ".join(f"{this[c]:.1f}" for c in cols) + " |"]
+    ref = Path(reference_json)
+    if ref.is_file():
+        for name, row in json.loads(ref.read_text())["summary"].items():
+            cells = [f"{row[c]['mean']:.1f} ± {row[c]['std']:.1f}" if c in row else "–" for c in cols]
+            lines.append(f"| {name}, {ref.name} (n={max(r['n'] for r in row.values())}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m mae_transfer.evaluate DET_DIR SEG_DIR REPORT.json (tools/demo.sh)
+    print(compare(*sys.argv[1:4]))

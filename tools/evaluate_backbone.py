@@ -22,7 +22,7 @@ import _cli
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("backbones", nargs="+", help="checkpoints, or 'random' for random init")
+    p.add_argument("backbones", nargs="+", help="checkpoints (PATH or NAME=PATH), or 'random' for random init")
     p.add_argument("--suite", choices=["cpu", "paper"], default="cpu")
     p.add_argument("--tasks", default="linprobe,finetune,det,seg", help="comma-separated subset")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for every task and backbone")

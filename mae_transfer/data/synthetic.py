@@ -1,5 +1,5 @@
-"""Small labelled sets the toolkit generates from the embedded photos, for demos, tests and benches:
-coloured shapes pasted on natural-image backgrounds, written as a COCO-format instance set
+"""Small labelled sets for the tests (the demo and the benchmark use the Fashion-MNIST scenes of
+`scenes.py`): coloured shapes pasted on natural-image backgrounds, written as a COCO-format instance set
 (`make_coco_shapes`) or an ADE20K-layout semantic set (`make_ade_shapes`)."""
 import json
 import math

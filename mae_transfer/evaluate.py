@@ -95,7 +95,7 @@ def cpu_suite(data_root: str, quick: bool = False) -> List[Task]:
     seg_data = ["--train-images", str(root / "train"), "--train-masks", str(root / "masks/train"),
                 "--val-images", str(root / "val"), "--val-masks", str(root / "masks/val"),
                 "--classes", str(root / "classes.txt")]
-    cls_quick = ["epochs=1", "warmup_epochs=0"] if quick else []
+    cls_quick = ["epochs=1", "warmup_epochs=0", "batch_size=32", "effective_batch_size=32"] if quick else []
     det_quick = ["train.max_iter=4", "lr_multiplier.scheduler.milestones=[2,3]", "lr_multiplier.warmup_length=0.25",
                  "dataloader.train.total_batch_size=2", "train.log_period=1"] if quick else []
     seg_quick = ["train_cfg.max_iters=4", "train_cfg.val_interval=4", "train_dataloader.batch_size=2",

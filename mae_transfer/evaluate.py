@@ -102,8 +102,8 @@ def cpu_suite(data_root: str, quick: bool = False) -> List[Task]:
                  "param_scheduler.0.end=2", "param_scheduler.1.begin=2", "param_scheduler.1.end=4",
                  "default_hooks.logger.interval=1"] if quick else []
     cfg = str(ROOT / "configs")
-    return [classify_task("linprobe", f"{cfg}/linprobe/scenes_cpu.py", str(root / "items"), cls_quick),
-            classify_task("finetune", f"{cfg}/finetune/scenes_cpu.py", str(root / "items"), cls_quick),
+    return [classify_task("linprobe", f"{cfg}/linprobe/scenes_cpu.py", str(root / "crops"), cls_quick),
+            classify_task("finetune", f"{cfg}/finetune/scenes_cpu.py", str(root / "crops"), cls_quick),
             det_task(f"{cfg}/det/tiny_cpu.py", d, det_quick),
             seg_task(f"{cfg}/seg/tiny_cpu.py", seg_data, seg_quick)]
 

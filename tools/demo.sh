@@ -38,7 +38,7 @@ cp $(ls $S/val/* | head -4) $OUT/predict_inputs/
 $PY tools/predict.py det $OUT/predict_inputs --config configs/det/tiny_cpu.py --weights $OUT/det/model_final.pth \
     --classes-json $S/annotations/val.json --out $OUT/predict/det 2>&1 | grep -E "detections|^error"
 # the runner's own copy of the config: it holds the class list the model was trained with
-$PY tools/predict.py seg $OUT/predict_inputs --config $OUT/seg/tiny_cpu.py --weights $OUT/seg/iter_200.pth \
+$PY tools/predict.py seg $OUT/predict_inputs --config $OUT/seg/tiny_cpu.py --weights $OUT/seg/iter_150.pth \
     --out $OUT/predict/seg 2>&1 | grep -E "images ->|^error"
 
 echo

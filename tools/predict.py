@@ -3,7 +3,7 @@
 
   python tools/predict.py det --config configs/det/tiny_cpu.py --weights output/demo/det/model_final.pth \\
       --classes-json val.json photos/ more/*.jpg --out output/predict/det
-  python tools/predict.py seg --config configs/seg/tiny_cpu.py --weights output/demo/seg/iter_200.pth \\
+  python tools/predict.py seg --config configs/seg/tiny_cpu.py --weights output/demo/seg/iter_150.pth \\
       photos/ --out output/predict/seg
 
 Inputs: image files, folders or globs. Writes one overlay PNG per image (detectron2's Visualizer /

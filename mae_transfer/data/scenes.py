@@ -11,7 +11,7 @@ seed. One call writes every view of the same scenes:
     root/annotations/{train,val}.json     COCO instances, polygons, category ids 1..10
     root/masks/{train,val}/*.png          semantic index masks: 0 = background, 1..10 = items
     root/classes.txt                      background + the 10 item names (tools/train_seg.py --classes)
-    root/items/{train,val}/<class>/*.png  the split's Fashion-MNIST items (classification)
+    root/crops/{train,val}/<class>/*.png  every object cropped from its scene with some context (classification)
 
 The items come from a subset vendored in `assets/` (first 400 per class of the training split, first
 100 per class of the test split; MIT, notice beside it), or from the full set with `fashion_root`.
@@ -95,7 +95,7 @@ def polygons(mask: np.ndarray) -> List[List[float]]:
 def make_scenes(root, n_train: int = 400, n_val: int = 100, size: int = 128, seed: int = 0,
                 fashion_root: Optional[str] = None, items_per_class: Optional[int] = None) -> dict:
     """Write the scene set under `root` (layout in the module docstring); returns its paths.
-    `items_per_class` caps the classification items written per class and split (a smaller set)."""
+    `items_per_class` caps the classification crops written per class and split (a smaller set)."""
     root, photos = Path(root), demo_photos()
     cats = [{"id": i + 1, "name": n, "supercategory": "fashion"} for i, n in enumerate(CLASSES)]
     (root / "classes.txt").parent.mkdir(parents=True, exist_ok=True)
@@ -103,11 +103,6 @@ def make_scenes(root, n_train: int = 400, n_val: int = 100, size: int = 128, see
     out = {"root": str(root), "classes": str(root / "classes.txt")}
     for split, source, n in (("train", "train", n_train), ("val", "test", n_val)):
         items, labels = fashion_mnist(source, fashion_root)
-        for c, name in enumerate(CLASSES):
-            folder = root / "items" / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for j in np.flatnonzero(labels == c)[:items_per_class]:
-                Image.fromarray(items[j]).save(folder / f"{j:05d}.png")
         rng = np.random.default_rng([seed, 0 if split == "train" else 1])  # splits independent of each other
         (root / split).mkdir(parents=True, exist_ok=True)
         (root / "masks" / split).mkdir(parents=True, exist_ok=True)
@@ -132,9 +127,36 @@ def make_scenes(root, n_train: int = 400, n_val: int = 100, size: int = 128, see
         (root / "annotations").mkdir(exist_ok=True)
         js = root / "annotations" / f"{split}.json"
         js.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+        write_crops(js, root / split, root / "crops" / split, items_per_class)
         out.update({f"{split}_images": str(root / split), f"{split}_json": str(js),
-                    f"{split}_masks": str(root / "masks" / split), f"{split}_items": str(root / "items" / split)})
+                    f"{split}_masks": str(root / "masks" / split), f"{split}_crops": str(root / "crops" / split)})
     return out
+
+
+def write_crops(coco_json, images_dir, out_dir, per_class: Optional[int] = None, context: float = 1.25) -> None:
+    """Each annotated object as `out_dir/<class>/<ann id>.png`: a square of `context` x its box's longer
+    side around the box centre, shifted to stay inside the image (an object-centric classification set)."""
+    js = json.loads(Path(coco_json).read_text())
+    names = {c["id"]: c["name"] for c in js["categories"]}
+    files = {im["id"]: im["file_name"] for im in js["images"]}
+    count = {c: 0 for c in names}
+    for name in names.values():
+        (Path(out_dir) / name).mkdir(parents=True, exist_ok=True)
+    opened = {}
+    for a in js["annotations"]:
+        c = a["category_id"]
+        if per_class is not None and count[c] >= per_class:
+            continue
+        count[c] += 1
+        if a["image_id"] not in opened:
+            opened = {a["image_id"]: Image.open(Path(images_dir) / files[a["image_id"]]).convert("RGB")}
+        img = opened[a["image_id"]]
+        x, y, w, h = a["bbox"]
+        side = min(max(w, h) * context, *img.size)
+        x0 = min(max(x + w / 2 - side / 2, 0), img.width - side)
+        y0 = min(max(y + h / 2 - side / 2, 0), img.height - side)
+        img.crop((round(x0), round(y0), round(x0 + side), round(y0 + side))).save(
+            Path(out_dir) / names[c] / f"{a['id']:06d}.png")
 
 
 def main(argv=None):

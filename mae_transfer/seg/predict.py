@@ -1,7 +1,7 @@
 """A trained UperNet on images, for notebooks and `tools/predict.py seg`: mmseg's own
 `init_model` / `inference_model` and `SegLocalVisualizer`.
 
-    p = SegPredictor("configs/seg/tiny_cpu.py", "output/demo/seg/iter_200.pth")
+    p = SegPredictor("configs/seg/tiny_cpu.py", "output/demo/seg/iter_150.pth")
     result = p(["a.jpg"])[0]                  # SegDataSample; result.pred_sem_seg.data[0] = class map
     p.draw("a.jpg", result, "overlay.png")"""
 from typing import List

@@ -186,6 +186,13 @@ def execute(runs: List[dict], log=print) -> List[dict]:
     return results
 
 
+def finished(runs: List[dict]) -> List[dict]:
+    """The results of the runs that have finished (a report while a suite is still running)."""
+    done = [r for r in runs if (r["dir"] / "result.json").is_file()]
+    return [{"backbone": r["backbone"], "task": r["task"], "seed": r["seed"],
+             **json.loads((r["dir"] / "result.json").read_text())} for r in done]
+
+
 def summarize(results: List[dict]) -> Dict[str, Dict[str, dict]]:
     """backbone -> "task metric" -> {mean, std, n, values}."""
     table: Dict[str, Dict[str, dict]] = {}
@@ -212,11 +219,11 @@ def markdown(table, reference: Optional[dict] = None, title: str = "") -> str:
     lines = ([f"**{title}**", ""] if title else []) + ["| backbone | " + " | ".join(cols) + " |",
                                                        "|---" * (len(cols) + 1) + "|"]
 
-    def cell(c):
-        return f"{c['mean']:.1f} ± {c['std']:.1f}" if c else "–"
+    def cell(c, n):
+        return (f"{c['mean']:.1f} ± {c['std']:.1f}" + (f" (n={c['n']})" if c["n"] != n else "")) if c else "–"
     for name, row in table.items():
-        lines.append(f"| {name} (n={max(c['n'] for c in row.values())}) | "
-                     + " | ".join(cell(row.get(c)) for c in cols) + " |")
+        n = max(c["n"] for c in row.values())
+        lines.append(f"| {name} (n={n}) | " + " | ".join(cell(row.get(c), n) for c in cols) + " |")
     rnd = table.get("random init")
     for name, row in table.items():
         if rnd is None or name == "random init":

@@ -36,7 +36,7 @@ echo "== 4/4 prediction: overlays of a few validation scenes =="
 mkdir -p $OUT/predict_inputs
 cp $(ls $S/val/* | head -4) $OUT/predict_inputs/
 $PY tools/predict.py det $OUT/predict_inputs --config configs/det/tiny_cpu.py --weights $OUT/det/model_final.pth \
-    --classes-json $S/annotations/val.json --out $OUT/predict/det 2>&1 | grep -E "detections|^error"
+    --classes-json $S/annotations/val.json --out $OUT/predict/det --score-thresh 0.3 2>&1 | grep -E "detections|^error"
 # the runner's own copy of the config: it holds the class list the model was trained with
 $PY tools/predict.py seg $OUT/predict_inputs --config $OUT/seg/tiny_cpu.py --weights $OUT/seg/iter_150.pth \
     --out $OUT/predict/seg 2>&1 | grep -E "images ->|^error"

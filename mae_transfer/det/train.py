@@ -42,6 +42,10 @@ def setup(args):
             if args.eval_only and not args.train_json:
                 boxes_only(cfg)
             cfg.dataloader.evaluator.tasks = ("bbox",)
+        elif cfg.model.roi_heads.get("mask_head") is not None:
+            # named, not guessed from the predictions: a model that predicts nothing scores 0 mask AP
+            # (COCOEvaluator would otherwise drop the segm task and report box AP alone)
+            cfg.dataloader.evaluator.tasks = ("bbox", "segm")
     cfg.dataloader.evaluator.dataset_name = cfg.dataloader.test.dataset.names
     cfg.dataloader.evaluator.output_dir = str(Path(cfg.train.output_dir) / "inference")
     used = [cfg.dataloader.test.dataset.names] + ([] if args.eval_only else [cfg.dataloader.train.dataset.names])

@@ -212,6 +212,11 @@ def _columns(table) -> List[str]:
     return [c for c in order if c in present] + sorted(present - set(order))
 
 
+def _cell(c: Optional[dict], n: int) -> str:
+    """mean ± std, with its own number of runs where it differs from the row's `n`."""
+    return (f"{c['mean']:.1f} ± {c['std']:.1f}" + (f" (n={c['n']})" if c["n"] != n else "")) if c else "–"
+
+
 def markdown(table, reference: Optional[dict] = None, title: str = "") -> str:
     """mean ± std per backbone and column; for each pretrained backbone, its gap to random init in
     units of the larger of the two seed-to-seed stds."""
@@ -219,11 +224,9 @@ def markdown(table, reference: Optional[dict] = None, title: str = "") -> str:
     lines = ([f"**{title}**", ""] if title else []) + ["| backbone | " + " | ".join(cols) + " |",
                                                        "|---" * (len(cols) + 1) + "|"]
 
-    def cell(c, n):
-        return (f"{c['mean']:.1f} ± {c['std']:.1f}" + (f" (n={c['n']})" if c["n"] != n else "")) if c else "–"
     for name, row in table.items():
         n = max(c["n"] for c in row.values())
-        lines.append(f"| {name} (n={n}) | " + " | ".join(cell(row.get(c), n) for c in cols) + " |")
+        lines.append(f"| {name} (n={n}) | " + " | ".join(_cell(row.get(c), n) for c in cols) + " |")
     rnd = table.get("random init")
     for name, row in table.items():
         if rnd is None or name == "random init":
@@ -295,8 +298,8 @@ def compare(det_dir: str, seg_dir: str, reference_json: str) -> str:
     ref = Path(reference_json)
     if ref.is_file():
         for name, row in json.loads(ref.read_text())["summary"].items():
-            cells = [f"{row[c]['mean']:.1f} ± {row[c]['std']:.1f}" if c in row else "–" for c in cols]
-            lines.append(f"| {name}, {ref.name} (n={max(r['n'] for r in row.values())}) | " + " | ".join(cells) + " |")
+            n = max(r["n"] for r in row.values())
+            lines.append(f"| {name}, {ref.name} (n={n}) | " + " | ".join(_cell(row.get(c), n) for c in cols) + " |")
     return "\n".join(lines)
 
 

@@ -157,7 +157,7 @@ def plan(tasks: Sequence[Task], backbones: Dict[str, str], seeds: Sequence[int],
     return runs
 
 
-def execute(runs: List[dict], log=print) -> List[dict]:
+def execute(runs: List[dict]) -> List[dict]:
     """Run what has no result.json yet (a progress bar over the runs); a failed run is reported and
     skipped, the others go on."""
     from tqdm import tqdm
@@ -181,16 +181,19 @@ def execute(runs: List[dict], log=print) -> List[dict]:
                           f"(log: {r['dir'] / 'run.log'})")
                 continue
             done.write_text(json.dumps({"metrics": r["read"](r["dir"]), "minutes": (time.time() - t) / 60}))
-        res = json.loads(done.read_text())
-        results.append({"backbone": r["backbone"], "task": r["task"], "seed": r["seed"], **res})
+        results.append(_result(r))
     return results
+
+
+def _result(run: dict) -> dict:
+    """A finished run's row: its backbone, task and seed with what its result.json holds."""
+    return {"backbone": run["backbone"], "task": run["task"], "seed": run["seed"],
+            **json.loads((run["dir"] / "result.json").read_text())}
 
 
 def finished(runs: List[dict]) -> List[dict]:
     """The results of the runs that have finished (a report while a suite is still running)."""
-    done = [r for r in runs if (r["dir"] / "result.json").is_file()]
-    return [{"backbone": r["backbone"], "task": r["task"], "seed": r["seed"],
-             **json.loads((r["dir"] / "result.json").read_text())} for r in done]
+    return [_result(r) for r in runs if (r["dir"] / "result.json").is_file()]
 
 
 def summarize(results: List[dict]) -> Dict[str, Dict[str, dict]]:

@@ -33,6 +33,8 @@ def main():
     p.add_argument("--imagenet", default="data/imagenet", help="paper suite: {train,val}/<class>/*")
     p.add_argument("--ade", default="data/ade/ADEChallengeData2016", help="paper suite: ADE20K root")
     p.add_argument("--gpus", type=int, default=8, help="paper suite: GPUs a run")
+    p.add_argument("--jobs", type=int, help="runs at once, 1 thread each when > 1 (default: 2 for the cpu suite "
+                   "on 2 cores, 1 for the paper suite); numbers are reproducible for a given --jobs")
     p.add_argument("--dry-run", action="store_true", help="print every command (and its config) and exit")
     p.add_argument("--report-only", action="store_true", help="write the report from the runs finished so far")
     a = p.parse_args()
@@ -69,7 +71,8 @@ def main():
             print(shlex.join(r["argv"]))
         return
     out.mkdir(parents=True, exist_ok=True)
-    results = evaluate.finished(runs) if a.report_only else evaluate.execute(runs)
+    jobs = a.jobs or (2 if a.suite == "cpu" else 1)
+    results = evaluate.finished(runs) if a.report_only else evaluate.execute(runs, jobs)
     command = shlex.join(["python", "tools/evaluate_backbone.py", *sys.argv[1:]])
     evaluate.write_report(results, out, reference, title, command)
     print((out / "report.md").read_text())

@@ -75,6 +75,7 @@ def test_same_seed_same_numbers_in_both_hosts(tmp_path, scenes_quick):
     _evaluate(*common, "--seeds", "1", "--output-dir", tmp_path / "b")
     a = json.loads((tmp_path / "a/results.json").read_text())["runs"]
     b = json.loads((tmp_path / "b/results.json").read_text())["runs"]
+    assert {r["threads"] for r in a + b} == {"1"}  # the cpu suite's default: 2 one-thread runs at once
     metrics = {(r["task"], r["seed"]): r["metrics"] for r in a}
     for r in b:
         assert r["metrics"] == metrics[(r["task"], r["seed"])]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo, on embedded data only (nothing is downloaded), about 15 minutes on 2 CPU cores:
+# The demo, on embedded data only (nothing is downloaded), about 18 minutes on 2 CPU cores (detection: 1,000 iterations):
 #   1. Fashion-MNIST scenes (vendored items on scikit-image photos), then a tiny MAE pretrained
 #      on the training scenes without their labels                      (tools/pretrain.py)
 #   2. ViTDet Mask R-CNN from that checkpoint on the scenes (COCO json) (tools/train_det.py)

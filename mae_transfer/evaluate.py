@@ -177,7 +177,7 @@ def execute(runs: List[dict], jobs: int = 1) -> List[dict]:
     """Run what has no result.json yet (a progress bar over the runs); a failed run is reported and
     skipped, the others go on. `jobs` > 1 runs that many at once with 1 thread each: these models are
     too small to keep 2 threads busy (ViTDet-Ti: 2 one-thread runs side by side do 1.29x the iterations
-    of one two-thread run on 2 cores, measured). The thread count changes the floating-point order, so
+    of one two-thread run on 2 cores, measured). The thread count can change the floating-point order, so
     a run's numbers are reproducible for a given --jobs (recorded as `threads` in its result.json)."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 

@@ -192,8 +192,9 @@ def execute(runs: List[dict], jobs: int = 1) -> List[dict]:
         for fut in as_completed(running):
             r = running[fut]
             bar.set_description(f"done: {r['backbone']} / {r['task']} / seed {r['seed']}")
-            if fut.result():
-                bar.write(fut.result())
+            failure = fut.result()
+            if failure:
+                bar.write(failure)
             bar.update()
     bar.close()
     return finished(runs)

@@ -57,7 +57,8 @@ train.eval_period = 0  # evaluate at the end only
 train.log_period = 20  # (printed by tools/demo.sh)
 train.checkpointer.period = 250
 train.output_dir = "output/demo/det"
-lr_multiplier.scheduler.milestones = [889, 963]  # at 88.9 % and 96.3 %, as ViTDet-B (163889, 177546 of 184375)
+# at ViTDet-B's fractions of the schedule (163889 and 177546 of 184375: 88.9 % and 96.3 %) -> [889, 963]
+lr_multiplier.scheduler.milestones = [round(train.max_iter * m / 184375) for m in (163889, 177546)]
 lr_multiplier.scheduler.num_updates = train.max_iter
 lr_multiplier.warmup_length = 20 / train.max_iter  # 2 %: ViTDet's 250 of 184375 would be 1 step here
 optimizer.lr = 2e-4

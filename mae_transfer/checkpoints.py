@@ -97,6 +97,8 @@ def read_state_dict(path_or_sd) -> StateDict:
         sd = from_hf(sd)
     elif fmt == "detectron2":
         sd = {k[len("backbone.net."):]: v for k, v in sd.items() if k.startswith("backbone.net.")}
+    elif fmt == "mmseg":
+        sd = from_mmseg(sd)
     return sd
 
 
@@ -106,11 +108,13 @@ def detect_format(sd: StateDict) -> str:
         return "hf"
     if any(k.startswith("backbone.net.") for k in keys):
         return "detectron2"
+    if any(k.startswith("patch_embed.projection.") for k in keys):
+        return "mmseg"
     if any(k.startswith(("blocks.", "patch_embed.")) for k in keys):
         return "official"
     raise CheckpointError(
         "unrecognised checkpoint layout (first keys: " + ", ".join(keys[:4]) + "); expected official MAE, "
-        "timm, HF ViTMAE or detectron2 names")
+        "timm, HF ViTMAE, detectron2 or mmseg names")
 
 
 def checkpoint_kind(sd: StateDict) -> str:
@@ -287,4 +291,20 @@ def to_mmseg(sd: StateDict) -> StateDict:
     for k in [k for k in out if k.endswith(".ln1.weight")]:
         out[k.replace(".ln1.weight", ".gamma_1")] = torch.ones_like(out[k])
         out[k.replace(".ln1.weight", ".gamma_2")] = torch.ones_like(out[k])
+    return out
+
+
+def from_mmseg(sd: StateDict) -> StateDict:
+    """mmseg `MAE` backbone names (what `to_mmseg` writes) -> canonical. Layer scales other than ones
+    have no place in the MAE and are refused."""
+    inverse = [(r"^patch_embed\.projection\.", "patch_embed.proj."), (r"^layers\.(\d+)\.", r"blocks.\1."),
+               (r"\.ln1\.", ".norm1."), (r"\.ln2\.", ".norm2."),
+               (r"\.ffn\.layers\.0\.0\.", ".mlp.fc1."), (r"\.ffn\.layers\.1\.", ".mlp.fc2.")]
+    out = {}
+    for k, v in sd.items():
+        if k.endswith((".gamma_1", ".gamma_2")):
+            if not bool((v == 1).all()):
+                raise CheckpointError(f"{k}: a layer scale other than ones (a BEiT-style model, not an MAE)")
+            continue
+        out[_rename(k, inverse)] = v
     return out

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from . import checkpoints
-from .models.mae import infer_sizes
+from .models.mae import architecture, training_args
 from .models.pos_embed import resample_pos_embed
 
 TARGETS = ("hf", "timm", "detectron2", "mmseg", "safetensors", "official")
@@ -26,16 +26,17 @@ def _report(src: Dict, out: Dict, path: Path, renamed: Optional[List[str]] = Non
             "renamed": renamed or []}
 
 
-def hf_config(sd, args: Optional[dict] = None) -> dict:
-    """transformers' ViTMAEConfig for a state dict in official names."""
-    kw = infer_sizes(sd, args)
+def hf_config(obj, sd) -> dict:
+    """transformers' ViTMAEConfig for checkpoint `obj` (state dict `sd` in official names): sizes from the
+    architecture it records (or the table of known sizes), mask ratio and norm_pix_loss from its args."""
+    kw, args = {"img_size": 224, "in_chans": 3, "norm_pix_loss": False, **architecture(obj, sd)}, training_args(obj)
     arch = "ViTMAEForPreTraining" if "decoder_embed_dim" in kw else "ViTMAEModel"
     cfg = {"model_type": "vit_mae", "architectures": [arch],
            "image_size": kw["img_size"], "patch_size": kw["patch_size"], "num_channels": kw["in_chans"],
            "hidden_size": kw["embed_dim"], "num_hidden_layers": kw["depth"], "num_attention_heads": kw["num_heads"],
            "intermediate_size": 4 * kw["embed_dim"], "hidden_act": "gelu", "layer_norm_eps": 1e-6, "qkv_bias": True,
            "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02,
-           "mask_ratio": (args or {}).get("mask_ratio", 0.75), "norm_pix_loss": kw["norm_pix_loss"]}
+           "mask_ratio": args.get("mask_ratio", 0.75), "norm_pix_loss": kw["norm_pix_loss"]}
     if "decoder_embed_dim" in kw:
         dd = kw["decoder_embed_dim"]
         cfg.update(decoder_hidden_size=dd, decoder_num_hidden_layers=kw["decoder_depth"],
@@ -48,7 +49,6 @@ def export(src_path, target: str, out, det_patch_size: Optional[int] = None, det
     if target not in TARGETS:
         raise checkpoints.CheckpointError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     obj = checkpoints.load_file(src_path)
-    args = obj.get("args") if isinstance(obj.get("args"), dict) else None
     sd = checkpoints.read_state_dict(obj)
     out = Path(out)
     if target == "safetensors" and out.suffix != ".safetensors":
@@ -56,7 +56,11 @@ def export(src_path, target: str, out, det_patch_size: Optional[int] = None, det
     if target == "hf":
         out.mkdir(parents=True, exist_ok=True)
         hf = checkpoints.to_hf(sd)
-        (out / "config.json").write_text(json.dumps(hf_config(sd, args), indent=2))
+        try:
+            config = hf_config(obj, sd)
+        except ValueError as e:
+            raise checkpoints.CheckpointError(f"{src_path}: {e}") from None
+        (out / "config.json").write_text(json.dumps(config, indent=2))
         checkpoints.save(out / "model.safetensors", {"model": hf})
         return _report(sd, hf, out, renamed=[k for k in sd])
     if target in ("safetensors", "official"):

@@ -1,5 +1,5 @@
 """Score backbones on classification, detection and segmentation with fixed recipes, N seeds each
-(tools/evaluate_backbone.py). Every run is the toolkit's own launcher in a subprocess -- the command a
+(`mae-transfer evaluate`). Every run is the toolkit's own launcher in a subprocess -- the command a
 user would type -- so a suite is exactly a list of commands: `--dry-run` prints it, and a finished
 run (its `result.json`) is not run again when the suite is restarted.
 
@@ -9,19 +9,21 @@ Suites:
 * `paper`: ImageNet-1k, COCO 2017 and ADE20K with the published recipes (configs/), on GPUs, with the
   published numbers as reference rows.
 """
+import datetime
 import json
 import os
 import shlex
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
+from . import results
+
 PY = sys.executable
+CONFIGS = Path(__file__).resolve().parent / "configs"
 RANDOM = "random"  # the backbone name that means "same ViT, random init"
 
 
@@ -31,38 +33,19 @@ class Task:
     metrics: Sequence[str]
     config: str
     command: Callable[[str, int, Path], List[str]]  # (checkpoint or "", seed, output dir) -> argv
-    read: Callable[[Path], Dict[str, float]]         # output dir -> {metric: value}
 
 
-def _tool(name: str) -> str:
-    return str(ROOT / "tools" / name)
-
-
-def _classify_read(out: Path) -> Dict[str, float]:
-    lines = [json.loads(s) for s in (out / "log.txt").read_text().splitlines() if s.strip()]
-    return {"top-1": [r for r in lines if "test_acc1" in r][-1]["test_acc1"]}
-
-
-def _det_read(out: Path) -> Dict[str, float]:
-    res = json.loads((out / "eval_results.json").read_text())
-    return {"box AP": res["bbox"]["AP"], **({"mask AP": res["segm"]["AP"]} if "segm" in res else {})}
-
-
-def _seg_read(out: Path) -> Dict[str, float]:
-    return {"mIoU": json.loads((out / "eval_results.json").read_text())["summary"]["mIoU"]}
-
-
-def _launch(gpus: int) -> List[str]:
-    return [PY] if gpus <= 1 else ["torchrun", f"--nproc_per_node={gpus}"]
+def _launch(command: str, config: str, ckpt: str, seed: int, out: Path, gpus: int) -> List[str]:
+    """The one grammar of every training command. `--resume`: a run stopped half-way continues where it
+    was when the suite is restarted (a fresh directory starts fresh)."""
+    return [PY, "-m", "mae_transfer", command, "--config", config, "--backbone", ckpt, "--output-dir", str(out),
+            "--seed", str(seed), "--num-gpus", str(gpus), "--resume"]
 
 
 def classify_task(name: str, config: str, data: str, extra: Sequence[str] = (), gpus: int = 1) -> Task:
-    tool = _tool("linprobe.py" if name == "linprobe" else "finetune.py")
-
     def command(ckpt, seed, out):
-        return _launch(gpus) + [tool, "--config", config, "--data-path", data, "--output-dir", str(out),
-                                "--resume", "none", *(["--finetune", ckpt] if ckpt else []), f"seed={seed}", *extra]
-    return Task(name, ("top-1",), config, command, _classify_read)
+        return _launch(name, config, ckpt, seed, out, gpus) + ["--data-path", data, *extra]
+    return Task(name, ("top-1",), config, command)
 
 
 def det_task(config: str, data: Optional[Dict[str, str]], extra: Sequence[str] = (), gpus: int = 1) -> Task:
@@ -70,17 +53,14 @@ def det_task(config: str, data: Optional[Dict[str, str]], extra: Sequence[str] =
                                      "--val-json", data["val_json"], "--val-images", data["val_images"]]
 
     def command(ckpt, seed, out):
-        return [PY, _tool("train_det.py"), "--config", config, "--backbone", ckpt, "--output-dir", str(out),
-                "--seed", str(seed), "--num-gpus", str(gpus), *paths, *extra]
-    return Task("det", ("box AP", "mask AP"), config, command, _det_read)
+        return _launch("det", config, ckpt, seed, out, gpus) + [*paths, *extra]
+    return Task("det", ("box AP", "mask AP"), config, command)
 
 
 def seg_task(config: str, data: Sequence[str], extra: Sequence[str] = (), gpus: int = 1) -> Task:
     def command(ckpt, seed, out):
-        launch = _launch(gpus) + [_tool("train_seg.py")] + (["--launcher", "pytorch"] if gpus > 1 else [])
-        return launch + ["--config", config, "--backbone", ckpt, "--work-dir", str(out), "--seed", str(seed),
-                         *data, *(["--cfg-options", *extra] if extra else [])]
-    return Task("seg", ("mIoU",), config, command, _seg_read)
+        return _launch("seg", config, ckpt, seed, out, gpus) + [*data, *extra]
+    return Task("seg", ("mIoU",), config, command)
 
 
 def cpu_suite(data_root: str, quick: bool = False) -> List[Task]:
@@ -88,8 +68,14 @@ def cpu_suite(data_root: str, quick: bool = False) -> List[Task]:
     from .data.scenes import make_scenes
 
     root = Path(data_root)
+    n_train, n_val = (40, 10) if quick else (2000, 200)
     if not (root / "annotations" / "val.json").is_file():
-        make_scenes(root, *((40, 10, 128, 0, None, 20) if quick else (2000, 200)))
+        make_scenes(root, *((n_train, n_val, 128, 0, None, 20) if quick else (n_train, n_val)))
+    sizes = tuple(len(json.loads((root / f"annotations/{s}.json").read_text())["images"]) for s in ("train", "val"))
+    if sizes != (n_train, n_val):
+        from .data import DataError
+        raise DataError(f"{root} holds {sizes[0]} / {sizes[1]} train / val scenes, not the {n_train} / {n_val} of a "
+                        f"{'--quick' if quick else 'full'} suite: pass another --data (or delete it to remake it)")
     d = {k: str(root / v) for k, v in (("train_json", "annotations/train.json"), ("train_images", "train"),
                                         ("val_json", "annotations/val.json"), ("val_images", "val"))}
     seg_data = ["--train-images", str(root / "train"), "--train-masks", str(root / "masks/train"),
@@ -101,7 +87,7 @@ def cpu_suite(data_root: str, quick: bool = False) -> List[Task]:
     seg_quick = ["train_cfg.max_iters=4", "train_cfg.val_interval=4", "train_dataloader.batch_size=2",
                  "param_scheduler.0.end=2", "param_scheduler.1.begin=2", "param_scheduler.1.end=4",
                  "default_hooks.logger.interval=1"] if quick else []
-    cfg = str(ROOT / "configs")
+    cfg = str(CONFIGS)
     return [classify_task("linprobe", f"{cfg}/linprobe/scenes_cpu.py", str(root / "crops"), cls_quick),
             classify_task("finetune", f"{cfg}/finetune/scenes_cpu.py", str(root / "crops"), cls_quick),
             det_task(f"{cfg}/det/tiny_cpu.py", d, det_quick),
@@ -120,7 +106,7 @@ REFERENCE = {
 
 def paper_suite(arch: str, imagenet: str, ade: str, gpus: int = 8) -> List[Task]:
     """ImageNet-1k (`imagenet`/{train,val}), COCO 2017 (under $DETECTRON2_DATASETS), ADE20K (`ade`)."""
-    cfg, short = str(ROOT / "configs"), {"base": "b", "large": "l", "huge": "h"}[arch]
+    cfg, short = str(CONFIGS), {"base": "b", "large": "l", "huge": "h"}[arch]
     det = {"huge": "mask_rcnn_vitdet_h_75ep.py"}.get(arch, f"mask_rcnn_vitdet_{short}_100ep.py")
     tasks = [classify_task("linprobe", f"{cfg}/linprobe/vit_{arch}.py", imagenet, gpus=gpus),
              classify_task("finetune", f"{cfg}/finetune/vit_{arch}.py", imagenet, gpus=gpus),
@@ -147,35 +133,48 @@ def backbone_names(backbones: Sequence[str]) -> Dict[str, str]:
 
 
 def plan(tasks: Sequence[Task], backbones: Dict[str, str], seeds: Sequence[int], out: Path) -> List[dict]:
-    runs = []  # seed-major: after seed 0, every task has a number for every backbone
+    """Every run of the suite: seed-major, so after seed 0 every task has a number for every backbone.
+    Each backbone has its own folder (names that read alike, `a b` and `a_b`, get distinct ones)."""
+    folders: Dict[str, str] = {}
+    for name in backbones:
+        base = "".join(c if c.isalnum() or c in "-." else "_" for c in name)
+        slug, k = base, 2
+        while slug in folders.values():
+            slug, k = f"{base}-{k}", k + 1
+        folders[name] = slug
+    runs = []
     for seed in seeds:
         for task in tasks:
             for name, ckpt in backbones.items():
-                d = out / "runs" / name.replace(" ", "_") / task.name / f"seed{seed}"
-                runs.append({"backbone": name, "task": task.name, "seed": seed, "dir": d,
-                             "argv": task.command(ckpt, seed, d), "read": task.read})
+                d = out / "runs" / folders[name] / task.name / f"seed{seed}"
+                runs.append({"backbone": name, "task": task.name, "seed": seed, "dir": d, "metrics": task.metrics,
+                             "argv": task.command(ckpt, seed, d)})
     return runs
 
 
 def _run(r: dict, env: Dict[str, str]) -> Optional[str]:
     """One run in a subprocess, its output in run.log; None when it succeeded, else the reason."""
     r["dir"].mkdir(parents=True, exist_ok=True)
-    t = time.time()
     with open(r["dir"] / "run.log", "w") as f:
         f.write(shlex.join(r["argv"]) + "\n")
         f.flush()
-        rc = subprocess.run(r["argv"], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env).returncode
+        rc = subprocess.run(r["argv"], stdout=f, stderr=subprocess.STDOUT, env=env).returncode
     if rc != 0:
         tail = (r["dir"] / "run.log").read_text().strip().splitlines()[-1:] or [""]
         return f"failed ({rc}): {r['backbone']} / {r['task']} / seed {r['seed']}: {tail[0]} (log: {f.name})"
-    (r["dir"] / "result.json").write_text(json.dumps({"metrics": r["read"](r["dir"]), "minutes": (time.time() - t) / 60,
-                                                      "threads": env.get("OMP_NUM_THREADS", "default")}))
     return None
 
 
+def _done(run: dict) -> bool:
+    try:
+        return results.read(run["dir"])["status"] == "ok"
+    except (OSError, ValueError):
+        return False
+
+
 def execute(runs: List[dict], jobs: int = 1) -> List[dict]:
-    """Run what has no result.json yet (a progress bar over the runs); a failed run is reported and
-    skipped, the others go on. `jobs` > 1 runs that many at once with 1 thread each: these models are
+    """Run what has no successful result.json yet (a progress bar over the runs); a failed run is
+    reported and the others go on. `jobs` > 1 runs that many at once with 1 thread each: these models are
     too small to keep 2 threads busy (ViTDet-Ti: 2 one-thread runs side by side do 1.29x the iterations
     of one two-thread run on 2 cores, measured). The thread count can change the floating-point order, so
     a run's numbers are reproducible for a given --jobs (recorded as `threads` in its result.json)."""
@@ -185,7 +184,7 @@ def execute(runs: List[dict], jobs: int = 1) -> List[dict]:
 
     one_thread = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if jobs > 1 else {}
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **one_thread}
-    todo = [r for r in runs if not (r["dir"] / "result.json").is_file()]
+    todo = [r for r in runs if not _done(r)]
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), unit="run", dynamic_ncols=True)
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         running = {pool.submit(_run, r, env): r for r in todo}
@@ -201,21 +200,36 @@ def execute(runs: List[dict], jobs: int = 1) -> List[dict]:
 
 
 def _result(run: dict) -> dict:
-    """A finished run's row: its backbone, task and seed with what its result.json holds."""
-    return {"backbone": run["backbone"], "task": run["task"], "seed": run["seed"],
-            **json.loads((run["dir"] / "result.json").read_text())}
+    """A run's row, from its result.json alone: the task's metrics, minutes and threads; a run that
+    failed (or left no readable result.json) is a row with status failed and its error line."""
+    row = {"backbone": run["backbone"], "task": run["task"], "seed": run["seed"]}
+    try:
+        res = results.read(run["dir"])
+    except FileNotFoundError:
+        return {**row, "status": "failed", "error": f"no {results.NAME} (see {run['dir'] / 'run.log'})"}
+    except ValueError as e:
+        return {**row, "status": "failed", "error": str(e)}
+    if res["status"] != "ok":
+        return {**row, "status": "failed", "error": res["error"]}
+    t0, t1 = (datetime.datetime.fromisoformat(res[k]) for k in ("started", "ended"))
+    return {**row, "status": "ok", "metrics": {m: res["metrics"][m] for m in run["metrics"] if m in res["metrics"]},
+            "minutes": (t1 - t0).total_seconds() / 60, "threads": res["threads"]}
 
 
 def finished(runs: List[dict]) -> List[dict]:
-    """The results of the runs that have finished (a report while a suite is still running)."""
-    return [_result(r) for r in runs if (r["dir"] / "result.json").is_file()]
+    """The rows of the runs that have run (a report while a suite is still running): ok or failed."""
+    return [_result(r) for r in runs if (r["dir"] / results.NAME).is_file() or (r["dir"] / "run.log").is_file()]
 
 
-def summarize(results: List[dict]) -> Dict[str, Dict[str, dict]]:
+def summarize(rows: List[dict]) -> Dict[str, Dict[str, dict]]:
     """backbone -> "task metric" -> {mean, std, n, values}."""
     table: Dict[str, Dict[str, dict]] = {}
-    for r in results:
+    for r in rows:
+        if r.get("status", "ok") != "ok":
+            continue
         for metric, v in r["metrics"].items():
+            if v is None:  # not measurable in this run
+                continue
             table.setdefault(r["backbone"], {}).setdefault(f"{r['task']} {metric}", {"values": []})["values"].append(v)
     for cols in table.values():
         for c in cols.values():
@@ -291,16 +305,21 @@ def chart(table, path: Path, reference: Optional[dict] = None, title: str = "") 
     plt.close(fig)
 
 
-def write_report(results: List[dict], out: Path, reference: Optional[dict] = None, title: str = "",
+def write_report(rows: List[dict], out: Path, reference: Optional[dict] = None, title: str = "",
                  command: str = "") -> dict:
-    """report.md, results.json and chart.png in `out`; returns the summary table."""
-    table = summarize(results)
+    """report.md (failed runs listed under the table), results.json and chart.png in `out`; returns the
+    summary table."""
+    table = summarize(rows)
     md = markdown(table, reference, title)
+    failed = [r for r in rows if r.get("status") == "failed"]
+    if failed:
+        md += "\nFailed runs (not in the table):\n" + "".join(
+            f"- {r['backbone']} / {r['task']} / seed {r['seed']}: {r['error']}\n" for r in failed)
     if command:
         md += f"\n```\n{command}\n```\n"
     (out / "report.md").write_text(md)
     (out / "results.json").write_text(json.dumps({"title": title, "command": command, "summary": table,
-                                                  "runs": results, "reference": reference}, indent=1))
+                                                  "runs": rows, "reference": reference}, indent=1))
     if table:
         chart(table, out / "chart.png", reference, title)
     return table
@@ -308,8 +327,9 @@ def write_report(results: List[dict], out: Path, reference: Optional[dict] = Non
 
 def compare(det_dir: str, seg_dir: str, reference_json: str) -> str:
     """The demo's detection and segmentation results beside a saved suite report (same recipes)."""
-    this = {**{f"det {k}": v for k, v in _det_read(Path(det_dir)).items()},
-            **{f"seg {k}": v for k, v in _seg_read(Path(seg_dir)).items()}}
+    det, seg = results.read(det_dir)["metrics"], results.read(seg_dir)["metrics"]
+    this = {f"det {k}": det[k] for k in ("box AP", "mask AP") if det.get(k) is not None}
+    this.update({"seg mIoU": seg["mIoU"]} if seg.get("mIoU") is not None else {})
     cols = [c for c in ("det box AP", "det mask AP", "seg mIoU") if c in this]
     lines = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|",
              "| this run (seed 0) | " + " | ".join(f"{this[c]:.1f}" for c in cols) + " |"]

@@ -131,7 +131,7 @@ def test_loading_configs_in_sequence_keeps_each_files_values():
     assert (demo.model, demo.img_size, demo.epochs) == ("mae_vit_tiny_patch8", 64, 30)
     demo.model_kwargs["depth"] = 3  # a loaded config is the caller's own copy
     assert load_config(ROOT / "configs/pretrain/demo_tiny.py").model_kwargs == {}
-    from configs.pretrain import demo_tiny, mae_vit_base  # a plain import: the base is copied, not changed
+    from mae_transfer.configs.pretrain import demo_tiny, mae_vit_base  # a plain import: the base is copied, not changed
     assert (mae_vit_base.cfg.model, mae_vit_base.cfg.img_size) == ("mae_vit_base_patch16", 224)
     assert demo_tiny.cfg.model == "mae_vit_tiny_patch8"
 

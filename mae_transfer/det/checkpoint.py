@@ -4,6 +4,7 @@ import re
 from typing import Dict, List
 
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 
 from .. import checkpoints
 from ..models.pos_embed import resample_pos_embed
@@ -30,6 +31,20 @@ def load_backbone(model: torch.nn.Module, path, prefix: str = "backbone.net.") -
                  len(report["loaded"]), prefix, sum(bool(FRESH_OK.search(k)) for k in report["fresh"]),
                  _summarise([k for k in report["fresh"] if not FRESH_OK.search(k)]))
     return report
+
+
+class SafeCheckpointer(DetectionCheckpointer):
+    """detectron2's own DetectionCheckpointer whose file reading goes through the toolkit's safe reader
+    (no unpickling of code, one-line errors), for --resume, --eval-only and prediction alike."""
+
+    def _load_file(self, filename):
+        obj = checkpoints.load_file(filename)
+        return obj if isinstance(obj.get("model"), dict) else {"model": checkpoints.unwrap(obj)}
+
+
+def has_mask_head(path) -> bool:
+    """Whether a trained detector checkpoint has mask-head weights (else it was trained box-only)."""
+    return any(k.startswith("roi_heads.mask_head.") for k in checkpoints.unwrap(checkpoints.load_file(path)))
 
 
 def _summarise(keys: List[str]) -> str:

@@ -62,17 +62,15 @@ def json_safe(results: dict) -> dict:
     return clean("", results)
 
 
-def register_coco_from_paths(name: str, json_file, image_root) -> dict:
-    """Register (once) a COCO-format instances set under `name` with detectron2's own loader;
-    returns the checked json."""
+def register_coco_from_paths(name: str, json_file, image_root) -> None:
+    """Register a COCO-format instances set (checked before by `check_coco_json`) under `name` with
+    detectron2's own loader."""
     from detectron2.data import DatasetCatalog
     from detectron2.data.datasets import register_coco_instances
 
-    js = check_coco_json(json_file, image_root)
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
         from detectron2.data import MetadataCatalog
 
         MetadataCatalog.remove(name)
     register_coco_instances(name, {}, str(json_file), str(image_root))
-    return js

@@ -18,8 +18,9 @@ class DetPredictor:
     def __init__(self, config: str, weights: str, device: str = "cpu", score_thresh: float = 0.5,
                  class_names: Optional[Sequence[str]] = None):
         import detectron2.data.transforms as T
-        from detectron2.checkpoint import DetectionCheckpointer
         from detectron2.config import LazyConfig, instantiate
+
+        from .checkpoint import SafeCheckpointer
 
         cfg = LazyConfig.load(config)
         sd = checkpoints.unwrap(checkpoints.load_file(weights))
@@ -29,7 +30,7 @@ class DetPredictor:
         cfg.model.roi_heads.num_classes = n
         cfg.model.roi_heads.box_predictor.test_score_thresh = score_thresh
         self.model = instantiate(cfg.model).to(device).eval()
-        DetectionCheckpointer(self.model).load(weights)
+        SafeCheckpointer(self.model).load(weights)
         self.augment = T.AugmentationList([instantiate(a) for a in cfg.dataloader.test.mapper.augmentations])
         self.class_names = list(class_names) if class_names else [f"class {i}" for i in range(n)]
         if len(self.class_names) != n:

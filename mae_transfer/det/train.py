@@ -1,48 +1,78 @@
 """Train / evaluate ViTDet Mask R-CNN with an MAE backbone, through detectron2's own trainer,
 hooks, checkpointer, evaluator and launcher (the structure of its tools/lazyconfig_train_net.py)."""
+import ast
 import json
 import logging
 from pathlib import Path
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, create_ddp_model, default_setup, default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from .. import results
+from ..engine.config import check_key_path, check_value_type, split_override
 from ..engine.logger import log_lr_table
-from .checkpoint import load_backbone
+from .checkpoint import SafeCheckpointer, has_mask_head, load_backbone
 from .data import boxes_only, check_coco_json, has_mask, json_safe, register_coco_from_paths
 
 _logger = logging.getLogger("mae_transfer")
 
 
+def apply_overrides(cfg, opts):
+    """detectron2's LazyConfig overrides, strictly: every key must already exist (LazyConfig would add a
+    misspelt one and train without it) and keep the kind of value it had."""
+    for item in opts:
+        key, raw = split_override(item)
+        check_key_path(cfg, key, "detectron2 config")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        old = cfg
+        for part in key.split("."):
+            old = old[int(part)] if part.isdigit() and not hasattr(old, "keys") else old[part]
+        check_value_type(key, old, value)
+    return LazyConfig.apply_overrides(cfg, list(opts))
+
+
+def data_facts(args) -> dict:
+    """What training needs to know of the sets given by path, found once (before any process starts):
+    whether each has masks, and the number of classes."""
+    facts = {}
+    for split in ("train", "val"):
+        if getattr(args, f"{split}_json"):
+            js = check_coco_json(getattr(args, f"{split}_json"), getattr(args, f"{split}_images"))
+            facts[split] = {"masks": has_mask(js, getattr(args, f"{split}_json")), "classes": len(js["categories"])}
+    return facts
+
+
 def setup(args):
     """Config file + overrides + dataset paths + device -> a ready LazyConfig."""
-    cfg = LazyConfig.load(args.config)
-    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    cfg = apply_overrides(LazyConfig.load(args.config), args.opts)
     if args.output_dir:
         cfg.train.output_dir = args.output_dir
     if getattr(args, "seed", None) is not None:
         cfg.train.seed = args.seed  # default_setup seeds every generator with seed + rank
+    facts = getattr(args, "facts", None) or data_facts(args)
     if args.train_json:
-        js = register_coco_from_paths("mae_det_train", args.train_json, args.train_images)
+        register_coco_from_paths("mae_det_train", args.train_json, args.train_images)
         cfg.dataloader.train.dataset.names = "mae_det_train"
-        if not has_mask(js, args.train_json):
+        if not facts["train"]["masks"]:
             boxes_only(cfg)
             _logger.warning("%s has boxes but no masks: training ViTDet Faster R-CNN (no mask head); "
                             "box AP only", args.train_json)
+    if args.eval_only and not args.train_json and not has_mask_head(args.eval_only):
+        boxes_only(cfg)  # decided by the checkpoint, as the predictor does: no random mask head is scored
     if args.val_json:
-        js = register_coco_from_paths("mae_det_val", args.val_json, args.val_images)
+        register_coco_from_paths("mae_det_val", args.val_json, args.val_images)
         cfg.dataloader.test.dataset.names = "mae_det_val"
-        cfg.model.roi_heads.num_classes = len(js["categories"])
-        if not has_mask(js, args.val_json):  # nothing to score masks against: box AP only
-            if args.eval_only and not args.train_json:
-                boxes_only(cfg)
-            cfg.dataloader.evaluator.tasks = ("bbox",)
-        elif cfg.model.roi_heads.get("mask_head") is not None:
+        cfg.model.roi_heads.num_classes = facts["val"]["classes"]
+        if not facts["val"]["masks"] or cfg.model.roi_heads.get("mask_head") is None:
+            cfg.dataloader.evaluator.tasks = ("bbox",)  # nothing to score masks against / no mask head
+        else:
             # named, not guessed from the predictions: a model that predicts nothing scores 0 mask AP
             # (COCOEvaluator would otherwise drop the segm task and report box AP alone)
             cfg.dataloader.evaluator.tasks = ("bbox", "segm")
@@ -68,11 +98,12 @@ def _check_registered(names):
             raise DataError(f"dataset {name!r} is not registered; pass --train-json/--train-images "
                             f"(and --val-json/--val-images) for a COCO-format set")
         meta = MetadataCatalog.get(name)
-        if hasattr(meta, "json_file"):  # COCO's own sets: are the files there?
+        if hasattr(meta, "json_file") and not name.startswith("mae_det_"):  # COCO's own sets: files there?
             check_coco_json(meta.json_file, meta.image_root)
 
 
 def do_test(cfg, model):
+    """COCO evaluation; writes eval_results.json and returns detectron2's results."""
     results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
     if comm.is_main_process():
         print_csv_format(results)
@@ -82,15 +113,24 @@ def do_test(cfg, model):
     return results
 
 
-def do_train(args, cfg):
+def flat_metrics(res: dict) -> dict:
+    """detectron2's {'bbox': {'AP': ..}, 'segm': {..}} -> {'box AP': .., 'mask AP50': ..} (per-class APs
+    stay in eval_results.json), with eval_results.json's meaning of NaN."""
+    names = {"bbox": "box", "segm": "mask"}
+    return {f"{names.get(task, task)} {k}": v for task, ms in json_safe(res).items() for k, v in ms.items()
+            if "-" not in k}
+
+
+def do_train(args, cfg) -> dict:
+    """Train (or resume) and return the final evaluation."""
     model = instantiate(cfg.model).to(cfg.train.device)
-    checkpointer_probe = DetectionCheckpointer(model, cfg.train.output_dir)
-    resuming = args.resume and checkpointer_probe.has_checkpoint()
+    resuming = args.resume and SafeCheckpointer(model, cfg.train.output_dir).has_checkpoint()
+    backbone = args.backbone or cfg.train.get("init_checkpoint") or ""
     if not resuming:
-        if not args.backbone:
+        if not backbone:
             _logger.warning("no --backbone: the ViT starts from random weights")
         else:
-            load_backbone(model, args.backbone)
+            load_backbone(model, backbone)  # --backbone, or the config's train.init_checkpoint
     cfg.optimizer.params.model = model
     optim = instantiate(cfg.optimizer)
     log_lr_table(_logger, optim.param_groups, model, cfg.optimizer.lr)
@@ -100,12 +140,19 @@ def do_train(args, cfg):
         ddp_kw["device_ids"] = None  # DDP on CPU (gloo) takes no device ids
     model = create_ddp_model(model, **ddp_kw)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
-    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = SafeCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    final = {}
+
+    def evaluate():
+        final.clear()
+        final.update(do_test(cfg, model))
+        return final
+
     trainer.register_hooks([
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
-        hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
+        hooks.EvalHook(cfg.train.eval_period, evaluate),
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
         if comm.is_main_process() else None,
     ])
@@ -115,14 +162,21 @@ def do_train(args, cfg):
         start_iter = trainer.iter + 1
         _logger.info("resuming at iteration %d", start_iter)
     trainer.train(start_iter, cfg.train.max_iter)
+    return final
 
 
-def main(args):
+def main(args) -> dict:
+    """One process of a detection run (launched by detectron2's `launch`); rank 0 writes result.json."""
     cfg = setup(args)
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="mae_transfer", abbrev_name="mae")
-    if args.eval_only:
-        model = instantiate(cfg.model).to(cfg.train.device)
-        DetectionCheckpointer(model).load(args.eval_only)
-        return do_test(cfg, create_ddp_model(model))
-    do_train(args, cfg)
+    ckpt = args.eval_only or args.backbone or cfg.train.get("init_checkpoint") or None
+    with results.recorded("det", cfg.train.output_dir, args.config, cfg.train.seed, ckpt) as rec:
+        if args.eval_only:
+            model = instantiate(cfg.model).to(cfg.train.device)
+            SafeCheckpointer(model).load(args.eval_only)
+            res = do_test(cfg, create_ddp_model(model))
+        else:
+            res = do_train(args, cfg)
+        rec.metrics.update(flat_metrics(res))
+    return res

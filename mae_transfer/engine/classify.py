@@ -58,6 +58,18 @@ class ClassifyConfig(TrainConfig):
     eval_freq: int = 1                  # evaluate every N epochs (and after the last)
     eval_only: Optional[str] = None     # evaluate this fine-tuned checkpoint and exit
 
+    def check(self) -> None:
+        from .config import at_least, one_of, positive, require
+
+        super().check()
+        one_of(self, "mode", ("finetune", "linprobe"))
+        at_least(self, 1, "num_classes", "img_size", "eval_freq")
+        at_least(self, 0, "finetune_last_k", "mixup", "cutmix")
+        positive(self, "head_init_std")
+        for name, lo, hi in (("smoothing", 0, 1), ("drop_path", 0, 1), ("reprob", 0, 1), ("layer_decay", 0, 1)):
+            v = getattr(self, name)
+            require(lo <= v <= hi and not (name == "layer_decay" and v == 0), f"{name}={v}: must be in [{lo}, {hi}]")
+
 
 def build_model(cfg: ClassifyConfig) -> nn.Module:
     model = models.create_encoder(cfg.model, img_size=cfg.img_size, num_classes=cfg.num_classes,
@@ -74,6 +86,9 @@ def build_model(cfg: ClassifyConfig) -> nn.Module:
             p.requires_grad = True
     elif cfg.finetune_last_k is not None:
         k, depth = cfg.finetune_last_k, len(model.blocks)
+        if k > depth:
+            from .config import ConfigError
+            raise ConfigError(f"finetune_last_k={k}: the model has {depth} blocks")
         for name, p in model.named_parameters():
             block = int(name.split(".")[1]) if name.startswith("blocks.") else None
             p.requires_grad = name.startswith(("head", "fc_norm", "norm")) or (block is not None and block >= depth - k)
@@ -133,6 +148,15 @@ def evaluate(model: nn.Module, loader, info: DistInfo, autocast) -> dict:
     return {"loss": t[0].item() / n, "acc1": t[1].item() / n, "acc5": t[2].item() / n, "n": int(t[3].item())}
 
 
+def _check_labels(dataset, num_classes: int) -> None:
+    """Every label fits the head: checked once on the labels a dataset lists (ImageFolder samples or
+    `targets`), instead of a GPU sync on every micro-batch."""
+    src = getattr(dataset, "source", dataset)
+    labels = [s[1] for s in getattr(src, "samples", [])] or list(getattr(src, "targets", []))
+    if labels and max(int(v) for v in labels) >= num_classes:
+        raise DataError(f"label {max(int(v) for v in labels)} is outside the head (num_classes={num_classes})")
+
+
 def _datasets(cfg: ClassifyConfig, train_tf, eval_tf):
     if not cfg.data_path:
         raise DataError("data_path is required: <data_path>/train/<class>/*.jpg and <data_path>/val/<class>/*.jpg")
@@ -150,6 +174,7 @@ def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -
     info, out = trainer.start_run(cfg, info)
     train_tf, eval_tf = build_transforms(cfg)
     train_set, val_set = datasets or _datasets(cfg, train_tf, eval_tf)
+    _check_labels(train_set, cfg.num_classes)
     model = build_model(cfg).to(info.device)
     autocast, scaler, amp = trainer.amp_setup(cfg.amp, info.device)
     val_loader = trainer.make_loader(val_set, cfg.batch_size, info, cfg.seed, cfg.num_workers, shuffle=False,
@@ -190,9 +215,7 @@ def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -
     log_lr_table(_logger, optimizer.param_groups, model, lr)
 
     def loss_fn(batch):
-        imgs, target = batch
-        if int(target.max()) >= cfg.num_classes:
-            raise DataError(f"label {int(target.max())} is outside the head (num_classes={cfg.num_classes})")
+        imgs, target = batch  # labels were checked against the head once, before training (_check_labels)
         if mixup is not None:
             imgs, target = mixup(imgs, target)
         return criterion(net(imgs), target)
@@ -206,5 +229,5 @@ def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -
         return {"test_loss": stats["loss"], "test_acc1": stats["acc1"], "test_acc5": stats["acc5"]}
 
     fit(run, loss_fn, after_epoch)
-    cleanup()
+    cleanup(info)
     return stats

@@ -13,6 +13,7 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # True when init_distributed created the process group (and cleanup ends it)
 
     @property
     def is_main(self) -> bool:
@@ -38,12 +39,13 @@ def init_distributed(device: str = "auto") -> DistInfo:
     dev = torch.device(f"cuda:{local}" if device == "cuda" else device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
+    owned = world > 1 and not dist.is_initialized()
+    if owned:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29500")
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(minutes=30))
-    return DistInfo(rank, world, local, dev)
+    return DistInfo(rank, world, local, dev, owns_group=owned)
 
 
 def all_reduce_sum(value: int, info: DistInfo) -> int:
@@ -59,6 +61,7 @@ def barrier(info: DistInfo):
         dist.barrier()
 
 
-def cleanup():
-    if dist.is_initialized():
+def cleanup(info: DistInfo):
+    """End the process group only if this run created it: a caller's own group stays theirs."""
+    if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()

@@ -141,12 +141,13 @@ def peak_lr(optimizer) -> float:
 
 
 def fit(run: Run, loss_fn: Callable[[list], torch.Tensor],
-        after_epoch: Optional[Callable[[int], Dict[str, Any]]] = None) -> None:
+        after_epoch: Optional[Callable[[int], Dict[str, Any]]] = None) -> Dict[str, Any]:
     """Resume if asked, then train to cfg.epochs. `after_epoch(epoch)` runs on every process after
-    each finished epoch (evaluation, pictures) and returns items for the epoch's log record."""
+    each finished epoch (evaluation, pictures) and returns items for the epoch's log record.
+    Returns the last epoch's record ({} when nothing was left to train)."""
     cfg, info = run.cfg, run.info
     ckpt.resume(run)
-    st = run.state
+    st, record = run.state, {}
     while st.epoch < cfg.epochs:
         t0 = time.time()
         finished = train_one_epoch(run, loss_fn)
@@ -171,4 +172,5 @@ def fit(run: Run, loss_fn: Callable[[list], torch.Tensor],
             _logger.info("  ".join(line))
         barrier(info)
     run.log.close()
+    return record
 

@@ -46,6 +46,17 @@ class PretrainConfig(TrainConfig):
     output_dir: str = "output/pretrain"
     vis_freq: int = 20                  # reconstruction grid every N epochs
 
+    def check(self) -> None:
+        from .config import at_least, one_of, require
+
+        super().check()
+        require(0 < self.mask_ratio < 1, f"mask_ratio={self.mask_ratio}: must be inside (0, 1)")
+        one_of(self, "mask_strategy", ("random", "block", "grid"))
+        at_least(self, 1, "img_size", "demo_samples", "vis_freq")
+        lo, hi = self.crop_scale
+        require(0 < lo <= hi <= 1, f"crop_scale={self.crop_scale}: expected 0 < min <= max <= 1")
+        require(all(0 <= b < 1 for b in self.betas), f"betas={self.betas}: each must be in [0, 1)")
+
 
 def build_data(cfg: PretrainConfig, grid, source=None):
     transform = pretrain_transform(cfg.img_size, cfg.crop_scale)
@@ -65,8 +76,10 @@ def make_noise_1(cfg: PretrainConfig, grid, g: torch.Generator) -> torch.Tensor:
     return make_noise(cfg.mask_strategy, 1, grid, cfg.mask_ratio)[0]
 
 
-def train(cfg: PretrainConfig, info: Optional[DistInfo] = None, source=None) -> torch.nn.Module:
-    """Run (or resume) pretraining; returns the trained model (every rank), checkpoints in output_dir.
+def train(cfg: PretrainConfig, info: Optional[DistInfo] = None, source=None, metrics: Optional[dict] = None
+          ) -> torch.nn.Module:
+    """Run (or resume) pretraining; returns the trained model (every rank), checkpoints in output_dir;
+    `metrics` (a dict) receives the last epoch's train loss.
     `source` (a Dataset of PIL images) replaces cfg.data_path, e.g. for in-memory arrays (bench/)."""
     info, out = trainer.start_run(cfg, info)
 
@@ -98,8 +111,10 @@ def train(cfg: PretrainConfig, info: Optional[DistInfo] = None, source=None) -> 
             _save_recon(model, vis_batch, cfg, out / "reconstructions.png", epoch)
         return {}
 
-    fit(run, loss_fn, after_epoch)
-    cleanup()
+    record = fit(run, loss_fn, after_epoch)
+    if metrics is not None and "train_loss" in record:
+        metrics["train_loss"] = record["train_loss"]
+    cleanup(info)
     return model
 
 
@@ -117,3 +132,28 @@ def _save_recon(model, vis_batch, cfg, path: Path, epoch: int):
     title = f"{cfg.model}, epoch {epoch + 1}, mask ratio {cfg.mask_ratio}" + NORM_PIX_NOTE * cfg.norm_pix_loss
     save_grid(images, path, title)
     model.train(was_training)
+
+
+@torch.no_grad()
+def evaluate_checkpoint(cfg: PretrainConfig, checkpoint) -> dict:
+    """Mean masked-patch loss of the MAE in `checkpoint` (rebuilt from the architecture it records) over
+    one pass of cfg's data at cfg.mask_ratio, masks seeded per sample as in training (epoch 0)."""
+    from .. import checkpoints
+    from ..models.mae import mae_from_checkpoint
+
+    obj = checkpoints.load_file(checkpoint)
+    sd = checkpoints.read_state_dict(obj)
+    try:
+        model = mae_from_checkpoint(obj, sd)
+    except ValueError as e:
+        raise checkpoints.CheckpointError(f"{checkpoint}: {e}") from None
+    model.load_state_dict(sd, strict=True)
+    info = DistInfo()
+    loader = trainer.make_loader(build_data(cfg, model.grid_size), cfg.batch_size, info, cfg.seed, cfg.num_workers,
+                                 shuffle=False, drop_last=False)
+    loader.sampler.set_epoch(0)
+    total, n = 0.0, 0
+    for imgs, noise in loader:
+        total += float(model.eval()(imgs, mask_ratio=cfg.mask_ratio, noise=noise)[0]) * len(imgs)
+        n += len(imgs)
+    return {"loss": total / max(1, n), "images": n}

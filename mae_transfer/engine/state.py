@@ -35,7 +35,8 @@ def save_checkpoint(run, extra_names=()) -> Path:
     st = run.state
     obj = {"model": unwrap_model(run.model).state_dict(), "optimizer": run.optimizer.state_dict(),
            "epoch": st.epoch - 1, "step": st.step, "scheduler": run.scheduler.state_dict(),
-           "train_state": dataclasses.asdict(st), "args": dataclasses.asdict(run.cfg)}
+           "train_state": dataclasses.asdict(st), "args": dataclasses.asdict(run.cfg),
+           "model_args": getattr(unwrap_model(run.model), "model_args", None)}
     if run.scaler is not None:
         obj["scaler"] = run.scaler.state_dict()
     last = checkpoints.save(run.out / "checkpoint-last.pth", obj)
@@ -45,12 +46,16 @@ def save_checkpoint(run, extra_names=()) -> Path:
 
 
 def find_resume(output_dir: Path, resume: str) -> Optional[Path]:
-    """`auto`: the run's own checkpoint-last if present; '' / 'none': start fresh; else a path."""
+    """`auto` (`--resume`): the run's own checkpoint-last if present; '' / 'none': start fresh, which
+    a directory already holding a run's checkpoint refuses (its results would be overwritten); else a path."""
+    last = Path(output_dir) / "checkpoint-last.pth"
     if resume in ("", "none", None):
+        if last.is_file():
+            from ..results import check_fresh
+            check_fresh(output_dir, resume=False)
         return None
     if resume == "auto":
-        p = Path(output_dir) / "checkpoint-last.pth"
-        return p if p.is_file() else None
+        return last if last.is_file() else None
     return Path(resume)
 
 

@@ -33,7 +33,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     output_dir: str = "output"
-    resume: str = "auto"                # auto | none | path
+    resume: str = "none"                # none (fresh; refuses a directory holding a run) | auto (--resume) | path
     save_freq: int = 20                 # keep checkpoint-<epoch>.pth every N epochs (+ the last)
     # checkpoint-last.pth is also written inside an epoch, every N optimizer steps and/or every M
     # minutes (an ImageNet epoch on a few GPUs is long; preemptible machines stop jobs at any time).
@@ -44,15 +44,28 @@ class TrainConfig:
     max_rollbacks: int = 3              # rollbacks per run before stopping anyway
     max_steps: Optional[int] = None     # stop after this many optimizer steps (tests, smoke runs)
 
+    def check(self) -> None:
+        """Every value in its range, before any work starts (one ConfigError line otherwise)."""
+        from .config import at_least, one_of, positive, require
+
+        at_least(self, 1, "epochs", "batch_size", "effective_batch_size", "accum_iter", "save_freq",
+                 "ckpt_every_steps", "max_steps")
+        at_least(self, 0, "warmup_epochs", "num_workers", "seed", "max_rollbacks", "min_lr", "weight_decay")
+        positive(self, "blr", "lr", "ckpt_every_minutes")
+        one_of(self, "amp", ("auto", "bf16", "fp16", "none"))
+        one_of(self, "on_nonfinite", ("stop", "rollback"))
+        require(self.device in ("auto", "cpu") or self.device.startswith("cuda"),
+                f"device={self.device!r}: choose auto, cpu, cuda or cuda:N")
+        if self.device.startswith("cuda"):
+            require(torch.cuda.is_available(), f"device={self.device}: this machine has no CUDA GPU (use auto or cpu)")
+
 
 def start_run(cfg, info=None):
     """Process group, output folder, logging and seeds: the common start of every recipe."""
     from .distributed import barrier, init_distributed
     from .logger import setup_logging
 
-    if cfg.on_nonfinite not in ("stop", "rollback"):
-        from .config import ConfigError
-        raise ConfigError(f"on_nonfinite must be 'stop' or 'rollback', not {cfg.on_nonfinite!r}")
+    cfg.check()
     info = info or init_distributed(cfg.device)
     out = Path(cfg.output_dir)
     if info.is_main:

@@ -37,7 +37,10 @@ def _create(name: str, module: str, **kwargs):
     names = timm.list_models(module=module)  # this package's entries in timm's registry
     if name not in names:
         raise UnknownModel(f"unknown model {name!r}; choose one of {', '.join(names)}")
-    return timm.create_model(name, **kwargs)
+    model = timm.create_model(name, **kwargs)
+    # what the checkpoints record (nanoGPT's model_args): readers rebuild from it, never from shapes
+    model.model_args = {"name": name, "kwargs": {k: v for k, v in kwargs.items() if k != "checkpoint"}}
+    return model
 
 
 def create_mae(name: str, **kwargs) -> MaskedAutoencoderViT:

@@ -178,41 +178,48 @@ def _mae(pretrained=False, checkpoint=None, **kwargs) -> MaskedAutoencoderViT:
     return model
 
 
+# The registered sizes: one table for the factories below and for reading foreign checkpoints, whose
+# head counts cannot be seen in their tensors (a 768-wide ViT could have 12 heads or 6).
+ARCHS = {
+    "mae_vit_tiny_patch8_dec128d2b": dict(img_size=64, patch_size=8, embed_dim=192, depth=12, num_heads=3,
+                                          decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4),
+    "mae_vit_small_patch4_dec256d4b": dict(img_size=28, patch_size=4, embed_dim=384, depth=12, num_heads=6,
+                                           decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8),
+    "mae_vit_base_patch16_dec512d8b": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12,
+                                           decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
+    "mae_vit_large_patch16_dec512d8b": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16,
+                                            decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
+    "mae_vit_huge_patch14_dec512d8b": dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16,
+                                           decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
+}
+SHORT = {full.split("_dec")[0]: full for full in ARCHS}  # mae_vit_base_patch16 -> ..._dec512d8b
+
+
 @register_model
 def mae_vit_tiny_patch8_dec128d2b(pretrained=False, **kwargs):
     """ViT-Ti/8 for 64-px images on a CPU (the demo model)."""
-    kw = dict(img_size=64, patch_size=8, embed_dim=192, depth=12, num_heads=3,
-              decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4)
-    return _mae(pretrained, **{**kw, **kwargs})
+    return _mae(pretrained, **{**ARCHS["mae_vit_tiny_patch8_dec128d2b"], **kwargs})
 
 
 @register_model
 def mae_vit_small_patch4_dec256d4b(pretrained=False, **kwargs):
     """ViT-S/4 for 28/32-px images (Fashion-MNIST, CIFAR) on a CPU."""
-    kw = dict(img_size=28, patch_size=4, embed_dim=384, depth=12, num_heads=6,
-              decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8)
-    return _mae(pretrained, **{**kw, **kwargs})
+    return _mae(pretrained, **{**ARCHS["mae_vit_small_patch4_dec256d4b"], **kwargs})
 
 
 @register_model
 def mae_vit_base_patch16_dec512d8b(pretrained=False, **kwargs):
-    kw = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12,
-              decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16)
-    return _mae(pretrained, **{**kw, **kwargs})
+    return _mae(pretrained, **{**ARCHS["mae_vit_base_patch16_dec512d8b"], **kwargs})
 
 
 @register_model
 def mae_vit_large_patch16_dec512d8b(pretrained=False, **kwargs):
-    kw = dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16,
-              decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16)
-    return _mae(pretrained, **{**kw, **kwargs})
+    return _mae(pretrained, **{**ARCHS["mae_vit_large_patch16_dec512d8b"], **kwargs})
 
 
 @register_model
 def mae_vit_huge_patch14_dec512d8b(pretrained=False, **kwargs):
-    kw = dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16,
-              decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16)
-    return _mae(pretrained, **{**kw, **kwargs})
+    return _mae(pretrained, **{**ARCHS["mae_vit_huge_patch14_dec512d8b"], **kwargs})
 
 
 # recommended archs under the official short names, registered with timm as well
@@ -241,31 +248,64 @@ def mae_vit_huge_patch14(pretrained=False, **kwargs):  # decoder: 512 dim, 8 blo
     return mae_vit_huge_patch14_dec512d8b(pretrained, **kwargs)
 
 
-_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}  # ViT-Ti/S/B/L/H; decoders use 32-d heads
+# --------------------------------------------------------------------- which MAE a checkpoint holds
+def training_args(obj) -> dict:
+    """The `args` a training checkpoint carries -- an `argparse.Namespace` in official ones, a dict in
+    this toolkit's -- as a dict ({} when there are none). The one reader of them."""
+    a = obj.get("args") if isinstance(obj, dict) else None
+    if isinstance(a, dict):
+        return dict(a)
+    return dict(vars(a)) if hasattr(a, "__dict__") else {}
 
 
-def infer_sizes(sd, args: Optional[dict] = None) -> dict:
-    """The MaskedAutoencoderViT keyword arguments that produced a state dict in official names:
-    shapes give the sizes (decoder ones only when the decoder is there), `args` from a training
-    checkpoint gives the image size and `norm_pix_loss`."""
-    args = args or {}
+def _from_shapes(sd) -> dict:
+    """Sizes of a checkpoint that records no architecture, matched against ARCHS; an unknown width or
+    depth is an error rather than a guessed head count."""
     d, p = sd["patch_embed.proj.weight"].shape[0], sd["patch_embed.proj.weight"].shape[-1]
-    side = int(round((sd["pos_embed"].shape[1] - 1) ** 0.5)) * p
-    kw = dict(img_size=args.get("img_size", side), patch_size=p, in_chans=sd["patch_embed.proj.weight"].shape[1],
-              embed_dim=d, depth=1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.")),
-              num_heads=_HEADS.get(d, d // 64), norm_pix_loss=bool(args.get("norm_pix_loss", False)))
+    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    enc = {(a["embed_dim"], a["depth"]): a["num_heads"] for a in ARCHS.values()}
+    if (d, depth) not in enc:
+        raise ValueError(f"a {d}-wide, {depth}-block ViT is not a known size ({', '.join(SHORT)}) and the "
+                         f"checkpoint records no model_args: its head count cannot be told from its weights")
+    kw = dict(patch_size=p, in_chans=sd["patch_embed.proj.weight"].shape[1], embed_dim=d, depth=depth,
+              num_heads=enc[(d, depth)], img_size=int(round((sd["pos_embed"].shape[1] - 1) ** 0.5)) * p)
     if "decoder_pred.weight" in sd:
         dd = sd["mask_token"].shape[-1]
-        kw.update(decoder_embed_dim=dd, decoder_num_heads=max(1, dd // 32),
-                  decoder_depth=1 + max(int(k.split(".")[1]) for k in sd if k.startswith("decoder_blocks.")))
+        ddepth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("decoder_blocks."))
+        dec = {(a["decoder_embed_dim"], a["decoder_depth"]): a["decoder_num_heads"] for a in ARCHS.values()}
+        if (dd, ddepth) not in dec:
+            raise ValueError(f"a {dd}-wide, {ddepth}-block MAE decoder is not a known size and the checkpoint "
+                             f"records no model_args")
+        kw.update(decoder_embed_dim=dd, decoder_depth=ddepth, decoder_num_heads=dec[(dd, ddepth)])
     return kw
 
 
-def mae_from_state_dict(sd, args: Optional[dict] = None) -> MaskedAutoencoderViT:
-    """Rebuild the MAE that produced a full state dict (see `infer_sizes`). Raises ValueError for an
-    encoder-only file: it has no decoder to reconstruct with."""
+def architecture(obj, sd) -> dict:
+    """The MaskedAutoencoderViT keyword arguments of the model in checkpoint `obj` (state dict `sd`, in
+    official names), in this order: the `model_args` this toolkit's checkpoints record; the `args` of an
+    official training checkpoint (`model`, `input_size`, `norm_pix_loss`); the table of known sizes."""
+    rec = obj.get("model_args") if isinstance(obj, dict) else None
+    args = training_args(obj)
+    if rec and rec.get("name") in ARCHS or rec and SHORT.get(rec.get("name")):
+        kw = {**ARCHS[SHORT.get(rec["name"], rec["name"])], **rec.get("kwargs", {})}
+    elif args.get("model") in ARCHS or SHORT.get(args.get("model")):
+        kw = dict(ARCHS[SHORT.get(args["model"], args["model"])])
+        size = args.get("input_size", args.get("img_size"))
+        kw.update({**({"img_size": size} if size else {}), "norm_pix_loss": bool(args.get("norm_pix_loss", False))})
+        kw.update(args.get("model_kwargs") or {})
+    else:
+        kw = _from_shapes(sd)
+        kw["norm_pix_loss"] = bool(args.get("norm_pix_loss", False))
+    if "decoder_pred.weight" not in sd:  # an encoder-only file: no decoder sizes to claim
+        kw = {k: v for k, v in kw.items() if not k.startswith("decoder_")}
+    return kw
+
+
+def mae_from_checkpoint(obj, sd) -> MaskedAutoencoderViT:
+    """Rebuild the MAE of a full checkpoint (see `architecture`). ValueError for an encoder-only file:
+    it has no decoder to reconstruct with."""
     if "decoder_pred.weight" not in sd:
         raise ValueError("this checkpoint has no decoder (an encoder-only release such as "
                          "mae_pretrain_vit_*.pth): it cannot reconstruct images. Use a *_full.pth / "
-                         "mae_visualize_*.pth file or a checkpoint from tools/pretrain.py")
-    return MaskedAutoencoderViT(**infer_sizes(sd, args))
+                         "mae_visualize_*.pth file or a checkpoint from `mae-transfer pretrain`")
+    return MaskedAutoencoderViT(**architecture(obj, sd))

@@ -4,24 +4,43 @@ import logging
 from pathlib import Path
 
 import torch
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
+from mmengine.hooks import Hook
 
+from .. import results
+from ..engine.config import check_key_path, check_value_type, split_override
 from .data import check_data, configure_paths, plain_bn
 
 _logger = logging.getLogger("mae_transfer")
 
 
+def cfg_options(cfg: Config, overrides) -> dict:
+    """Trailing key=value pairs as mmengine cfg-options (its own value parser), strictly: every key must
+    exist in the config (mmengine would add a misspelt one) and keep its kind of value."""
+    options = {}
+    for item in overrides:
+        key, raw = split_override(item)
+        check_key_path(cfg._cfg_dict, key, "mmengine config")
+        value = DictAction._parse_iterable(raw)
+        old = cfg._cfg_dict
+        for part in key.split("."):
+            old = old[int(part)] if isinstance(old, (list, tuple)) else old[part]
+        check_value_type(key, old, value)
+        options[key] = value
+    return options
+
+
 def build_config(args) -> Config:
     cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    if args.overrides:
+        cfg.merge_from_dict(cfg_options(cfg, args.overrides))
     if args.backbone:
         if cfg.model.backbone.type == "MAE":  # a stock mmseg MAE config: same module, any-format loading
             cfg.model.backbone.type = "MAEViT"
         cfg.model.backbone.checkpoint = args.backbone
     configure_paths(cfg, args)
-    if args.work_dir:
-        cfg.work_dir = args.work_dir
+    if args.output_dir:
+        cfg.work_dir = args.output_dir
     cfg.launcher = args.launcher
     if getattr(args, "seed", None) is not None:
         cfg.randomness = dict(cfg.get("randomness") or {}, seed=args.seed)  # Runner.set_randomness
@@ -44,7 +63,21 @@ def build_config(args) -> Config:
     return cfg
 
 
-def main(args):
+class _KeepMetrics(Hook):
+    """The metrics of the last validation or test, for result.json (read from the run, not its log)."""
+
+    def __init__(self):
+        self.metrics = {}
+
+    def after_val_epoch(self, runner, metrics=None):
+        self.metrics = dict(metrics or {})
+
+    def after_test_epoch(self, runner, metrics=None):
+        self.metrics = dict(metrics or {})
+
+
+def main(args) -> dict:
+    """Train (or evaluate) UperNet; writes result.json (mIoU, mAcc, aAcc) in the work dir."""
     from mmengine.runner import Runner
 
     import mae_transfer.seg  # noqa: F401  (compat + registry entries)
@@ -55,11 +88,16 @@ def main(args):
     setup_logging(None, is_main=True)  # the toolkit's own lines (compat patches) on stdout, beside mmengine's
     allow_mmengine_checkpoints()  # before the runner saves (and on resume, loads) a checkpoint
     cfg = build_config(args)
+    results.check_fresh(cfg.work_dir, args.resume)
     check_data(cfg, ("val",) if args.eval_only else ("train", "val"))
     if cfg.launcher == "pytorch" and not torch.cuda.is_available():
         from .compat import cpu_distributed
         cpu_distributed(cfg)
-    runner = Runner.from_cfg(cfg)
-    if args.eval_only:
-        return runner.test()
-    runner.train()
+    ckpt = args.eval_only or args.backbone or None
+    with results.recorded("seg", cfg.work_dir, args.config, cfg.get("randomness", {}).get("seed"), ckpt) as rec:
+        runner = Runner.from_cfg(cfg)
+        keep = _KeepMetrics()
+        runner.register_hook(keep, priority="LOWEST")
+        runner.test() if args.eval_only else runner.train()
+        rec.metrics.update(keep.metrics)
+    return rec.metrics

@@ -7,7 +7,7 @@
 # Fashion-MNIST items themselves: blr 0.1 stayed at chance (9.6 % top-1 after 5 epochs), 2.0 gave 54 %.
 from dataclasses import replace
 
-from configs.linprobe.vit_base import cfg as base
+from mae_transfer.configs.linprobe.vit_base import cfg as base
 
 cfg = replace(base, model="vit_tiny_patch8", img_size=32, num_classes=10, data_path="output/scenes/crops",
               epochs=10, warmup_epochs=1, blr=2.0, batch_size=256, effective_batch_size=256, num_workers=1,

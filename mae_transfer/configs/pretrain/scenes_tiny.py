@@ -5,7 +5,7 @@
 # A copy of the demo config with other values: the base object is never changed.
 from dataclasses import replace
 
-from configs.pretrain.demo_tiny import cfg as base
+from mae_transfer.configs.pretrain.demo_tiny import cfg as base
 
 cfg = replace(
     base,

@@ -5,7 +5,7 @@
 # 0.65^12 = 0.6 % of the head's lr, too little to adapt in 3 epochs.
 from dataclasses import replace
 
-from configs.finetune.vit_base import cfg as base
+from mae_transfer.configs.finetune.vit_base import cfg as base
 
 cfg = replace(base, model="vit_tiny_patch8", img_size=32, num_classes=10, data_path="output/scenes/crops",
               epochs=3, warmup_epochs=1, blr=1e-3, layer_decay=0.75, batch_size=64, effective_batch_size=64,

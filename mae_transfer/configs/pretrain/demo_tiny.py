@@ -4,7 +4,7 @@
 # A copy of the ViT-B config with other values: the base's object is never changed.
 from dataclasses import replace
 
-from configs.pretrain.mae_vit_base import cfg as base
+from mae_transfer.configs.pretrain.mae_vit_base import cfg as base
 
 cfg = replace(
     base,

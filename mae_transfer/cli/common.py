@@ -1,0 +1,86 @@
+"""The one command grammar (after detectron2's `default_argument_parser`): every training command takes
+
+    --config NAME|PATH   a shipped config by name (`mae-transfer <cmd> --help` lists them) or a file
+    --output-dir DIR     where the run writes (checkpoints, logs, result.json)
+    --seed N             seeds everything the run draws
+    --resume             continue the run in --output-dir; without it a run starts fresh, and a
+                         directory that already holds a run is refused instead of overwritten
+    --eval-only CKPT     evaluate a trained checkpoint and exit
+    --num-gpus N         processes on this machine (GPUs; CPU processes without one)
+    key=value ...        config overrides, checked: an unknown key is an error naming the closest one
+
+and each host receives the overrides in its own mechanism (dataclass fields, LazyConfig overrides,
+mmengine cfg-options)."""
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+from ..engine.config import config_names
+
+
+def parser(prog: str, doc: str, kind: Optional[str], default_config: Optional[str] = None,
+           eval_only: bool = True) -> argparse.ArgumentParser:
+    """The shared options; a command adds its own (data paths, host launch flags) after them."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("options every training command shares")
+    names = ", ".join(config_names(kind)) if kind else ""
+    g.add_argument("--config", metavar="NAME|PATH",
+                   help=f"a shipped config ({names}) or a config file (default: {default_config})")
+    g.add_argument("--output-dir", metavar="DIR", help="where the run writes (default: the config's)")
+    g.add_argument("--seed", type=int, help="seeds model init, sampling, augmentation and masks")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --output-dir from its last checkpoint (without it, a directory "
+                        "that already holds a run is refused)")
+    if eval_only:
+        g.add_argument("--eval-only", metavar="CKPT", help="evaluate a trained checkpoint and exit")
+    g.add_argument("--num-gpus", type=int, default=1, metavar="N",
+                   help="processes on this machine (GPUs; CPU processes without one); 1 under torchrun")
+    g.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    return p
+
+
+def parse(p: argparse.ArgumentParser, argv: List[str]) -> argparse.Namespace:
+    a = p.parse_intermixed_args(argv)
+    if a.num_gpus < 1:
+        p.error(f"--num-gpus {a.num_gpus}: must be >= 1")
+    return a
+
+
+def relaunch_under_torchrun(command: str, argv: List[str], num_gpus: int) -> None:
+    """`--num-gpus N` (N > 1) outside torchrun: run the same command as N torchrun processes.
+    Under torchrun (RANK set) this does nothing, so both spellings reach one code path."""
+    if num_gpus <= 1 or "RANK" in os.environ:
+        return
+    rest, skip = [], False
+    for i, x in enumerate(argv):  # drop --num-gpus N / --num-gpus=N
+        if skip:
+            skip = False
+            continue
+        if x == "--num-gpus":
+            skip = True
+            continue
+        if not x.startswith("--num-gpus="):
+            rest.append(x)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_gpus}",
+           "-m", "mae_transfer", command, *rest]
+    import subprocess
+
+    sys.exit(subprocess.run(cmd).returncode)
+
+
+def add_data_path(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--data-path", metavar="DIR", help=help_text)
+
+
+def flag_overrides(a: argparse.Namespace, names) -> List[str]:
+    """`--flag value` options given on the command line as `field=value` overrides (before the
+    trailing ones, which therefore win; a flag and an override of one field both given is an error)."""
+    given = {k: getattr(a, k) for k in names if getattr(a, k, None) is not None}
+    from ..engine.config import ConfigError, split_override
+
+    for item in a.overrides:
+        key = split_override(item)[0].replace("-", "_")
+        if key in given:
+            raise ConfigError(f"{key} is given twice: as --{key.replace('_', '-')} and as {item}")
+    return [f"{k}={v}" for k, v in given.items()]

@@ -1,0 +1,185 @@
+"""`mae-transfer predict | convert | visualize`: the commands around training."""
+import argparse
+import glob
+import json
+import os
+from pathlib import Path
+from typing import List
+
+PREDICT_DOC = """Run a trained detector or segmenter on images and draw the result.
+
+  mae-transfer predict det photos/ more/*.jpg --config tiny_cpu --weights output/demo/det/model_final.pth \\
+      --classes-json val.json --output-dir output/predict/det
+  mae-transfer predict seg photos/ --config output/demo/seg/tiny_cpu.py --weights output/demo/seg/iter_150.pth
+
+Inputs: image files, folders or globs. Writes one overlay PNG per image (detectron2's Visualizer /
+mmseg's SegLocalVisualizer) and machine-readable results: det -> coco_results.json (COCO results
+format) + images.json (id -> file); seg -> <stem>_classes.png (class index per pixel) + classes.json.
+Detection draws the detections above --score-thresh, and never fewer than --min-draw per image (the
+model's top ones, whatever their score; the results file keeps only those above the threshold).
+"""
+
+
+def expand(inputs) -> List[Path]:
+    from ..data import DataError
+    from ..data.images import IMG_EXTENSIONS
+
+    files = []
+    for x in inputs:
+        p = Path(x)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS)
+        elif p.is_file():
+            files.append(p)
+        else:
+            files += [Path(f) for f in sorted(glob.glob(x)) if Path(f).suffix.lower() in IMG_EXTENSIONS]
+    if not files:
+        raise DataError(f"no images found in {' '.join(map(str, inputs))}")
+    return files
+
+
+def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def predict(argv: List[str], prog: str = "mae-transfer predict"):
+    from ..engine.config import resolve_config
+
+    p = _parser(prog, PREDICT_DOC)
+    p.add_argument("task", choices=["det", "seg"])
+    p.add_argument("inputs", nargs="+", help="images, folders or globs")
+    p.add_argument("--config", required=True, metavar="NAME|PATH", help="the config the model was trained with")
+    p.add_argument("--weights", required=True, help="a trained model (detectron2 model_final.pth / mmseg iter_N.pth)")
+    p.add_argument("--output-dir", "--out", dest="output_dir", default="output/predict", metavar="DIR")
+    p.add_argument("--device", default="auto", help="auto (cuda where available) | cpu | cuda[:N]")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--score-thresh", type=float, default=0.5, help="det: keep detections above this score")
+    p.add_argument("--min-draw", type=int, default=0, metavar="K",
+                   help="det: draw at least the K best detections of each image, whatever their score")
+    p.add_argument("--classes-json", help="det: a COCO json whose categories name (and number) the classes")
+    a = p.parse_args(argv)
+    files, out = expand(a.inputs), Path(a.output_dir)
+    config = str(resolve_config(a.config, a.task))
+    out.mkdir(parents=True, exist_ok=True)
+    import numpy as np
+    import torch
+    from PIL import Image
+    from tqdm import tqdm
+
+    if a.device == "auto":
+        a.device = "cuda" if torch.cuda.is_available() else "cpu"
+    batches = [files[i:i + a.batch_size] for i in range(0, len(files), a.batch_size)]
+    if a.task == "det":
+        from ..det.predict import DetPredictor
+
+        cats = json.loads(Path(a.classes_json).read_text())["categories"] if a.classes_json else None
+        thresh = 0.0 if a.min_draw else a.score_thresh  # the model keeps everything; drawn/written below
+        pred = DetPredictor(config, a.weights, a.device, thresh, [c["name"] for c in cats] if cats else None)
+        results, images, drawn = [], [], 0
+        for batch in tqdm(batches, desc="predict", unit="batch"):
+            arrays = [np.asarray(Image.open(f).convert("RGB")) for f in batch]
+            for f, img, inst in zip(batch, arrays, pred(arrays)):
+                image_id = len(images)
+                images.append({"id": image_id, "file_name": str(f)})
+                keep = inst[inst.scores >= a.score_thresh]
+                results += pred.to_coco(keep, image_id, [c["id"] for c in cats] if cats else None)
+                show = keep if len(keep) >= a.min_draw else inst[: a.min_draw]  # sorted by score
+                drawn += len(show)
+                Image.fromarray(pred.draw(img, show)).save(out / f"{f.stem}_overlay.png")
+        (out / "coco_results.json").write_text(json.dumps(results))
+        (out / "images.json").write_text(json.dumps(images, indent=1))
+        print(f"{len(results)} detections >= {a.score_thresh} in {len(files)} images ({drawn} drawn) -> "
+              f"{out}/coco_results.json, *_overlay.png")
+    else:
+        from ..seg.predict import SegPredictor
+
+        pred = SegPredictor(config, a.weights, a.device)
+        for batch in tqdm(batches, desc="predict", unit="batch"):
+            for f, res in zip(batch, pred([str(f) for f in batch])):
+                Image.fromarray(pred.class_map(res)).save(out / f"{f.stem}_classes.png")
+                pred.draw(str(f), res, str(out / f"{f.stem}_overlay.png"))
+        (out / "classes.json").write_text(json.dumps(pred.classes))
+        print(f"{len(files)} images -> {out}/*_classes.png (class index per pixel), *_overlay.png")
+
+
+CONVERT_DOC = """Convert an MAE checkpoint to what another codebase loads directly.
+
+  mae-transfer convert mae_pretrain_vit_base.pth --to hf out/vit-mae-base   # ViTMAEModel.from_pretrained(dir)
+  mae-transfer convert output/pretrain/checkpoint-last.pth --to hf out/mae  # ViTMAEForPreTraining (with decoder)
+  mae-transfer convert X.pth --to timm vit_b.pth        # timm.create_model('vit_base_patch16', pretrained=True,
+                                                        #   pretrained_cfg_overlay=dict(file='vit_b.pth'))
+  mae-transfer convert X.pth --to detectron2 d2.pth     # DetectionCheckpointer(model).load('d2.pth')
+  mae-transfer convert mae_pretrain_vit_huge.pth --to detectron2 h.pth --det-patch-size 16   # ViTDet's p14to16
+  mae-transfer convert X.pth --to mmseg mm.pth          # init_cfg=dict(type='Pretrained', checkpoint='mm.pth')
+  mae-transfer convert X.pth --to safetensors x.safetensors | --to official x.pth
+
+CKPT: an official MAE file, a pretraining checkpoint, timm-style weights, an HF directory or weights
+file, .safetensors, or any file this command wrote. Prints what was written, dropped and renamed.
+"""
+
+
+def convert(argv: List[str], prog: str = "mae-transfer convert"):
+    from ..convert import TARGETS, export
+
+    p = _parser(prog, CONVERT_DOC)
+    p.add_argument("checkpoint")
+    p.add_argument("--to", required=True, choices=TARGETS)
+    p.add_argument("out", help="output file (a directory for --to hf)")
+    p.add_argument("--det-patch-size", type=int, help="detectron2: resample the patch kernel to this size (ViT-H: 16)")
+    p.add_argument("--det-pretrain-img-size", type=int, default=224,
+                   help="detectron2: the ViT's pretrain_img_size; the position table is resampled to it")
+    a = p.parse_args(argv)
+    r = export(a.checkpoint, a.to, a.out, a.det_patch_size, a.det_pretrain_img_size)
+    dropped = ", ".join(sorted({k.split(".")[0] for k in r["dropped"]})) or "nothing"
+    print(f"wrote {r['tensors']} tensors to {r['written']} ({a.to}); dropped: {dropped}; "
+          f"renamed: {len(r['renamed'])} tensors")
+
+
+VISUALIZE_DOC = """Reconstruction grid for any full MAE checkpoint (official *_full.pth / mae_visualize_*.pth,
+pretraining checkpoints, HF ViTMAE, safetensors); the model is rebuilt from the architecture the
+checkpoint records (or, for foreign files, the table of known sizes).
+
+  mae-transfer visualize --checkpoint output/demo/pretrain/checkpoint-last.pth --images photos/ -o grid.png
+"""
+
+
+def visualize(argv: List[str], prog: str = "mae-transfer visualize"):
+    import torch
+    from torchvision import transforms
+
+    from .. import checkpoints
+    from ..data import DataError, pretrain_transform
+    from ..data.images import find_images, load_rgb
+    from ..engine.config import ConfigError
+    from ..models.mae import mae_from_checkpoint
+    from ..visualize import NORM_PIX_NOTE, reconstruct, save_grid
+
+    p = _parser(prog, VISUALIZE_DOC)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--images", nargs="+", required=True, help="image files and/or folders")
+    p.add_argument("--mask-ratio", type=float, default=0.75)
+    p.add_argument("--max-images", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", default="reconstructions.png")
+    a = p.parse_args(argv)
+    if not 0 < a.mask_ratio < 1:
+        raise ConfigError(f"--mask-ratio {a.mask_ratio}: must be inside (0, 1)")
+    obj = checkpoints.load_file(a.checkpoint)
+    sd = checkpoints.read_state_dict(obj)
+    try:
+        model = mae_from_checkpoint(obj, sd)
+    except ValueError as e:
+        raise checkpoints.CheckpointError(f"{a.checkpoint}: {e}") from None
+    model.load_state_dict(sd, strict=True)
+    files = [f for src in a.images for f in (find_images(src) if os.path.isdir(src) else [src])]
+    size = model.grid_size[0] * model.patch_size
+    tf = pretrain_transform(size, scale=(1.0, 1.0))
+    tf.transforms = [transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
+                     transforms.CenterCrop(size)] + tf.transforms[2:]  # no random crop / flip here
+    imgs = [tf(im) for im in (load_rgb(f) for f in files[: a.max_images]) if im is not None]
+    if not imgs:
+        raise DataError("none of the given images could be read")
+    torch.manual_seed(a.seed)
+    grid = reconstruct(model, torch.stack(imgs), a.mask_ratio)
+    out = save_grid(grid, a.output, f"{a.checkpoint}, mask ratio {a.mask_ratio}" + NORM_PIX_NOTE * model.norm_pix_loss)
+    print(f"reconstructions: {out}")

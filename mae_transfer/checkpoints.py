@@ -11,6 +11,7 @@ allow-list (the `argparse.Namespace` that official training checkpoints carry); 
 refused with `CheckpointError` instead of being executed.
 """
 import argparse
+import json
 import os
 import re
 import tempfile
@@ -39,13 +40,20 @@ def load_file(path) -> Dict[str, Any]:
         found = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
         if not found:
             raise CheckpointError(f"{path} is a directory without model.safetensors or pytorch_model.bin")
-        path = found[0]
+        obj = load_file(found[0])
+        if (path / "config.json").is_file():  # an HF model directory: its config says what model it holds
+            obj = {"model": unwrap(obj), "model_args": hf_model_args(json.loads((path / "config.json").read_text()))}
+        return obj
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import safe_open
         from safetensors.torch import load_file as st_load
 
-        return st_load(str(path))
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        sd = st_load(str(path))
+        return {"model": sd, "model_args": json.loads(meta["model_args"])} if meta.get("model_args") else sd
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS + extra_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -176,9 +184,10 @@ def save(path, obj: Dict[str, Any]) -> Path:
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        sd = unwrap(obj)
-        return _atomic(path, lambda tmp: save_file({k: v.contiguous() for k, v in sd.items()}, tmp,
-                                                   metadata={"format": "pt", "layout": "official-mae"}))
+        sd, meta = unwrap(obj), {"format": "pt", "layout": "official-mae"}
+        if isinstance(obj.get("model_args"), dict):  # the architecture travels in the header
+            meta["model_args"] = json.dumps(obj["model_args"])
+        return _atomic(path, lambda tmp: save_file({k: v.contiguous() for k, v in sd.items()}, tmp, metadata=meta))
     return _atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -213,6 +222,15 @@ def _rename(key: str, rules: Iterable[Tuple[str, Any]]) -> str:
     for pattern, repl in rules:
         key = re.sub(pattern, repl, key)
     return key
+
+
+def hf_model_args(config: dict) -> dict:
+    """transformers' ViTMAEConfig -> this toolkit's model_args (MaskedAutoencoderViT keyword arguments)."""
+    names = {"image_size": "img_size", "patch_size": "patch_size", "num_channels": "in_chans",
+             "hidden_size": "embed_dim", "num_hidden_layers": "depth", "num_attention_heads": "num_heads",
+             "decoder_hidden_size": "decoder_embed_dim", "decoder_num_hidden_layers": "decoder_depth",
+             "decoder_num_attention_heads": "decoder_num_heads", "norm_pix_loss": "norm_pix_loss"}
+    return {"name": None, "kwargs": {ours: config[hf] for hf, ours in names.items() if hf in config}}
 
 
 def to_hf(sd: StateDict) -> StateDict:

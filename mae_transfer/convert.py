@@ -50,6 +50,7 @@ def export(src_path, target: str, out, det_patch_size: Optional[int] = None, det
         raise checkpoints.CheckpointError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     obj = checkpoints.load_file(src_path)
     sd = checkpoints.read_state_dict(obj)
+    arch = {"model_args": obj["model_args"]} if isinstance(obj, dict) and obj.get("model_args") else {}
     out = Path(out)
     if target == "safetensors" and out.suffix != ".safetensors":
         raise checkpoints.CheckpointError(f"--to safetensors writes a .safetensors file, not {out.name}")
@@ -64,7 +65,8 @@ def export(src_path, target: str, out, det_patch_size: Optional[int] = None, det
         checkpoints.save(out / "model.safetensors", {"model": hf})
         return _report(sd, hf, out, renamed=[k for k in sd])
     if target in ("safetensors", "official"):
-        checkpoints.save(out, {"model": sd})  # .pth: the official {'model': ...}; .safetensors: flat
+        # .pth: the official {'model': ...}; .safetensors: flat, the architecture in its header
+        checkpoints.save(out, {"model": sd, **arch})
         return _report(sd, sd, out)
     if target == "timm":
         enc = {k: v for k, v in sd.items() if not k.startswith(_DECODER)}
@@ -76,8 +78,8 @@ def export(src_path, target: str, out, det_patch_size: Optional[int] = None, det
         side = det_pretrain_img_size // patch
         if d2["backbone.net.pos_embed"].shape[1] != side * side + 1:  # d2's ViT holds pretrain_img_size / patch
             d2["backbone.net.pos_embed"] = resample_pos_embed(d2["backbone.net.pos_embed"], (side, side))
-        checkpoints.save(out, {"model": d2, "__author__": "mae_transfer", "matching_heuristics": False})
+        checkpoints.save(out, {"model": d2, "__author__": "mae_transfer", "matching_heuristics": False, **arch})
         return _report(sd, d2, out, renamed=[k for k in sd if "backbone.net." + k in d2])
     mm = checkpoints.to_mmseg(sd)
-    checkpoints.save(out, {"state_dict": mm, "meta": {"source": str(src_path)}})
+    checkpoints.save(out, {"state_dict": mm, "meta": {"source": str(src_path)}, **arch})
     return _report(sd, mm, out, renamed=[k for k in sd if k not in mm and not k.startswith(_DECODER + ("norm.",))])

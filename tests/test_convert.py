@@ -16,13 +16,14 @@ KW = dict(img_size=64, depth=2)  # ViT-Ti/8 at 64 px with 2 blocks: the demo mod
 
 @pytest.fixture(scope="module")
 def src(tmp_path_factory):
-    """A tools/pretrain.py-style checkpoint (args included) of a tiny MAE with random weights."""
+    """A pretraining-style checkpoint (args and model_args included) of a tiny MAE with random weights."""
     d = tmp_path_factory.mktemp("conv")
     torch.manual_seed(0)
-    mae = M.mae_vit_tiny_patch8(**KW, norm_pix_loss=True)
+    mae = M.create_mae("mae_vit_tiny_patch8", **KW, norm_pix_loss=True)
     for p in mae.parameters():  # LayerNorms away from ones/zeros, so a skipped tensor would show
         p.data.add_(0.01 * torch.randn_like(p))
-    checkpoints.save(d / "ck.pth", {"model": mae.state_dict(), "args": {"img_size": 64, "norm_pix_loss": True}})
+    checkpoints.save(d / "ck.pth", {"model": mae.state_dict(), "args": {"img_size": 64, "norm_pix_loss": True},
+                                    "model_args": mae.model_args})
     return d / "ck.pth", mae.eval()
 
 
@@ -110,3 +111,53 @@ def test_convert_cli_reports_and_errors(tmp_path, src):
     r = subprocess.run([sys.executable, str(ROOT / "tools/convert.py"), str(tmp_path / "nope.pth"), "--to", "hf",
                         str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_architecture_travels_and_is_never_guessed(tmp_path, tiny_mae):
+    """The tests' 64-wide model has 4 heads: a width the table of known sizes lacks. With the model_args a
+    checkpoint records, every consumer rebuilds it exactly; without them, conversion refuses in one line."""
+    from mae_transfer.models.mae import architecture
+
+    mae = tiny_mae()  # conftest.TINY: 64 wide, 4 heads, 2 blocks
+    from conftest import TINY
+
+    rec = {"name": None, "kwargs": dict(TINY)}
+    checkpoints.save(tmp_path / "own.pth", {"model": mae.state_dict(), "model_args": rec})
+    export(tmp_path / "own.pth", "hf", tmp_path / "hf")
+    import json
+    assert json.loads((tmp_path / "hf/config.json").read_text())["num_attention_heads"] == 4
+    for target, out in (("safetensors", "x.safetensors"), ("official", "x.pth"), ("mmseg", "mm.pth"),
+                        ("detectron2", "d2.pth")):
+        export(tmp_path / "own.pth", target, tmp_path / out, det_pretrain_img_size=32)
+    for out in ("hf", "x.safetensors", "x.pth", "mm.pth", "d2.pth"):  # each written format read back
+        obj = checkpoints.load_file(tmp_path / out)
+        sd = checkpoints.read_state_dict(obj)
+        assert architecture(obj, sd)["num_heads"] == 4, out
+        own = mae.state_dict()
+        assert all(torch.equal(v, own[k]) for k, v in sd.items()), out  # what survives is exact
+        assert {k for k in own if k.startswith("blocks.")} <= set(sd), out
+    checkpoints.save(tmp_path / "bare.pth", {"model": mae.state_dict()})  # no record: refused, not guessed
+    r = subprocess.run([sys.executable, "-m", "mae_transfer", "convert", str(tmp_path / "bare.pth"), "--to", "hf",
+                        str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "head count" in r.stderr, r.stderr
+
+
+def test_official_args_namespace_is_read_once_for_every_consumer(tmp_path):
+    """An official training checkpoint carries an argparse.Namespace: its model, input size and
+    norm_pix_loss decide the HF config and the rebuilt model alike."""
+    import argparse
+
+    from mae_transfer.convert import hf_config
+    from mae_transfer.models.mae import architecture, mae_from_checkpoint
+
+    torch.manual_seed(0)
+    mae = M.mae_vit_tiny_patch8(img_size=32)
+    args = argparse.Namespace(model="mae_vit_tiny_patch8", input_size=32, norm_pix_loss=True, mask_ratio=0.6)
+    checkpoints.save(tmp_path / "off.pth", {"model": mae.state_dict(), "args": args})
+    obj = checkpoints.load_file(tmp_path / "off.pth")
+    sd = checkpoints.read_state_dict(obj)
+    cfg = hf_config(obj, sd)
+    assert cfg["norm_pix_loss"] and cfg["image_size"] == 32 and cfg["mask_ratio"] == 0.6
+    rebuilt = mae_from_checkpoint(obj, sd)
+    assert rebuilt.norm_pix_loss and architecture(obj, sd)["img_size"] == 32
+    rebuilt.load_state_dict(sd, strict=True)

@@ -51,15 +51,15 @@ def boxes_only(cfg) -> None:
 
 
 def json_safe(results: dict) -> dict:
-    """detectron2's metrics as valid JSON: an overall AP of NaN (no prediction at all) is 0, a
-    per-class AP of NaN (class absent from the validation set) is null."""
-    def clean(k, v):
-        if isinstance(v, dict):
-            return {kk: clean(kk, vv) for kk, vv in v.items()}
-        if isinstance(v, float) and v != v:
-            return None if "-" in k else 0.0  # 'AP-person' vs 'AP', 'AP50', 'APs'
-        return v
-    return clean("", results)
+    """detectron2's metrics as valid JSON. NaN means two things there: no prediction at all (every
+    overall AP of a task NaN; scored 0 here: the model found nothing) and not measurable (APl of a set
+    without large objects, the AP of a class absent from the validation set: null)."""
+    def task(ms: dict) -> dict:
+        overall = [v for k, v in ms.items() if "-" not in k and isinstance(v, float)]
+        nothing = bool(overall) and all(v != v for v in overall)
+        return {k: (0.0 if nothing and "-" not in k else None) if isinstance(v, float) and v != v else v
+                for k, v in ms.items()}
+    return {t: task(ms) if isinstance(ms, dict) else ms for t, ms in results.items()}
 
 
 def register_coco_from_paths(name: str, json_file, image_root) -> None:

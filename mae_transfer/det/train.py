@@ -171,7 +171,7 @@ def main(args) -> dict:
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="mae_transfer", abbrev_name="mae")
     ckpt = args.eval_only or args.backbone or cfg.train.get("init_checkpoint") or None
-    with results.recorded("det", cfg.train.output_dir, args.config, cfg.train.seed, ckpt) as rec:
+    with results.recorded("det", cfg.train.output_dir, args.config, cfg.train.get("seed"), ckpt) as rec:
         if args.eval_only:
             model = instantiate(cfg.model).to(cfg.train.device)
             SafeCheckpointer(model).load(args.eval_only)

@@ -286,8 +286,9 @@ def architecture(obj, sd) -> dict:
     official training checkpoint (`model`, `input_size`, `norm_pix_loss`); the table of known sizes."""
     rec = obj.get("model_args") if isinstance(obj, dict) else None
     args = training_args(obj)
-    if rec and rec.get("name") in ARCHS or rec and SHORT.get(rec.get("name")):
-        kw = {**ARCHS[SHORT.get(rec["name"], rec["name"])], **rec.get("kwargs", {})}
+    known = ARCHS.get(SHORT.get(rec.get("name"), rec.get("name")), {}) if isinstance(rec, dict) else {}
+    if isinstance(rec, dict) and "embed_dim" in {**known, **rec.get("kwargs", {})}:
+        kw = {**known, **rec.get("kwargs", {})}
     elif args.get("model") in ARCHS or SHORT.get(args.get("model")):
         kw = dict(ARCHS[SHORT.get(args["model"], args["model"])])
         size = args.get("input_size", args.get("img_size"))

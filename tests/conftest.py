@@ -28,6 +28,16 @@ def tiny_mae():
     return make
 
 
+def assert_result(output_dir, task: str, metrics=(), world_size: int = 1) -> dict:
+    """The run's result.json holds the one schema, status ok, its task and these metrics as numbers."""
+    from mae_transfer import results
+
+    res = results.read(output_dir)  # raises when the file does not validate
+    assert res["task"] == task and res["status"] == "ok" and res["world_size"] == world_size, res
+    assert all(isinstance(res["metrics"].get(m), float) for m in metrics), res["metrics"]
+    return res
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now (for torchrun's rendezvous), instead of a fixed one."""
     with socket.socket() as s:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import kill_mid_epoch
+from conftest import assert_result, kill_mid_epoch
 from PIL import Image
 
 from mae_transfer import checkpoints
@@ -117,14 +117,18 @@ def test_partial_finetuning_trains_only_last_blocks(tmp_path):
 def test_resume_and_eval(tmp_path, data, ckpts):
     out = tmp_path / "run"
     train(_cfg(out, f"finetune={ckpts / 'official_full.pth'}", f"data_path={data}", "epochs=1"))
-    stats = train(_cfg(out, f"data_path={data}", "epochs=2"))  # resumes: runs epoch 2 only
+    stats = train(_cfg(out, f"data_path={data}", "epochs=2", "resume=auto"))  # resumes: runs epoch 2 only
     log = (out / "log.txt").read_text().splitlines()
     assert [eval(x)["epoch"] for x in log] == [0, 1]
-    r = subprocess.run([sys.executable, str(ROOT / "tools/finetune.py"), "--eval", str(out / "checkpoint-last.pth"),
-                        "--data-path", str(data), "--output-dir", str(tmp_path / "ev"), *SMALL],
+    r = subprocess.run([sys.executable, str(ROOT / "tools/finetune.py"), "--eval-only",
+                        str(out / "checkpoint-last.pth"), "--data-path", str(data),
+                        "--output-dir", str(tmp_path / "ev"),
+                        *SMALL],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"top-1 {stats['acc1']:.2f}" in r.stdout and "top-5" in r.stdout
+    res = assert_result(tmp_path / "ev" / "eval", "finetune", ("top-1", "top-5"))
+    assert res["metrics"]["top-1"] == stats["acc1"] and res["checkpoint"]["sha256"]
 
 
 def test_deeper_checkpoint_is_refused():
@@ -153,13 +157,15 @@ def test_finetune_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, data,
     subprocess.run([sys.executable, *args, "--output-dir", str(ref)], check=True, capture_output=True, timeout=600)
     kill_mid_epoch([sys.executable, *args, "--output-dir", str(run)], run / "checkpoint-last.pth",
                    random.randrange(2, 11))
-    subprocess.run([sys.executable, *args, "--output-dir", str(run)], check=True, capture_output=True, timeout=600)
+    subprocess.run([sys.executable, *args, "--output-dir", str(run), "--resume"], check=True, capture_output=True,
+                   timeout=600)
     a, b = (checkpoints.load_file(d / "checkpoint-last.pth") for d in (ref, run))
     assert a["step"] == b["step"] == 12 and a["train_state"] == b["train_state"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     torch.testing.assert_close(a["optimizer"]["state"], b["optimizer"]["state"], rtol=0, atol=0)
     recs = [[json.loads(x) for x in (d / "log.txt").read_text().splitlines()] for d in (ref, run)]
     assert [(r["train_loss"], r["test_acc1"]) for r in recs[0]] == [(r["train_loss"], r["test_acc1"]) for r in recs[1]]
+    assert assert_result(run, "finetune", ("top-1",))["metrics"] == assert_result(ref, "finetune")["metrics"]
 
 
 def test_layer_decay_table_is_logged(tmp_path, data):

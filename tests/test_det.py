@@ -8,6 +8,7 @@ import pytest
 import torch
 
 pytest.importorskip("detectron2")
+from conftest import assert_result  # noqa: E402
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 
 from mae_transfer import checkpoints  # noqa: E402
@@ -88,6 +89,7 @@ def test_train_eval_resume_through_the_tool(tmp_path, coco, tiny_ckpts):
     assert "loaded 147 tensors into backbone.net." in r.stdout + r.stderr
     res = json.loads((out / "eval_results.json").read_text())
     assert {"bbox", "segm"} <= set(res) and "AP" in res["bbox"]
+    assert assert_result(out, "det", ("box AP", "mask AP"))["metrics"]["box AP"] == res["bbox"]["AP"]
     iters = _train_iters(out)
     assert max(iters) == 1
     # resume: continues at iteration 2, does not start over
@@ -99,6 +101,8 @@ def test_train_eval_resume_through_the_tool(tmp_path, coco, tiny_ckpts):
     r = _tool("--config", TINY, "--output-dir", str(tmp_path / "ev"), "--eval-only", str(out / "model_final.pth"),
               "--val-json", coco["val_json"], "--val-images", coco["val_images"], "dataloader.test.num_workers=0")
     assert (tmp_path / "ev/eval_results.json").exists()
+    ev = assert_result(tmp_path / "ev", "det", ("box AP", "mask AP"))
+    assert ev["checkpoint"]["path"].endswith("model_final.pth")
     # tools/predict.py on a folder: overlays and COCO results, class names from the json
     r = subprocess.run([sys.executable, str(ROOT / "tools/predict.py"), "det", coco["val_images"], "--config", TINY,
                         "--weights", str(out / "model_final.pth"), "--classes-json", coco["val_json"],

@@ -75,7 +75,7 @@ def test_same_seed_same_numbers_in_both_hosts(tmp_path, scenes_quick):
     _evaluate(*common, "--seeds", "1", "--output-dir", tmp_path / "b")
     a = json.loads((tmp_path / "a/results.json").read_text())["runs"]
     b = json.loads((tmp_path / "b/results.json").read_text())["runs"]
-    assert {r["threads"] for r in a + b} == {"1"}  # the cpu suite's default: 2 one-thread runs at once
+    assert {r["threads"] for r in a + b} == {1}  # the cpu suite's default: 2 one-thread runs at once
     metrics = {(r["task"], r["seed"]): r["metrics"] for r in a}
     for r in b:
         assert r["metrics"] == metrics[(r["task"], r["seed"])]
@@ -93,7 +93,7 @@ def test_paper_suite_dry_run_prints_every_command():
     assert len(lines) == 2 * 4 * 2  # backbones x tasks x seeds
     assert any("configs/det/mask_rcnn_vitdet_l_100ep.py" in s and "--backbone ck.pth" in s for s in lines)
     assert any("mae_vit_large_upernet_160k_ade20k.py" in s and "--data-root /data/ade" in s for s in lines)
-    assert any("linprobe/vit_large.py" in s and "--data-path /data/in1k" in s and "seed=1" in s for s in lines)
+    assert any("linprobe/vit_large.py" in s and "--data-path /data/in1k" in s and "--seed 1" in s for s in lines)
     assert any("--backbone ''" in s for s in lines)  # random init: no checkpoint
 
 

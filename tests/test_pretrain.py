@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import free_port, kill_mid_epoch
+from conftest import assert_result, free_port, kill_mid_epoch
 from PIL import Image
 
 from mae_transfer import checkpoints
@@ -82,11 +82,12 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     at = random.randrange(2, 15)
     st = kill_mid_epoch([PY, str(ROOT / "tools/pretrain.py"), "--output-dir", str(run), *TINY_RUN, *extra],
                         run / "checkpoint-last.pth", at)
-    _run(run, *extra)  # auto-resume from checkpoint-last.pth, inside the epoch
+    _run(run, *extra, "--resume")  # from checkpoint-last.pth, inside the epoch
     ck = _assert_same_training_state(ref / "checkpoint-last.pth", run / "checkpoint-last.pth")
     assert ck["epoch"] == 3 and ck["step"] == 16, (at, st)
     losses = [[json.loads(x)["train_loss"] for x in (d / "log.txt").read_text().splitlines()] for d in (ref, run)]
     assert losses[0] == losses[1]  # the interrupted epoch's record too (its running sums were saved)
+    assert assert_result(run, "pretrain", ("train_loss",))["metrics"] == assert_result(ref, "pretrain")["metrics"]
 
 
 def test_epochs_draw_fresh_crops_and_masks_under_any_worker_count():

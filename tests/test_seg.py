@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import free_port  # noqa: E402
+from conftest import assert_result, free_port  # noqa: E402
 from PIL import Image
 
 from mae_transfer import checkpoints
@@ -99,18 +99,24 @@ def test_checkpoint_formats_load_with_no_trunk_key_missing(ckpts, name):
 @pytest.mark.cli
 def test_train_resume_eval_through_the_tool(tmp_path, ade, ckpts):
     wd = tmp_path / "run"
-    r = _tool("--config", TINY, "--backbone", str(ckpts / "full.pth"), "--data-root", ade, "--work-dir", str(wd),
-              "--cfg-options", *FAST)
+    r = _tool("--config", TINY, "--backbone", str(ckpts / "full.pth"), "--data-root", ade, "--output-dir", str(wd),
+              *FAST)
     assert "loaded 172 tensors" in r.stdout + r.stderr
     assert (wd / "iter_2.pth").exists()
-    r = _tool("--config", TINY, "--data-root", ade, "--work-dir", str(wd), "--resume",
-              "--cfg-options", *FAST, "train_cfg.max_iters=4", "train_cfg.val_interval=4")
+    r = _tool("--config", TINY, "--data-root", ade, "--output-dir", str(wd), "--resume",
+              *FAST, "train_cfg.max_iters=4", "train_cfg.val_interval=4")
     assert "resumed epoch: 0, iter: 2" in r.stdout + r.stderr
     res = json.loads((wd / "eval_results.json").read_text())
     assert {"mIoU", "mAcc", "aAcc"} <= set(res["summary"]) and set(res["per_class"]) == {"circle", "square", "triangle"}
-    (wd / "eval_results.json").unlink()
-    r = _tool("--config", TINY, "--data-root", ade, "--work-dir", str(wd), "--eval-only", str(wd / "iter_4.pth"))
-    assert "mIoU" in r.stdout + r.stderr and (wd / "eval_results.json").exists()
+    trained = assert_result(wd, "seg", ("mIoU", "mAcc", "aAcc"))
+    assert trained["metrics"]["mIoU"] == res["summary"]["mIoU"]
+    r = _tool("--config", TINY, "--data-root", ade, "--output-dir", str(wd), "--eval-only", str(wd / "iter_4.pth"),
+              check=False)  # the training run's folder is its own: an evaluation goes elsewhere
+    assert r.returncode == 2 and "already holds a run" in r.stderr
+    ev = tmp_path / "ev"
+    r = _tool("--config", TINY, "--data-root", ade, "--output-dir", str(ev), "--eval-only", str(wd / "iter_4.pth"))
+    assert "mIoU" in r.stdout + r.stderr and (ev / "eval_results.json").exists()
+    assert assert_result(ev, "seg", ("mIoU",))["metrics"]["mIoU"] == trained["metrics"]["mIoU"]
     imgs = Path(ade) / "images/validation"
     r = subprocess.run([PY, str(ROOT / "tools/predict.py"), "seg", str(imgs), "--config", TINY, "--weights",
                         str(wd / "iter_4.pth"), "--out", str(tmp_path / "pred"), "--batch-size", "2"],
@@ -128,10 +134,11 @@ def test_two_process_training(tmp_path, ade, ckpts):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                         str(ROOT / "tools/train_seg.py"), "--launcher", "pytorch", "--config", TINY,
-                        "--backbone", str(ckpts / "encoder.pth"), "--data-root", ade, "--work-dir", str(tmp_path),
-                        "--cfg-options", *FAST], capture_output=True, text=True, timeout=900, env=env)
+                        "--backbone", str(ckpts / "encoder.pth"), "--data-root", ade, "--output-dir", str(tmp_path),
+                        *FAST], capture_output=True, text=True, timeout=900, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert (tmp_path / "iter_2.pth").exists()
+    assert_result(tmp_path, "seg", ("mIoU",), world_size=2)
 
 
 @pytest.mark.cli
@@ -189,15 +196,15 @@ def test_voc_layout_and_plain_two_class_set_by_path(tmp_path, ade, ckpts):
     assert Image.open(next((tmp_path / "voc/SegmentationClass").iterdir())).mode == "P"
     wd = tmp_path / "voc_run"
     _tool("--config", TINY, "--backbone", str(ckpts / "encoder.pth"), "--data-root", str(tmp_path / "voc"),
-          "--work-dir", str(wd), "--cfg-options", *FAST)
+          "--output-dir", str(wd), *FAST)
     res = json.loads((wd / "eval_results.json").read_text())
     assert len(res["per_class"]) == 21 and list(res["per_class"])[:2] == ["background", "aeroplane"]
     assert res["per_class"]["background"]["IoU"] is not None and res["per_class"]["cat"]["IoU"] is None  # absent
     p, wd = tmp_path / "plain", tmp_path / "plain_run"
     _tool("--config", TINY, "--backbone", str(ckpts / "encoder.pth"), "--classes", str(p / "classes.txt"),
           "--train-images", str(p / "train/images"), "--train-masks", str(p / "train/masks"),
-          "--val-images", str(p / "val/images"), "--val-masks", str(p / "val/masks"), "--work-dir", str(wd),
-          "--cfg-options", *FAST)
+          "--val-images", str(p / "val/images"), "--val-masks", str(p / "val/masks"), "--output-dir", str(wd),
+          *FAST)
     res = json.loads((wd / "eval_results.json").read_text())
     assert list(res["per_class"]) == ["background", "shape"] and "mIoU" in res["summary"]
     r = _tool("--config", TINY, "--classes", str(p / "classes.txt"), "--train-images", str(p / "train/images"),

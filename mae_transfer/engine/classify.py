@@ -66,9 +66,20 @@ class ClassifyConfig(TrainConfig):
         at_least(self, 1, "num_classes", "img_size", "eval_freq")
         at_least(self, 0, "finetune_last_k", "mixup", "cutmix")
         positive(self, "head_init_std")
+        depth = self.model_kwargs.get("depth") or _registered_depth(self.model)
+        if self.finetune_last_k is not None and depth:
+            require(self.finetune_last_k <= depth, f"finetune_last_k={self.finetune_last_k}: {self.model} has "
+                    f"{depth} blocks")
         for name, lo, hi in (("smoothing", 0, 1), ("drop_path", 0, 1), ("reprob", 0, 1), ("layer_decay", 0, 1)):
             v = getattr(self, name)
             require(lo <= v <= hi and not (name == "layer_decay" and v == 0), f"{name}={v}: must be in [{lo}, {hi}]")
+
+
+def _registered_depth(name: str):
+    """Depth of a registered encoder (`vit_base_patch16`: 12), from the one table of sizes."""
+    from ..models.mae import ARCHS, SHORT
+
+    return ARCHS.get(SHORT.get(f"mae_{name}", ""), {}).get("depth")
 
 
 def build_model(cfg: ClassifyConfig) -> nn.Module:

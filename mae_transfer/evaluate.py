@@ -160,8 +160,9 @@ def _run(r: dict, env: Dict[str, str]) -> Optional[str]:
         f.flush()
         rc = subprocess.run(r["argv"], stdout=f, stderr=subprocess.STDOUT, env=env).returncode
     if rc != 0:
-        tail = (r["dir"] / "run.log").read_text().strip().splitlines()[-1:] or [""]
-        return f"failed ({rc}): {r['backbone']} / {r['task']} / seed {r['seed']}: {tail[0]} (log: {f.name})"
+        lines = (r["dir"] / "run.log").read_text().strip().splitlines() or [""]
+        line = next((x for x in reversed(lines) if x.startswith("error:")), lines[-1])  # the command's own line
+        return f"failed ({rc}): {r['backbone']} / {r['task']} / seed {r['seed']}: {line} (log: {f.name})"
     return None
 
 

@@ -68,6 +68,11 @@ class Record:
         self.task, self.output_dir, self.config, self.seed = task, output_dir, config, seed
         self.checkpoint, self.metrics, self.started = checkpoint, {}, _now()
         self.world_size = _world()
+        try:  # a resumed run that finds nothing left to do keeps the metrics its first part measured
+            prev = read(output_dir)
+            self.previous = prev["metrics"] if prev["status"] == "ok" and prev["task"] == task else {}
+        except (OSError, ValueError):
+            self.previous = {}
 
     def as_dict(self, error: Optional[str]) -> Dict[str, Any]:
         ckpt = None
@@ -76,7 +81,7 @@ class Record:
         elif self.checkpoint:
             ckpt = {"path": str(self.checkpoint), "sha256": None}
         return {"task": self.task, "status": "failed" if error else "ok", "error": error,
-                "metrics": _finite(self.metrics), "seed": self.seed, "threads": torch.get_num_threads(),
+                "metrics": _finite(self.metrics or self.previous), "seed": self.seed, "threads": torch.get_num_threads(),
                 "world_size": max(self.world_size, _world()),
                 "config": str(Path(self.config).resolve()) if self.config else None, "checkpoint": ckpt,
                 "output_dir": str(Path(self.output_dir).resolve()), "argv": list(sys.argv),

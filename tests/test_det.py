@@ -72,11 +72,22 @@ def test_wrong_size_backbone_is_a_clear_error(tmp_path):
 
 
 def test_vit_h_kernel_resampled_to_16():
+    """ViTDet's 14 -> 16 px kernel, bicubic with half-pixel centres: a constant kernel stays exactly
+    constant, and a ramp lands on the new taps' positions within 8 % of a step (PyTorch's cubic, a=-0.75, is
+    not exactly linear; nearest-neighbour resampling is off by up to half a step, zeros or a transpose by more)."""
     sd = M.mae_vit_huge_patch14(img_size=28, depth=1, decoder_depth=1).state_dict()
-    d2 = checkpoints.to_detectron2(sd, patch_size=16)
-    w = d2["backbone.net.patch_embed.proj.weight"]
+    a, b, c = torch.randn(1280, 3, 1, 1), torch.randn(1280, 3, 1, 1), torch.randn(1280, 3, 1, 1)
+    i = torch.arange(14.0)
+    sd["patch_embed.proj.weight"] = a + b * i.view(14, 1) + c * i.view(1, 14)  # ramps along rows and columns
+    w = checkpoints.to_detectron2(sd, patch_size=16)["backbone.net.patch_embed.proj.weight"]
     assert w.shape == (1280, 3, 16, 16)
-    torch.testing.assert_close(w.mean(), sd["patch_embed.proj.weight"].mean(), rtol=0.1, atol=1e-4)
+    x = (torch.arange(16.0) + 0.5) * 14 / 16 - 0.5  # where each new tap lies on the old grid
+    expected = a + b * x.view(16, 1) + c * x.view(1, 16)
+    err = (w - expected)[..., 1:-1, 1:-1].abs()
+    assert (err <= 0.08 * (b.abs() + c.abs())).all()
+    sd["patch_embed.proj.weight"] = a.expand(1280, 3, 14, 14).clone()
+    w = checkpoints.to_detectron2(sd, patch_size=16)["backbone.net.patch_embed.proj.weight"]
+    torch.testing.assert_close(w, a.expand(1280, 3, 16, 16), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.cli

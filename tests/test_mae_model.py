@@ -164,8 +164,13 @@ def test_non_square_inputs(tiny_mae):
 
 
 def test_timm_registry():
-    m = timm.create_model("mae_vit_tiny_patch8", norm_pix_loss=True) if "mae_vit_tiny_patch8" in timm.list_models() \
-        else timm.create_model("mae_vit_tiny_patch8_dec128d2b", norm_pix_loss=True)
+    for short, full in [("mae_vit_tiny_patch8", "mae_vit_tiny_patch8_dec128d2b"),
+                        ("mae_vit_base_patch16", "mae_vit_base_patch16_dec512d8b")]:
+        assert short in timm.list_models() and full in timm.list_models()  # both names registered, no fallback
+    m = timm.create_model("mae_vit_tiny_patch8", norm_pix_loss=True)
+    full = timm.create_model("mae_vit_tiny_patch8_dec128d2b")
     assert isinstance(m, M.MaskedAutoencoderViT) and m.norm_pix_loss
+    assert m.state_dict().keys() == full.state_dict().keys()
+    assert all(a.shape == b.shape for a, b in zip(m.state_dict().values(), full.state_dict().values()))
     v = timm.create_model("vit_tiny_patch8", num_classes=7)
     assert v.head.out_features == 7 and hasattr(v, "fc_norm")

@@ -4,4 +4,5 @@ import sys
 
 from mae_transfer.cli import main
 
-main(["pretrain", *sys.argv[1:]])
+if __name__ == "__main__":  # (detectron2 spawns workers that import this file)
+    main(["pretrain", *sys.argv[1:]])

@@ -43,8 +43,10 @@ def main(argv: List[str], prog: str = "mae-transfer seg"):
     a.launcher = a.launcher or ("pytorch" if "RANK" in os.environ else "none")
 
     from ..checkpoints import read_state_dict
+    from ..seg.compat import allow_mmengine_checkpoints
     from ..seg.train import main as seg_main
 
+    allow_mmengine_checkpoints()  # a trained model (--eval-only) is an mmengine checkpoint
     for ckpt in filter(None, (a.backbone, a.eval_only)):
         read_state_dict(ckpt)  # a clear error now rather than inside the runner
     common.relaunch_under_torchrun("seg", argv, a.num_gpus)

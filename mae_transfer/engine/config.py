@@ -115,7 +115,7 @@ def coerce(key: str, raw: str, hint) -> Any:
     """The text of an override as a value of the field's annotated type, or a one-line error."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is typing.Union:
-        if type(None) in args and raw.strip().lower() in ("none", "null"):
+        if type(None) in args and raw.strip().lower() in ("", "none", "null"):
             return None
         inner = [a for a in args if a is not type(None)]
         hint, origin, args = inner[0], typing.get_origin(inner[0]), typing.get_args(inner[0])

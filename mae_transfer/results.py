@@ -81,7 +81,8 @@ class Record:
         elif self.checkpoint:
             ckpt = {"path": str(self.checkpoint), "sha256": None}
         return {"task": self.task, "status": "failed" if error else "ok", "error": error,
-                "metrics": _finite(self.metrics or self.previous), "seed": self.seed, "threads": torch.get_num_threads(),
+                "metrics": _finite(self.metrics or self.previous), "seed": self.seed,
+                "threads": torch.get_num_threads(),
                 "world_size": max(self.world_size, _world()),
                 "config": str(Path(self.config).resolve()) if self.config else None, "checkpoint": ckpt,
                 "output_dir": str(Path(self.output_dir).resolve()), "argv": list(sys.argv),

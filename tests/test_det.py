@@ -126,6 +126,13 @@ def test_train_eval_resume_through_the_tool(tmp_path, coco, tiny_ckpts):
     cat_ids = {c["id"] for c in json.loads(Path(coco["val_json"]).read_text())["categories"]}
     assert res and {r["category_id"] for r in res} <= cat_ids
     assert all(len(r["bbox"]) == 4 and "segmentation" in r for r in res)
+    # --min-draw: an unsure model's overlays still show its best guesses; the results file keeps the threshold
+    r = subprocess.run([sys.executable, "-m", "mae_transfer", "predict", "det", coco["val_images"], "--config", TINY,
+                        "--weights", str(out / "model_final.pth"), "--score-thresh", "1.01", "--min-draw", "2",
+                        "--output-dir", str(tmp_path / "pred2")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"0 detections >= 1.01 in {n_images} images ({2 * n_images} drawn)" in r.stdout
+    assert json.loads((tmp_path / "pred2/coco_results.json").read_text()) == []
 
 
 @pytest.mark.cli
@@ -135,6 +142,7 @@ def test_two_process_gloo_training(tmp_path, coco, tiny_ckpts):
           "--train-json", coco["train_json"], "--train-images", coco["train_images"],
           "--val-json", coco["val_json"], "--val-images", coco["val_images"], *FAST)
     assert (tmp_path / "model_final.pth").exists()
+    assert_result(tmp_path, "det", ("box AP",), world_size=2)
 
 
 @pytest.mark.cli
@@ -176,13 +184,19 @@ def test_box_only_set_trains_and_reports_box_ap(tmp_path, coco, tiny_ckpts):
     train_js = _boxes_only(coco["train_json"], tmp_path / "t.json")
     val_js = _boxes_only(coco["val_json"], tmp_path / "v.json")
     out = tmp_path / "run"
-    r = _tool("--backbone", str(d / "encoder.pth"), "--config", TINY, "--output-dir", str(out),
+    r = _tool("--config", TINY, "--output-dir", str(out), f"train.init_checkpoint={d / 'encoder.pth'}",
               "--train-json", train_js, "--train-images", coco["train_images"],
               "--val-json", val_js, "--val-images", coco["val_images"], *FAST)
     assert "no mask head" in r.stdout + r.stderr
+    assert "encoder.pth: loaded" in r.stdout + r.stderr  # the config's train.init_checkpoint is the backbone
     res = json.loads((out / "eval_results.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in json"))
     assert set(res) == {"bbox"} and isinstance(res["bbox"]["AP"], float)
     assert "mask_head" not in "".join(torch.load(out / "model_final.pth", weights_only=False)["model"])
+    # evaluated on a set with masks: the checkpoint decides box-only; no random mask head is scored
+    _tool("--config", TINY, "--output-dir", str(tmp_path / "ev"), "--eval-only", str(out / "model_final.pth"),
+          "--val-json", coco["val_json"], "--val-images", coco["val_images"], "dataloader.test.num_workers=0")
+    ev = assert_result(tmp_path / "ev", "det", ("box AP",))
+    assert not [k for k in ev["metrics"] if k.startswith("mask")], ev["metrics"]
 
 
 def test_backbone_registry_for_yacs_configs(tiny_ckpts):

@@ -97,6 +97,17 @@ def test_paper_suite_dry_run_prints_every_command():
     assert any("--backbone ''" in s for s in lines)  # random init: no checkpoint
 
 
+def test_backbone_folders_are_distinct_and_a_quick_set_is_not_reused(tmp_path, scenes_quick):
+    from mae_transfer import evaluate
+    from mae_transfer.data import DataError
+
+    names = evaluate.backbone_names(["a b=x.pth", "a_b=y.pth", "random"])
+    runs = evaluate.plan(evaluate.cpu_suite(str(scenes_quick), quick=True)[:1], names, [0], tmp_path)
+    assert len({r["dir"] for r in runs}) == 3
+    with pytest.raises(DataError, match="not the 2000 / 200 of a full suite"):
+        evaluate.cpu_suite(str(scenes_quick), quick=False)
+
+
 def test_report_table_and_gap():
     from mae_transfer import evaluate
 

@@ -90,6 +90,20 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     assert assert_result(run, "pretrain", ("train_loss",))["metrics"] == assert_result(ref, "pretrain")["metrics"]
 
 
+def test_cleanup_leaves_a_callers_process_group(tmp_path):
+    """A process group the caller made stays the caller's: the run ends only the one it created."""
+    import torch.distributed as dist
+
+    from mae_transfer.engine.distributed import cleanup, init_distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        cleanup(init_distributed("cpu"))
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
+
+
 def test_epochs_draw_fresh_crops_and_masks_under_any_worker_count():
     from mae_transfer.engine import trainer
     from mae_transfer.engine.config import apply_overrides, load_config

@@ -156,8 +156,6 @@ def test_kill_during_checkpoint_write_keeps_last_intact(tmp_path):
     script = tmp_path / "die_in_save.py"
     script.write_text(textwrap.dedent(f"""
         import os, signal, sys, torch
-        sys.argv = ["pretrain.py", "--output-dir", {str(tmp_path / 'run')!r}, *{TINY_RUN!r}]
-        sys.path.insert(0, {str(ROOT / 'tools')!r})
         real, calls = torch.save, [0]
         def save(obj, f, *a, **k):
             calls[0] += 1
@@ -167,7 +165,8 @@ def test_kill_during_checkpoint_write_keeps_last_intact(tmp_path):
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(obj, f, *a, **k)
         torch.save = save
-        import pretrain; pretrain.main()
+        from mae_transfer.cli import main
+        main(["pretrain", "--output-dir", {str(tmp_path / 'run')!r}, *{TINY_RUN!r}])
     """))
     r = subprocess.run([PY, str(script)], capture_output=True, text=True, timeout=600)
     assert r.returncode == -signal.SIGKILL

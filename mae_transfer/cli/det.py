@@ -39,15 +39,17 @@ def main(argv: List[str], prog: str = "mae-transfer det"):
     from detectron2.config import LazyConfig
     from detectron2.engine import launch
 
-    from ..checkpoints import read_state_dict
+    from ..checkpoints import load_file, read_state_dict
     from ..det.train import apply_overrides, data_facts
     from ..det.train import main as det_main
 
     # everything a user can get wrong is checked here, once, before processes start
     cfg = apply_overrides(LazyConfig.load(a.config), a.opts)
     a.facts = data_facts(a)
-    for ckpt in filter(None, (a.backbone, a.eval_only)):
-        read_state_dict(ckpt)
+    if a.backbone:
+        read_state_dict(a.backbone)
+    if a.eval_only:
+        load_file(a.eval_only)  # a trained detector: readable and safe (its layout is detectron2's)
     results.check_fresh(a.output_dir or cfg.train.output_dir, a.resume)
     launch(det_main, a.num_gpus, num_machines=a.num_machines, machine_rank=a.machine_rank, dist_url=a.dist_url,
            args=(a,))

@@ -131,6 +131,45 @@ def check_fresh(output_dir, resume: bool) -> None:
                           f"or choose another --output-dir")
 
 
+_LOCK = ".lock"
+LOCK_ENV = "MAE_TRANSFER_LOCKED"  # given by a launcher holding the lock to the processes it starts
+
+
+@contextlib.contextmanager
+def claim(output_dir, resume: bool) -> Iterator[None]:
+    """Make `output_dir` this run's for the block: an exclusive lock (flock on <dir>/.lock, released by the
+    OS when the process dies, so a killed run can be resumed at once), then `check_fresh`. A second run on
+    the same directory is one error naming the holder. One process of a job locks: rank 0 under torchrun,
+    or the launcher that starts the others (torchrun processes it starts get MAE_TRANSFER_LOCKED)."""
+    import fcntl
+
+    from .engine.config import ConfigError
+
+    out = Path(output_dir)
+    if os.environ.get(LOCK_ENV) == str(out.resolve()) or os.environ.get("RANK", "0") != "0":
+        check_fresh(out, resume)
+        yield
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        f = open(out / _LOCK, "a+")
+    except OSError as e:
+        raise ConfigError(f"cannot write to the output directory {out}: {e.strerror}") from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            raise ConfigError(f"{out} is in use by another run ({f.read().strip() or 'another process'}); wait "
+                              f"for it to end, or choose another --output-dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {os.uname().nodename}: {' '.join(sys.argv)}\n")
+        f.flush()
+        check_fresh(out, resume)
+        yield  # the lock goes with the file, closed here or by the OS
+
+
 def validate(obj: Any) -> List[str]:
     """What keeps `obj` from being a result.json of the one schema ([] when it is one)."""
     if not isinstance(obj, dict):

@@ -38,6 +38,30 @@ def assert_result(output_dir, task: str, metrics=(), world_size: int = 1) -> dic
     return res
 
 
+def second_run_is_refused(first, second, out: Path, timeout: float = 600):
+    """Start `first` on output dir `out`; once it holds the directory's lock, `second` (same directory)
+    must exit 2 with one error line naming the holder, and `first` must finish with its own result.json.
+    Both commands are `[python, -m, mae_transfer, ...]`."""
+    proc = subprocess.Popen(first, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + timeout
+        while not ((out / ".lock").is_file() and (out / ".lock").read_text().startswith("pid")):
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
+            time.sleep(0.1)
+        r = subprocess.run(second, capture_output=True, text=True, timeout=timeout)
+        assert proc.poll() is None, "the first run ended before the second was tried: make it longer"
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+        assert "is in use by another run (pid" in r.stderr
+    finally:
+        err = proc.communicate(timeout=timeout)[1]
+    assert proc.returncode == 0, err[-2000:]
+    from mae_transfer import results
+
+    res = results.read(out)  # the first run's own result (commands given as python -m mae_transfer ...)
+    assert res["status"] == "ok" and res["argv"][1:] == [str(a) for a in first[3:]], res["argv"]
+    return res
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now (for torchrun's rendezvous), instead of a fixed one."""
     with socket.socket() as s:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 pytest.importorskip("detectron2")
-from conftest import assert_result  # noqa: E402
+from conftest import assert_result, second_run_is_refused  # noqa: E402
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 
 from mae_transfer import checkpoints  # noqa: E402
@@ -143,6 +143,15 @@ def test_two_process_gloo_training(tmp_path, coco, tiny_ckpts):
           "--val-json", coco["val_json"], "--val-images", coco["val_images"], *FAST)
     assert (tmp_path / "model_final.pth").exists()
     assert_result(tmp_path, "det", ("box AP",), world_size=2)
+
+
+@pytest.mark.cli
+def test_two_runs_on_one_output_dir(tmp_path, coco):
+    data = ["--train-json", coco["train_json"], "--train-images", coco["train_images"],
+            "--val-json", coco["val_json"], "--val-images", coco["val_images"]]
+    cmd = [sys.executable, "-m", "mae_transfer", "det", "--config", TINY, "--output-dir", str(tmp_path), *data, *FAST]
+    res = second_run_is_refused(cmd + ["train.max_iter=40"], cmd + ["--seed", "3"], tmp_path)
+    assert res["seed"] is None and "box AP" in res["metrics"]
 
 
 @pytest.mark.cli

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_result, free_port, kill_mid_epoch
+from conftest import assert_result, free_port, kill_mid_epoch, second_run_is_refused
 from PIL import Image
 
 from mae_transfer import checkpoints
@@ -102,6 +102,28 @@ def test_cleanup_leaves_a_callers_process_group(tmp_path):
         assert dist.is_initialized()
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.cli
+def test_two_runs_on_one_output_dir(tmp_path):
+    """The second run (another seed) is refused while the first holds the directory; the first keeps its
+    results. After it ended, the directory still belongs to its run: a fresh start there is refused too."""
+    out = tmp_path / "run"
+    cmd = [PY, "-m", "mae_transfer", "pretrain", "--output-dir", str(out), *TINY_RUN]
+    res = second_run_is_refused(cmd + ["epochs=6"], cmd + ["--seed", "1"], out)
+    assert res["seed"] == 0 and json.loads((out / "log.txt").read_text().splitlines()[-1])["epoch"] == 5
+    r = subprocess.run(cmd + ["--seed", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "already holds a run" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.cli
+def test_num_gpus_runs_torchrun_processes(tmp_path):
+    out = tmp_path / "ddp"
+    r = subprocess.run([PY, "-m", "mae_transfer", "pretrain", "--output-dir", str(out), "--num-gpus", "2", *TINY_RUN,
+                        "epochs=1", "batch_size=8"], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert assert_result(out, "pretrain", ("train_loss",), world_size=2)
 
 
 def test_epochs_draw_fresh_crops_and_masks_under_any_worker_count():

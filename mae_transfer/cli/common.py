@@ -14,6 +14,7 @@ mmengine cfg-options)."""
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from ..engine.config import config_names
@@ -47,8 +48,9 @@ def parse(p: argparse.ArgumentParser, argv: List[str]) -> argparse.Namespace:
     return a
 
 
-def relaunch_under_torchrun(command: str, argv: List[str], num_gpus: int) -> None:
-    """`--num-gpus N` (N > 1) outside torchrun: run the same command as N torchrun processes.
+def relaunch_under_torchrun(command: str, argv: List[str], num_gpus: int, locked=None) -> None:
+    """`--num-gpus N` (N > 1) outside torchrun: run the same command as N torchrun processes (which share
+    the lock this process holds on `locked`, its output directory), and exit with their status.
     Under torchrun (RANK set) this does nothing, so both spellings reach one code path."""
     if num_gpus <= 1 or "RANK" in os.environ:
         return
@@ -66,7 +68,10 @@ def relaunch_under_torchrun(command: str, argv: List[str], num_gpus: int) -> Non
            "-m", "mae_transfer", command, *rest]
     import subprocess
 
-    sys.exit(subprocess.run(cmd).returncode)
+    from ..results import LOCK_ENV
+
+    env = {**os.environ, **({LOCK_ENV: str(Path(locked).resolve())} if locked else {})}
+    sys.exit(subprocess.run(cmd, env=env).returncode)
 
 
 def add_data_path(p: argparse.ArgumentParser, help_text: str) -> None:

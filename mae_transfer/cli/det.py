@@ -50,6 +50,6 @@ def main(argv: List[str], prog: str = "mae-transfer det"):
         read_state_dict(a.backbone)
     if a.eval_only:
         load_file(a.eval_only)  # a trained detector: readable and safe (its layout is detectron2's)
-    results.check_fresh(a.output_dir or cfg.train.output_dir, a.resume)
-    launch(det_main, a.num_gpus, num_machines=a.num_machines, machine_rank=a.machine_rank, dist_url=a.dist_url,
-           args=(a,))
+    with results.claim(a.output_dir or cfg.train.output_dir, a.resume):  # held for the processes launch starts
+        launch(det_main, a.num_gpus, num_machines=a.num_machines, machine_rank=a.machine_rank, dist_url=a.dist_url,
+               args=(a,))

@@ -39,20 +39,19 @@ def pretrain(argv: List[str], prog: str = "mae-transfer pretrain"):
     cfg = load_config(path, PretrainConfig)
     cfg = apply_overrides(cfg, common.flag_overrides(a, ("data_path", "output_dir", "seed"))
                           + (["resume=auto"] if a.resume else []) + a.overrides)
-    common.relaunch_under_torchrun("pretrain", argv, a.num_gpus)
     out = Path(cfg.output_dir)
     if a.eval_only:
         out = out / "eval"
-        results.check_fresh(out, a.resume)
-        with results.recorded("pretrain", out, path, cfg.seed, a.eval_only) as rec:
+        with results.claim(out, a.resume), results.recorded("pretrain", out, path, cfg.seed, a.eval_only) as rec:
             rec.metrics.update(evaluate_checkpoint(cfg, a.eval_only))
         print(f"masked-patch loss {rec.metrics['loss']:.4f} over {int(rec.metrics['images'])} images "
               f"(result: {out / results.NAME})")
         return rec.metrics
-    results.check_fresh(out, a.resume or cfg.resume != "none")
-    with results.recorded("pretrain", out, path, cfg.seed) as rec:
-        train(cfg, metrics=rec.metrics)
-        rec.checkpoint = out / "checkpoint-last.pth"
+    with results.claim(out, a.resume or cfg.resume != "none"):
+        common.relaunch_under_torchrun("pretrain", argv, a.num_gpus, out)
+        with results.recorded("pretrain", out, path, cfg.seed) as rec:
+            train(cfg, metrics=rec.metrics)
+            rec.checkpoint = out / "checkpoint-last.pth"
     print(f"checkpoint: {out / 'checkpoint-last.pth'}\nloss curve: {out / 'loss_curve.png'}\n"
           f"reconstructions: {out / 'reconstructions.png'}\nresult: {out / results.NAME}\n"
           f"logs: {out / 'log.txt'} (JSON lines), tensorboard --logdir {out / 'tensorboard'}")
@@ -77,12 +76,12 @@ def classify(mode: str, argv: List[str], prog: str):
     if cfg.mode != mode:
         raise ConfigError(f"{path} is a {cfg.mode} config (mode={cfg.mode}); use `mae-transfer {cfg.mode}` "
                           f"or a {mode} config")
-    common.relaunch_under_torchrun(mode, argv, a.num_gpus)
     out = Path(cfg.output_dir) / ("eval" if cfg.eval_only else "")
-    results.check_fresh(out, a.resume or cfg.resume != "none")
-    with results.recorded(mode, out, path, cfg.seed, cfg.eval_only or cfg.finetune) as rec:
-        stats = train(cfg)
-        rec.metrics.update({"top-1": stats.get("acc1"), "top-5": stats.get("acc5")})
+    with results.claim(out, a.resume or cfg.resume != "none"):
+        common.relaunch_under_torchrun(mode, argv, a.num_gpus, out)
+        with results.recorded(mode, out, path, cfg.seed, cfg.eval_only or cfg.finetune) as rec:
+            stats = train(cfg)
+            rec.metrics.update({"top-1": stats.get("acc1"), "top-5": stats.get("acc5")})
     print(f"top-1 {stats.get('acc1', float('nan')):.2f}  top-5 {stats.get('acc5', float('nan')):.2f}  "
           f"(result: {out / results.NAME})")
     return rec.metrics

@@ -88,16 +88,16 @@ def main(args) -> dict:
     setup_logging(None, is_main=True)  # the toolkit's own lines (compat patches) on stdout, beside mmengine's
     allow_mmengine_checkpoints()  # before the runner saves (and on resume, loads) a checkpoint
     cfg = build_config(args)
-    results.check_fresh(cfg.work_dir, args.resume)
     check_data(cfg, ("val",) if args.eval_only else ("train", "val"))
     if cfg.launcher == "pytorch" and not torch.cuda.is_available():
         from .compat import cpu_distributed
         cpu_distributed(cfg)
-    ckpt = args.eval_only or args.backbone or None
-    with results.recorded("seg", cfg.work_dir, args.config, cfg.get("randomness", {}).get("seed"), ckpt) as rec:
-        runner = Runner.from_cfg(cfg)
-        keep = _KeepMetrics()
-        runner.register_hook(keep, priority="LOWEST")
-        runner.test() if args.eval_only else runner.train()
-        rec.metrics.update(keep.metrics)
+    ckpt, seed = args.eval_only or args.backbone or None, cfg.get("randomness", {}).get("seed")
+    with results.claim(cfg.work_dir, args.resume):
+        with results.recorded("seg", cfg.work_dir, args.config, seed, ckpt) as rec:
+            runner = Runner.from_cfg(cfg)
+            keep = _KeepMetrics()
+            runner.register_hook(keep, priority="LOWEST")
+            runner.test() if args.eval_only else runner.train()
+            rec.metrics.update(keep.metrics)
     return rec.metrics

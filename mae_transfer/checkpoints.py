@@ -15,6 +15,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Tuple
 
@@ -46,19 +47,19 @@ def load_file(path) -> Dict[str, Any]:
         return obj
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: an empty file (0 bytes), not a checkpoint")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file as st_load
-
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        sd = st_load(str(path))
-        return {"model": sd, "model_args": json.loads(meta["model_args"])} if meta.get("model_args") else sd
+        return _load_safetensors(path)
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS + extra_safe_globals()):
+        with torch.serialization.safe_globals(SAFE_GLOBALS + extra_safe_globals()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Detected pickle protocol 4": the refusal below says what matters
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, or a truncated/corrupt archive
         msg = str(e)
+        if "Unsupported operand" in msg:
+            raise CheckpointError(f"{path}: a plain pickle, not a torch checkpoint: refused (unpickling it could run "
+                                  f"code). Re-save the weights with torch.save or as .safetensors.") from None
         bad = re.search(r"(?:Unsupported global|GLOBAL)[:\s]+([\w.]+)", msg)
         if bad:
             raise CheckpointError(
@@ -67,6 +68,20 @@ def load_file(path) -> Dict[str, Any]:
         detail = re.search(r"WeightsUnpickler error:\s*(.+)", msg)
         detail = detail.group(1) if detail else msg.strip().splitlines()[0]
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {detail})") from None
+
+
+def _load_safetensors(path: Path):
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file as st_load
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        sd = st_load(str(path))
+        model_args = json.loads(meta["model_args"]) if meta.get("model_args") else None
+    except (SafetensorError, OSError, ValueError) as e:  # bad, huge or empty header; truncated data
+        raise CheckpointError(f"{path}: not a readable .safetensors file ({str(e).splitlines()[0]})") from None
+    return {"model": sd, "model_args": model_args} if model_args else sd
 
 
 _extra: List[Any] = []
@@ -84,8 +99,10 @@ def allow_globals(*types) -> None:
 def unwrap(obj: Dict[str, Any]) -> StateDict:
     """The state dict inside a checkpoint dict (`model`, `state_dict`, or the dict itself),
     without a DDP `module.` prefix."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"the checkpoint holds a {type(obj).__name__}, not a state dict or a dict with 'model'")
     for key in ("model", "state_dict", "module"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+        if isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}

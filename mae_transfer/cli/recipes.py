@@ -41,6 +41,9 @@ def pretrain(argv: List[str], prog: str = "mae-transfer pretrain"):
                           + (["resume=auto"] if a.resume else []) + a.overrides)
     out = Path(cfg.output_dir)
     if a.eval_only:
+        from ..checkpoints import read_state_dict
+
+        read_state_dict(a.eval_only)  # unreadable, unsafe or foreign: one line before anything is written
         out = out / "eval"
         with results.claim(out, a.resume), results.recorded("pretrain", out, path, cfg.seed, a.eval_only) as rec:
             rec.metrics.update(evaluate_checkpoint(cfg, a.eval_only))
@@ -76,6 +79,10 @@ def classify(mode: str, argv: List[str], prog: str):
     if cfg.mode != mode:
         raise ConfigError(f"{path} is a {cfg.mode} config (mode={cfg.mode}); use `mae-transfer {cfg.mode}` "
                           f"or a {mode} config")
+    from ..checkpoints import read_state_dict
+
+    for ckpt in filter(None, (cfg.finetune, cfg.eval_only)):
+        read_state_dict(ckpt)  # unreadable, unsafe or foreign: one line now, before data and model
     out = Path(cfg.output_dir) / ("eval" if cfg.eval_only else "")
     with results.claim(out, a.resume or cfg.resume != "none"):
         common.relaunch_under_torchrun(mode, argv, a.num_gpus, out)

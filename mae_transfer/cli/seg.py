@@ -42,7 +42,7 @@ def main(argv: List[str], prog: str = "mae-transfer seg"):
     a.eval_only = a.eval_only or ""
     a.launcher = a.launcher or ("pytorch" if "RANK" in os.environ else "none")
 
-    from ..checkpoints import load_file, read_state_dict
+    from ..checkpoints import load_file, read_state_dict, unwrap
     from ..seg.compat import allow_mmengine_checkpoints
     from ..seg.train import main as seg_main
 
@@ -50,7 +50,7 @@ def main(argv: List[str], prog: str = "mae-transfer seg"):
     if a.backbone:
         read_state_dict(a.backbone)  # a clear error now rather than inside the runner
     if a.eval_only:
-        load_file(a.eval_only)  # a trained UperNet: readable and safe (its layout is mmseg's)
+        unwrap(load_file(a.eval_only))  # a trained UperNet: readable and safe (its layout is mmseg's)
     common.relaunch_under_torchrun("seg", argv, a.num_gpus)
     return seg_main(a)  # checks the output directory and the data before the runner starts
 

@@ -39,7 +39,9 @@ class SafeCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename):
         obj = checkpoints.load_file(filename)
-        return obj if isinstance(obj.get("model"), dict) else {"model": checkpoints.unwrap(obj)}
+        if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+            return obj
+        return {"model": checkpoints.unwrap(obj)}
 
 
 def has_mask_head(path) -> bool:

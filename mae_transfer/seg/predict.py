@@ -9,6 +9,8 @@ from typing import List
 import numpy as np
 import torch
 
+from .. import checkpoints
+
 
 class SegPredictor:
     def __init__(self, config: str, weights: str, device: str = "cpu"):
@@ -22,6 +24,7 @@ class SegPredictor:
         from .data import plain_bn
 
         allow_mmengine_checkpoints()  # the runner's checkpoint holds mmengine's message-hub types
+        checkpoints.unwrap(checkpoints.load_file(weights))  # the safe reader first: a bad file is one line
         cfg = Config.fromfile(config)
         if not str(device).startswith("cuda"):
             plain_bn(cfg.model)

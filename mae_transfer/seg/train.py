@@ -93,6 +93,10 @@ def main(args) -> dict:
         from .compat import cpu_distributed
         cpu_distributed(cfg)
     ckpt, seed = args.eval_only or args.backbone or None, cfg.get("randomness", {}).get("seed")
+    last = Path(cfg.work_dir) / "last_checkpoint"  # what mmengine's resume loads: through the safe reader first
+    if args.resume and last.is_file() and Path(last.read_text().strip()).is_file():
+        from .. import checkpoints
+        checkpoints.load_file(last.read_text().strip())
     with results.claim(cfg.work_dir, args.resume):
         with results.recorded("seg", cfg.work_dir, args.config, seed, ckpt) as rec:
             runner = Runner.from_cfg(cfg)

@@ -124,6 +124,10 @@ def read_state_dict(path_or_sd) -> StateDict:
         sd = {k[len("backbone.net."):]: v for k, v in sd.items() if k.startswith("backbone.net.")}
     elif fmt == "mmseg":
         sd = from_mmseg(sd)
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{len(bad)} tensor(s) hold NaN or Inf, e.g. {bad[0]}: a run that diverged? "
+                              f"Use an earlier checkpoint")
     return sd
 
 

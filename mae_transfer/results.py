@@ -167,6 +167,8 @@ def claim(output_dir, resume: bool) -> Iterator[None]:
         f.write(f"pid {os.getpid()} on {os.uname().nodename}: {' '.join(sys.argv)}\n")
         f.flush()
         check_fresh(out, resume)
+        for stale in out.glob(".*.tmp"):  # half-written files of a run killed mid-write (we hold the lock)
+            stale.unlink()
         yield  # the lock goes with the file, closed here or by the OS
 
 

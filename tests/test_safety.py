@@ -77,3 +77,54 @@ def test_every_weight_option_refuses_in_one_line(capsys, bad_files, name, says):
             assert says in err[0], (argv, err)
         assert not marker.exists(), argv
         assert not list((d / "out").rglob("result.json")) and not (d / "hf").exists()
+
+
+def test_a_diverged_checkpoint_is_refused(capsys, tmp_path):
+    from mae_transfer import checkpoints
+    from mae_transfer import models as M
+
+    sd = M.mae_vit_tiny_patch8(img_size=32, depth=2).state_dict()
+    sd["blocks.1.mlp.fc1.weight"][0, 0] = float("nan")
+    checkpoints.save(tmp_path / "nan.pth", {"model": sd})
+    with pytest.raises(SystemExit):
+        main(["convert", str(tmp_path / "nan.pth"), "--to", "official", str(tmp_path / "o.pth")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "NaN or Inf" in err[0] and not (tmp_path / "o.pth").exists()
+
+
+def test_data_mistakes_are_one_line(tmp_path):
+    import json
+
+    from mae_transfer.data import DataError
+    from mae_transfer.data.synthetic import make_coco_shapes
+    from mae_transfer.seg.data import read_classes
+
+    (tmp_path / "classes.txt").write_text("background\ncat\ndog\ncat\n")
+    with pytest.raises(DataError, match="'cat' more than once"):
+        read_classes(tmp_path / "classes.txt")
+    pytest.importorskip("detectron2")
+    from mae_transfer.det.data import check_coco_json
+
+    coco = make_coco_shapes(tmp_path / "coco", n_train=3, n_val=1)
+    js = json.loads(open(coco["train_json"]).read())
+    cases = {"width -4": lambda j: j["annotations"][0]["bbox"].__setitem__(2, -4),
+             "image_id not in 'images'": lambda j: j["annotations"][0].__setitem__("image_id", 999),
+             "no [x, y, width, height] bbox": lambda j: j["annotations"][0].__setitem__("bbox", "10 10 5 5")}
+    for says, spoil in cases.items():
+        bad = json.loads(json.dumps(js))
+        spoil(bad)
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(DataError, match=says.replace("[", r"\[").replace("]", r"\]")):
+            check_coco_json(tmp_path / "bad.json", coco["train_images"])
+    first = tmp_path / "coco" / "train" / js["images"][0]["file_name"]
+    first.write_bytes(b"")
+    with pytest.raises(DataError, match="0 bytes"):
+        check_coco_json(coco["train_json"], coco["train_images"])
+
+
+def test_stale_temporary_files_are_removed_on_the_next_start(tmp_path):
+    from mae_transfer import results
+
+    (tmp_path / ".checkpoint-last.pth.x1y2.tmp").write_bytes(b"")
+    with results.claim(tmp_path, resume=True):
+        assert not list(tmp_path.glob(".*.tmp"))

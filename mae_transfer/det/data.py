@@ -21,6 +21,21 @@ def check_coco_json(json_file, image_root) -> dict:
                if not (Path(image_root) / str(im.get("file_name"))).is_file()]
     if missing:
         raise DataError(f"{path}: {len(missing)} image(s) missing under {image_root}, e.g. {missing[0]}")
+    empty = [im["file_name"] for im in js["images"] if (Path(image_root) / str(im["file_name"])).stat().st_size == 0]
+    if empty:
+        raise DataError(f"{path}: {len(empty)} image file(s) of 0 bytes under {image_root}, e.g. {empty[0]}")
+    image_ids = {im.get("id") for im in js["images"]}
+    orphan = [a.get("id") for a in js["annotations"] if a.get("image_id") not in image_ids]
+    if orphan:
+        raise DataError(f"{path}: annotation {orphan[0]} (and {len(orphan) - 1} more) points at an image_id not in "
+                        f"'images'")
+    for a in js["annotations"]:
+        box = a.get("bbox")
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+            raise DataError(f"{path}: annotation {a.get('id')} has no [x, y, width, height] bbox (got {box!r})")
+        if box[2] <= 0 or box[3] <= 0:
+            raise DataError(f"{path}: annotation {a.get('id')} has a box of width {box[2]} and height {box[3]} "
+                            f"(both must be > 0)")
     ids = {c["id"] for c in js["categories"]}
     bad = [a["id"] for a in js["annotations"] if a.get("category_id") not in ids]
     if bad:

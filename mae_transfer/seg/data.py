@@ -25,6 +25,10 @@ def read_classes(path) -> List[str]:
     names = [line.strip() for line in p.read_text().splitlines() if line.strip()]
     if not names:
         raise DataError(f"{p} lists no classes (one name per line)")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataError(f"{p} lists {dup[0]!r} more than once: class names must be unique (per-class results are "
+                        f"keyed by name)")
     return names
 
 

@@ -51,8 +51,12 @@ def load_file(path) -> Dict[str, Any]:
         raise CheckpointError(f"{path}: an empty file (0 bytes), not a checkpoint")
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
+    # only the types not allowed already: leaving the context removes what it added, even types that
+    # host glue had allowed globally before (mmengine's, for its own resume)
+    allowed = torch.serialization.get_safe_globals()
+    ours = [t for t in SAFE_GLOBALS + extra_safe_globals() if t not in allowed]
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS + extra_safe_globals()), warnings.catch_warnings():
+        with torch.serialization.safe_globals(ours), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Detected pickle protocol 4": the refusal below says what matters
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, or a truncated/corrupt archive

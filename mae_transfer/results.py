@@ -137,7 +137,7 @@ LOCK_ENV = "MAE_TRANSFER_LOCKED"  # given by a launcher holding the lock to the 
 
 @contextlib.contextmanager
 def claim(output_dir, resume: bool) -> Iterator[None]:
-    """Make `output_dir` this run's for the block: an exclusive lock (flock on <dir>/.lock, released by the
+    """Make `output_dir` this run's for the block: an exclusive lock (lockf on <dir>/.lock, released by the
     OS when the process dies, so a killed run can be resumed at once), then `check_fresh`. A second run on
     the same directory is one error naming the holder. One process of a job locks: rank 0 under torchrun,
     or the launcher that starts the others (torchrun processes it starts get MAE_TRANSFER_LOCKED)."""
@@ -156,8 +156,8 @@ def claim(output_dir, resume: bool) -> Iterator[None]:
     except OSError as e:
         raise ConfigError(f"cannot write to the output directory {out}: {e.strerror}") from None
     with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:  # a POSIX record lock: not inherited by forked loader workers, gone when this process dies
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             f.seek(0)
             raise ConfigError(f"{out} is in use by another run ({f.read().strip() or 'another process'}); wait "

@@ -28,6 +28,8 @@ from mae_transfer.models.mae import MaskedAutoencoderViT  # noqa: E402
 from mae_transfer.models.masking import random_masking  # noqa: E402
 
 SIZES = {  # encoder (dim, depth, heads), decoder (dim, depth, heads), patch, img
+    "tiny": dict(embed_dim=192, depth=2, num_heads=3, decoder_embed_dim=128, decoder_depth=1, decoder_num_heads=4,
+                 patch_size=8, img_size=64),  # --smoke only
     "small": dict(embed_dim=384, depth=12, num_heads=6, decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8,
                   patch_size=16, img_size=224),
     "base": dict(embed_dim=768, depth=12, num_heads=12, decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16,
@@ -176,6 +178,7 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="add a torch.compile'd variant (compiles first: minutes)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak for MFU (H100 SXM: 989)")
+    p.add_argument("--smoke", action="store_true", help="a toy size, one round, the first table only")
     p.add_argument("--_memory")
     a = p.parse_args()
     if a._memory:
@@ -186,6 +189,8 @@ def main():
 
     # 1. this toolkit vs HF, identical model
     cases = [("base", 64 if a.gpu else 8), ("small", 256 if a.gpu else 32)] + ([("large", 64)] if a.gpu else [])
+    if a.smoke:
+        cases, a.rounds = [("tiny", 2)], 1
     rows = []
     for name, batch in cases:
         t = interleaved(["ours", "HF"] + (["ours + compile"] if a.compile else []), SIZES[name], batch, 0.75,
@@ -202,6 +207,8 @@ def main():
         rows.append(row)
     hdr = ["model", "batch", "ours img/s", "HF img/s", "ours / HF", "peak GiB ours / HF"]
     table(rows, hdr + (["ours + compile img/s"] if a.compile else []) + (["MFU ours", "MFU HF"] if a.gpu else []))
+    if a.smoke:
+        return
 
     # 2. the asymmetric design: encoder on visible patches vs mask tokens through the encoder
     print()

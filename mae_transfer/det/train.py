@@ -1,6 +1,7 @@
 """Train / evaluate ViTDet Mask R-CNN with an MAE backbone, through detectron2's own trainer,
 hooks, checkpointer, evaluator and launcher (the structure of its tools/lazyconfig_train_net.py)."""
 import ast
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -13,7 +14,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from .. import results
-from ..engine.config import check_key_path, check_value_type, split_override
+from ..engine.config import ConfigError, check_key_path, check_value_type, split_override
 from ..engine.logger import log_lr_table
 from .checkpoint import SafeCheckpointer, has_mask_head, load_backbone
 from .data import boxes_only, check_coco_json, has_mask, json_safe, register_coco_from_paths
@@ -21,12 +22,38 @@ from .data import boxes_only, check_coco_json, has_mask, json_safe, register_coc
 _logger = logging.getLogger("mae_transfer")
 
 
+def _target_accepts(cfg, key: str) -> bool:
+    """Whether `key` names an argument of a LazyCall target that the config leaves at its default
+    (`model.backbone.net.use_act_checkpoint`): such a key is valid too."""
+    parent_key, _, leaf = key.rpartition(".")
+    node = cfg
+    try:
+        for part in filter(None, parent_key.split(".")):
+            node = node[int(part)] if part.isdigit() and not hasattr(node, "keys") else node[part]
+        target = node.get("_target_")
+    except (KeyError, IndexError, AttributeError, TypeError):
+        return False
+    if isinstance(target, str):
+        from hydra.utils import get_method
+        target = get_method(target)
+    try:
+        return target is not None and leaf in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def apply_overrides(cfg, opts):
-    """detectron2's LazyConfig overrides, strictly: every key must already exist (LazyConfig would add a
-    misspelt one and train without it) and keep the kind of value it had."""
+    """detectron2's LazyConfig overrides, strictly: every key must exist in the config (LazyConfig would add
+    a misspelt one and train without it) or be an argument of a LazyCall's target, and a value keeps the
+    kind of value it replaces."""
     for item in opts:
         key, raw = split_override(item)
-        check_key_path(cfg, key, "detectron2 config")
+        try:
+            check_key_path(cfg, key, "detectron2 config")
+        except ConfigError:
+            if _target_accepts(cfg, key):
+                continue
+            raise
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):

@@ -147,11 +147,10 @@ def visualize(argv: List[str], prog: str = "mae-transfer visualize"):
     import torch
     from torchvision import transforms
 
-    from .. import checkpoints
     from ..data import DataError, pretrain_transform
     from ..data.images import find_images, load_rgb
     from ..engine.config import ConfigError
-    from ..models.mae import mae_from_checkpoint
+    from ..models.mae import load_mae
     from ..visualize import NORM_PIX_NOTE, reconstruct, save_grid
 
     p = _parser(prog, VISUALIZE_DOC)
@@ -164,13 +163,7 @@ def visualize(argv: List[str], prog: str = "mae-transfer visualize"):
     a = p.parse_args(argv)
     if not 0 < a.mask_ratio < 1:
         raise ConfigError(f"--mask-ratio {a.mask_ratio}: must be inside (0, 1)")
-    obj = checkpoints.load_file(a.checkpoint)
-    sd = checkpoints.read_state_dict(obj)
-    try:
-        model = mae_from_checkpoint(obj, sd)
-    except ValueError as e:
-        raise checkpoints.CheckpointError(f"{a.checkpoint}: {e}") from None
-    model.load_state_dict(sd, strict=True)
+    model = load_mae(a.checkpoint)
     files = [f for src in a.images for f in (find_images(src) if os.path.isdir(src) else [src])]
     size = model.grid_size[0] * model.patch_size
     tf = pretrain_transform(size, scale=(1.0, 1.0))

@@ -138,16 +138,9 @@ def _save_recon(model, vis_batch, cfg, path: Path, epoch: int):
 def evaluate_checkpoint(cfg: PretrainConfig, checkpoint) -> dict:
     """Mean masked-patch loss of the MAE in `checkpoint` (rebuilt from the architecture it records) over
     one pass of cfg's data at cfg.mask_ratio, masks seeded per sample as in training (epoch 0)."""
-    from .. import checkpoints
-    from ..models.mae import mae_from_checkpoint
+    from ..models.mae import load_mae
 
-    obj = checkpoints.load_file(checkpoint)
-    sd = checkpoints.read_state_dict(obj)
-    try:
-        model = mae_from_checkpoint(obj, sd)
-    except ValueError as e:
-        raise checkpoints.CheckpointError(f"{checkpoint}: {e}") from None
-    model.load_state_dict(sd, strict=True)
+    model = load_mae(checkpoint)
     info = DistInfo()
     loader = trainer.make_loader(build_data(cfg, model.grid_size), cfg.batch_size, info, cfg.seed, cfg.num_workers,
                                  shuffle=False, drop_last=False)

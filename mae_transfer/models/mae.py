@@ -310,3 +310,18 @@ def mae_from_checkpoint(obj, sd) -> MaskedAutoencoderViT:
                          "mae_pretrain_vit_*.pth): it cannot reconstruct images. Use a *_full.pth / "
                          "mae_visualize_*.pth file or a checkpoint from `mae-transfer pretrain`")
     return MaskedAutoencoderViT(**architecture(obj, sd))
+
+
+def load_mae(path) -> MaskedAutoencoderViT:
+    """The full MAE in the checkpoint file at `path`, rebuilt from what it records and loaded strictly;
+    an encoder-only, unknown-size or unreadable file is a CheckpointError (one line)."""
+    from .. import checkpoints
+
+    obj = checkpoints.load_file(path)
+    sd = checkpoints.read_state_dict(obj)
+    try:
+        model = mae_from_checkpoint(obj, sd)
+    except ValueError as e:
+        raise checkpoints.CheckpointError(f"{path}: {e}") from None
+    model.load_state_dict(sd, strict=True)
+    return model

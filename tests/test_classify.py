@@ -127,7 +127,7 @@ def test_resume_and_eval(tmp_path, data, ckpts):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"top-1 {stats['acc1']:.2f}" in r.stdout and "top-5" in r.stdout
-    res = assert_result(tmp_path / "ev" / "eval", "finetune", ("top-1", "top-5"))
+    res = assert_result(tmp_path / "ev", "finetune", ("top-1", "top-5"))
     assert res["metrics"]["top-1"] == stats["acc1"] and res["checkpoint"]["sha256"]
 
 

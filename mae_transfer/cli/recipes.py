@@ -44,7 +44,6 @@ def pretrain(argv: List[str], prog: str = "mae-transfer pretrain"):
         from ..checkpoints import read_state_dict
 
         read_state_dict(a.eval_only)  # unreadable, unsafe or foreign: one line before anything is written
-        out = out / "eval"
         with results.claim(out, a.resume), results.recorded("pretrain", out, path, cfg.seed, a.eval_only) as rec:
             rec.metrics.update(evaluate_checkpoint(cfg, a.eval_only))
         print(f"masked-patch loss {rec.metrics['loss']:.4f} over {int(rec.metrics['images'])} images "
@@ -83,7 +82,7 @@ def classify(mode: str, argv: List[str], prog: str):
 
     for ckpt in filter(None, (cfg.finetune, cfg.eval_only)):
         read_state_dict(ckpt)  # unreadable, unsafe or foreign: one line now, before data and model
-    out = Path(cfg.output_dir) / ("eval" if cfg.eval_only else "")
+    out = Path(cfg.output_dir)
     with results.claim(out, a.resume or cfg.resume != "none"):
         common.relaunch_under_torchrun(mode, argv, a.num_gpus, out)
         with results.recorded(mode, out, path, cfg.seed, cfg.eval_only or cfg.finetune) as rec:

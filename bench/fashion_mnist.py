@@ -4,7 +4,7 @@
   apt-get install dataset-fashion-mnist      # 60k train / 10k test, 28x28 grey (MIT), no download at run time
   .venv/bin/python bench/fashion_mnist.py [--quick]
 
-Pretrains a small MAE on the 60k training images *without labels* (tools/pretrain.py's engine), then
+Pretrains a small MAE on the 60k training images *without labels* (mae-transfer pretrain's engine), then
 compares it with the same ViT from random init, same budget: linear probe (frozen trunk), fine-tuning
 with 1 % and with 100 % of the labels (tools/finetune.py's engine), all on the 10k test images.
 Grey images are replicated to RGB. Prints one table; --quick is a 3-minute smoke run.

@@ -3,7 +3,7 @@
 Canonical layout = the official MAE / timm parameter names (`blocks.0.attn.qkv.weight`, ...).
 Every reader returns it; every host-specific writer starts from it:
 
-    official / timm / tools/pretrain.py  --(read_state_dict)-->  canonical  --> to_hf()
+    official / timm / mae-transfer pretrain  --(read_state_dict)-->  canonical  --> to_hf()
     HF ViTMAE (transformers 4.x and 5.x) --^                                --> to_detectron2()
                                                                             --> to_mmseg()
 Loading never unpickles code: `.pth` files go through `torch.load(weights_only=True)` with a short

@@ -1,4 +1,4 @@
-"""Write any MAE checkpoint in the form another codebase loads directly (`tools/convert.py`):
+"""Write any MAE checkpoint in the form another codebase loads directly (`mae-transfer convert`):
 
     hf           a directory for `ViTMAEForPreTraining.from_pretrained(dir)` (or `ViTMAEModel`):
                  config.json + model.safetensors, transformers 5.x names

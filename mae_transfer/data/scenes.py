@@ -10,7 +10,7 @@ seed. One call writes every view of the same scenes:
     root/train/*.jpg, root/val/*.jpg      images (pretraining: --data-path root/train, no labels)
     root/annotations/{train,val}.json     COCO instances, polygons, category ids 1..10
     root/masks/{train,val}/*.png          semantic index masks: 0 = background, 1..10 = items
-    root/classes.txt                      background + the 10 item names (tools/train_seg.py --classes)
+    root/classes.txt                      background + the 10 item names (mae-transfer seg --classes)
     root/crops/{train,val}/<class>/*.png  every object cropped from its scene with some context (classification)
 
 The items come from a subset vendored in `assets/` (first 400 per class of the training split, first

@@ -15,7 +15,7 @@ FRESH_OK = re.compile(r"blocks\.\d+\.attn\.rel_pos_[hw]$")
 
 
 def load_backbone(model: torch.nn.Module, path, prefix: str = "backbone.net.") -> Dict[str, List[str]]:
-    """Load any MAE checkpoint (official full / encoder-only, tools/pretrain.py, timm, HF,
+    """Load any MAE checkpoint (official full / encoder-only, mae-transfer pretrain, timm, HF,
     safetensors) into `model`'s ViT. Raises CheckpointError if a trunk weight is missing or does not
     fit; returns {'loaded': [...], 'fresh': [...], 'ignored': [...]}."""
     own = model.state_dict()

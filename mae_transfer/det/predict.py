@@ -1,4 +1,4 @@
-"""A trained ViTDet on images, for notebooks and `tools/predict.py det`: detectron2's own test-time
+"""A trained ViTDet on images, for notebooks and `mae-transfer predict det`: detectron2's own test-time
 resize, model, `Visualizer` and COCO-results conversion.
 
     p = DetPredictor("configs/det/tiny_cpu.py", "output/demo/det/model_final.pth")

@@ -22,7 +22,7 @@ _FB = "https://dl.fbaipublicfiles.com/mae"
 
 
 def checkpoint_filter_fn(state_dict: Dict, model: VisionTransformer) -> Dict[str, torch.Tensor]:
-    """Adapt any MAE checkpoint (official full / encoder-only / fine-tuned, tools/pretrain.py,
+    """Adapt any MAE checkpoint (official full / encoder-only / fine-tuned, mae-transfer pretrain,
     HF ViTMAE, safetensors) to `model`: decoder dropped, `norm` <-> `fc_norm` as the pooling asks,
     position table resampled exactly like the official `interpolate_pos_embed`, a head of the wrong
     shape dropped. (timm's own filter mistakes any dict with `mask_token` for DINOv2.)"""

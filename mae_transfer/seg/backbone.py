@@ -1,5 +1,5 @@
 """`MAEViT` in mmseg's MODELS registry: mmseg's own MAE backbone, initialised from any MAE
-checkpoint (official full / encoder-only, tools/pretrain.py, timm, HF, safetensors):
+checkpoint (official full / encoder-only, mae-transfer pretrain, timm, HF, safetensors):
 
     backbone=dict(type='MAEViT', checkpoint='mae_pretrain_vit_base.pth', img_size=(512, 512), ...)
 

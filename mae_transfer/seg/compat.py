@@ -55,7 +55,7 @@ def ensure_mmcv_ops() -> None:
 
 
 def allow_mmengine_checkpoints() -> None:
-    """Applied by tools/train_seg.py before the runner saves or loads. Allow-list the data types in
+    """Applied by mae-transfer seg before the runner saves or loads. Allow-list the data types in
     mmengine's own checkpoints for weights_only loading: the message hub's HistoryBuffer and the
     numpy arrays/scalars it holds. A HistoryBuffer also pickles
     its class's registry of statistics functions, which would need `getattr` on load (not a type:

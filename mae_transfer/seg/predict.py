@@ -1,4 +1,4 @@
-"""A trained UperNet on images, for notebooks and `tools/predict.py seg`: mmseg's own
+"""A trained UperNet on images, for notebooks and `mae-transfer predict seg`: mmseg's own
 `init_model` / `inference_model` and `SegLocalVisualizer`.
 
     p = SegPredictor("configs/seg/tiny_cpu.py", "output/demo/seg/iter_150.pth")

@@ -17,7 +17,7 @@ model = model_zoo.get_config("common/models/mask_rcnn_vitdet.py").model
 train = model_zoo.get_config("common/train.py").train
 train.amp.enabled = True
 train.ddp.fp16_compression = True
-train.init_checkpoint = ""  # the MAE backbone comes from tools/train_det.py --backbone
+train.init_checkpoint = ""  # the MAE backbone: `mae-transfer det --backbone X`, or a path here
 train.output_dir = "output/det/mask_rcnn_vitdet_b_100ep"
 
 # 100 ep = 184375 iters * 64 images/iter / 118000 images/ep

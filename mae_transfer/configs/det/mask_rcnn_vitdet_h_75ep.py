@@ -1,5 +1,5 @@
 # ViT-H (COCO box/mask AP 56.7/50.2, 75 epochs): ViTDet's mask_rcnn_vitdet_h_75ep.py value for value.
-# The patch-14 MAE kernel is resampled to 16 px on load (tools/train_det.py does it, as ViTDet's
+# The patch-14 MAE kernel is resampled to 16 px on load (mae-transfer det does it, as ViTDet's
 # mae_pretrain_vit_huge_p14to16.pth); the 16 x 16 position table of ViT-H/14 at 224 px is resampled
 # to the 14 x 14 of pretrain_img_size=224 (left at ViTDet's default, as in its config).
 from functools import partial

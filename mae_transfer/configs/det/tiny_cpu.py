@@ -1,5 +1,5 @@
 # A ViTDet that trains on 2 CPU cores in minutes: the demo's MAE ViT-Ti/8 (64-px pretraining) on
-# 128-px images (the Fashion-MNIST scenes of the demo and of tools/evaluate_backbone.py --suite cpu;
+# 128-px images (the Fashion-MNIST scenes of the demo and of mae-transfer evaluate --suite cpu;
 # the number of classes follows --val-json). Same model family as ViT-B; what changes and why:
 # patch 8 gives stride 8, so the pyramid is (2, 1, 0.5) + max-pool = strides 4..32 (p2-p5).
 from functools import partial

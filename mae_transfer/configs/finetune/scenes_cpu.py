@@ -1,4 +1,4 @@
-# Fine-tuning of the CPU transfer benchmark (tools/evaluate_backbone.py --suite cpu): ViT-Ti/8 on the
+# Fine-tuning of the CPU transfer benchmark (mae-transfer evaluate --suite cpu): ViT-Ti/8 on the
 # scene set's object crops at 32 px (see configs/linprobe/scenes_cpu.py). The paper's recipe
 # (RandAugment, mixup/cutmix, label smoothing, drop path, layer decay) on a 3-epoch schedule, 64 images
 # a step. Layer decay 0.75 (ViT-L's value) rather than B's 0.65: with 0.65 the first block would get

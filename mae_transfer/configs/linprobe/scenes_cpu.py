@@ -1,4 +1,4 @@
-# Linear probe of the CPU transfer benchmark (tools/evaluate_backbone.py --suite cpu): the objects of
+# Linear probe of the CPU transfer benchmark (mae-transfer evaluate --suite cpu): the objects of
 # the Fashion-MNIST scenes cropped with some context (mae_transfer.data.scenes: crops/{train,val}/<class>;
 # ~6.6k / 0.7k for 2000 / 200 scenes) at 32 px for ViT-Ti/8 (4 x 4 tokens; the 8 x 8 table of 64-px
 # pretraining is resampled): a quarter of the cost of 64 px. The paper's probe (BatchNorm + linear on

@@ -1,4 +1,4 @@
-# In-domain MAE for the CPU transfer benchmark (tools/evaluate_backbone.py --suite cpu): the demo's
+# In-domain MAE for the CPU transfer benchmark (mae-transfer evaluate --suite cpu): the demo's
 # ViT-Ti/8 on the unlabelled training images of the Fashion-MNIST scenes (mae_transfer.data.scenes).
 # 64-px crops of the 128-px scenes, scale 0.2-1: objects appear at 0.5-1.1x the size detection and
 # segmentation see them at (128 px), for a quarter of the cost of 128-px pretraining.

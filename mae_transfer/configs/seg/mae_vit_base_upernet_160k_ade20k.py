@@ -1,13 +1,13 @@
 # UperNet on ADE20K with an MAE ViT-B/16: MAE paper Table 5, 48.1 mIoU; mmseg's own MAE config
 # (configs/mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py) reproduces 48.13. Everything is in
 # this one file (mmseg's version spreads it over five); values are mmseg's unless noted.
-# The backbone checkpoint comes from tools/train_seg.py --backbone (any MAE format).
+# The backbone checkpoint comes from mae-transfer seg --backbone (any MAE format).
 custom_imports = dict(imports=["mae_transfer.seg"], allow_failed_imports=False)
 default_scope = "mmseg"
 
 crop_size = (512, 512)
 num_classes = 150
-norm_cfg = dict(type="SyncBN", requires_grad=True)  # tools/train_seg.py uses BN on a CPU
+norm_cfg = dict(type="SyncBN", requires_grad=True)  # mae-transfer seg uses BN on a CPU
 data_preprocessor = dict(
     type="SegDataPreProcessor", size=crop_size, mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
     bgr_to_rgb=True, pad_val=0, seg_pad_val=255)
@@ -77,7 +77,7 @@ test_evaluator = val_evaluator
 
 # ---- schedule: AdamW 1e-4, layer decay 0.65, 1500 warm-up iterations then poly, 160k iterations
 optim_wrapper = dict(
-    type="AmpOptimWrapper", dtype="bfloat16",  # tools/train_seg.py: plain OptimWrapper on a CPU
+    type="AmpOptimWrapper", dtype="bfloat16",  # mae-transfer seg: plain OptimWrapper on a CPU
     optimizer=dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(num_layers=12, layer_decay_rate=0.65),
     constructor="LayerDecayOptimizerConstructor")

@@ -1,6 +1,6 @@
 # UperNet on 2 CPU cores in minutes: the demo's MAE ViT-Ti/8 on 128-px crops. Its own dataset is an
 # ADE20K-layout set of 3 classes (mae_transfer.data.synthetic, the tests); the demo and
-# tools/evaluate_backbone.py pass the Fashion-MNIST scenes by path (--classes: background + 10 items).
+# mae-transfer evaluate pass the Fashion-MNIST scenes by path (--classes: background + 10 items).
 # Same structure as ViT-B.
 _base_ = ["./mae_vit_base_upernet_160k_ade20k.py"]
 

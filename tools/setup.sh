@@ -16,6 +16,9 @@ if [ -f "$stamp" ]; then echo "setup: .venv is up to date ($REQ)"; exit 0; fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "is ignored: it is neither" || true; }
 pip install -r "$REQ"
+# detectron2's ViT imports fairscale for activation checkpointing (use_act_checkpoint=True). Its registry
+# copy is a source archive whose isolated build would fetch a second torch: build it against ours instead.
+pip install --no-deps --no-build-isolation "fairscale==0.4.13"
 pip install --no-deps --no-build-isolation -e .
 
 if ! .venv/bin/python -c "import detectron2" 2>/dev/null; then

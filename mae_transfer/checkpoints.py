@@ -61,7 +61,9 @@ def load_file(path) -> Dict[str, Any]:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, or a truncated/corrupt archive
         msg = str(e)
-        if "Unsupported operand" in msg:
+        with open(path, "rb") as f:
+            pickled = f.read(1) == b"\x80"  # a pickle's PROTO opcode (protocol >= 2)
+        if "Unsupported operand" in msg and pickled:
             raise CheckpointError(f"{path}: a plain pickle, not a torch checkpoint: refused (unpickling it could run "
                                   f"code). Re-save the weights with torch.save or as .safetensors.") from None
         bad = re.search(r"(?:Unsupported global|GLOBAL)[:\s]+([\w.]+)", msg)

@@ -26,12 +26,10 @@ def _target_accepts(cfg, key: str) -> bool:
     """Whether `key` names an argument of a LazyCall target that the config leaves at its default
     (`model.backbone.net.use_act_checkpoint`): such a key is valid too."""
     parent_key, _, leaf = key.rpartition(".")
-    node = cfg
     try:
-        for part in filter(None, parent_key.split(".")):
-            node = node[int(part)] if part.isdigit() and not hasattr(node, "keys") else node[part]
+        node = check_key_path(cfg, parent_key, "detectron2 config") if parent_key else cfg
         target = node.get("_target_")
-    except (KeyError, IndexError, AttributeError, TypeError):
+    except (ConfigError, AttributeError):
         return False
     if isinstance(target, str):
         from hydra.utils import get_method
@@ -49,7 +47,7 @@ def apply_overrides(cfg, opts):
     for item in opts:
         key, raw = split_override(item)
         try:
-            check_key_path(cfg, key, "detectron2 config")
+            old = check_key_path(cfg, key, "detectron2 config")
         except ConfigError:
             if _target_accepts(cfg, key):
                 continue
@@ -58,9 +56,6 @@ def apply_overrides(cfg, opts):
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             value = raw
-        old = cfg
-        for part in key.split("."):
-            old = old[int(part)] if part.isdigit() and not hasattr(old, "keys") else old[part]
         check_value_type(key, old, value)
     return LazyConfig.apply_overrides(cfg, list(opts))
 

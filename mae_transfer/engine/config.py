@@ -188,9 +188,10 @@ def one_of(cfg, name: str, choices: Sequence[str]) -> None:
 
 
 # --------------------------------------------------------------- host configs (LazyConfig, mmengine)
-def check_key_path(root: Any, key: str, where: str) -> None:
+def check_key_path(root: Any, key: str, where: str) -> Any:
     """`a.b.0.c` must name an entry that exists in a nested dict/list config (detectron2 LazyConfig,
-    mmengine Config): the hosts would otherwise add a misspelt key and train without it."""
+    mmengine Config): the hosts would otherwise add a misspelt key and train without it. Returns the
+    entry's current value."""
     node, done = root, []
     for part in key.split("."):
         if isinstance(node, Mapping) or hasattr(node, "keys"):
@@ -206,6 +207,7 @@ def check_key_path(root: Any, key: str, where: str) -> None:
         else:
             raise ConfigError(f"{where} key {key!r}: {'.'.join(done)} is a value ({node!r}), not a section")
         done.append(part)
+    return node
 
 
 def check_value_type(key: str, old: Any, new: Any) -> None:

@@ -20,11 +20,8 @@ def cfg_options(cfg: Config, overrides) -> dict:
     options = {}
     for item in overrides:
         key, raw = split_override(item)
-        check_key_path(cfg._cfg_dict, key, "mmengine config")
+        old = check_key_path(cfg._cfg_dict, key, "mmengine config")
         value = DictAction._parse_iterable(raw)
-        old = cfg._cfg_dict
-        for part in key.split("."):
-            old = old[int(part)] if isinstance(old, (list, tuple)) else old[part]
         check_value_type(key, old, value)
         options[key] = value
     return options

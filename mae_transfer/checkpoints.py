@@ -189,18 +189,26 @@ def load_into(module: torch.nn.Module, sd: StateDict, source, fresh_ok: str = No
 # ----------------------------------------------------------------------------------------- writing
 def _atomic(path: Path, write: Callable[[str], None]) -> Path:
     """Write to a temporary file beside `path`, fsync, then rename: a crash never leaves a
-    truncated file under the final name."""
+    truncated file under the final name. A folder that cannot be written (read-only, full, a file in
+    its place) is one CheckpointError naming what is still intact."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        if isinstance(e, RuntimeError) and "write" not in str(e).lower():
+            raise
+        kept = f"; {path} is the last good one, intact" if path.is_file() else ""
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise CheckpointError(f"cannot write {path} ({reason}){kept}") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
     return path
 

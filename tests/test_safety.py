@@ -128,3 +128,38 @@ def test_stale_temporary_files_are_removed_on_the_next_start(tmp_path):
     (tmp_path / ".checkpoint-last.pth.x1y2.tmp").write_bytes(b"")
     with results.claim(tmp_path, resume=True):
         assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_unwritable_output_paths_are_one_line(capsys, tmp_path):
+    from mae_transfer import checkpoints
+
+    shadow = tmp_path / "taken"
+    shadow.write_text("a file where the output folder should be")
+    with pytest.raises(SystemExit) as e:
+        main(["pretrain", "--output-dir", str(shadow), "epochs=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "cannot write to the output directory" in err[0]
+    with pytest.raises(checkpoints.CheckpointError, match="cannot write"):
+        checkpoints.save(shadow / "checkpoint-last.pth", {"model": {"w": torch.zeros(1)}})
+    assert shadow.read_text().startswith("a file")  # nothing of it was changed
+
+
+def test_train_and_val_categories_must_agree(tmp_path):
+    import argparse
+    import json
+
+    pytest.importorskip("detectron2")
+    from mae_transfer.data import DataError
+    from mae_transfer.data.synthetic import make_coco_shapes
+    from mae_transfer.det.train import data_facts
+
+    coco = make_coco_shapes(tmp_path / "coco", n_train=2, n_val=1)
+    js = json.loads(open(coco["val_json"]).read())
+    js["categories"][0]["name"] = "not-the-same"
+    (tmp_path / "v.json").write_text(json.dumps(js))
+    a = argparse.Namespace(train_json=coco["train_json"], train_images=coco["train_images"],
+                           val_json=str(tmp_path / "v.json"), val_images=coco["val_images"])
+    with pytest.raises(DataError, match="different categories"):
+        data_facts(a)
+    a.val_json = coco["val_json"]
+    assert data_facts(a)["val"]["classes"] == len(js["categories"])

@@ -51,6 +51,10 @@ def run_cli(fn, *args):
     except (CheckpointError, DataError, ConfigError, UnknownModel) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # an unwritable, full or missing path is the user's to fix, not a traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is intact", file=sys.stderr)
         sys.exit(130)

@@ -14,6 +14,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from .. import results
+from ..data import DataError
 from ..engine.config import ConfigError, check_key_path, check_value_type, split_override
 from ..engine.logger import log_lr_table
 from .checkpoint import SafeCheckpointer, has_mask_head, load_backbone
@@ -63,11 +64,16 @@ def apply_overrides(cfg, opts):
 def data_facts(args) -> dict:
     """What training needs to know of the sets given by path, found once (before any process starts):
     whether each has masks, and the number of classes."""
-    facts = {}
+    facts, cats = {}, {}
     for split in ("train", "val"):
         if getattr(args, f"{split}_json"):
             js = check_coco_json(getattr(args, f"{split}_json"), getattr(args, f"{split}_images"))
             facts[split] = {"masks": has_mask(js, getattr(args, f"{split}_json")), "classes": len(js["categories"])}
+            cats[split] = sorted((c.get("id"), c.get("name")) for c in js["categories"])
+    if len(cats) == 2 and cats["train"] != cats["val"]:
+        diff = sorted(set(cats["train"]) ^ set(cats["val"]))
+        raise DataError(f"{args.train_json} and {args.val_json} list different categories (e.g. id/name {diff[0]}): "
+                        f"the model's classes would not mean the same in training and evaluation")
     return facts
 
 
@@ -112,8 +118,6 @@ def setup(args):
 
 def _check_registered(names):
     from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    from ..data import DataError
 
     for name in [names] if isinstance(names, str) else names:
         if name not in DatasetCatalog.list():

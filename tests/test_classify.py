@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_result, kill_mid_epoch
+from conftest import assert_result, kill_mid_epoch, second_run_is_refused
 from PIL import Image
 
 from mae_transfer import checkpoints
@@ -129,6 +129,14 @@ def test_resume_and_eval(tmp_path, data, ckpts):
     assert f"top-1 {stats['acc1']:.2f}" in r.stdout and "top-5" in r.stdout
     res = assert_result(tmp_path / "ev", "finetune", ("top-1", "top-5"))
     assert res["metrics"]["top-1"] == stats["acc1"] and res["checkpoint"]["sha256"]
+
+
+@pytest.mark.cli
+def test_two_runs_on_one_output_dir(tmp_path, data):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mae_transfer", "finetune", "--data-path", str(data), "--output-dir", str(out), *SMALL]
+    res = second_run_is_refused(cmd + ["epochs=12"], cmd + ["--seed", "1"], out)
+    assert res["seed"] == 0 and isinstance(res["metrics"]["top-1"], float)
 
 
 def test_deeper_checkpoint_is_refused():

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_result, free_port  # noqa: E402
+from conftest import assert_result, free_port, second_run_is_refused  # noqa: E402
 from PIL import Image
 
 from mae_transfer import checkpoints
@@ -139,6 +139,14 @@ def test_two_process_training(tmp_path, ade, ckpts):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert (tmp_path / "iter_2.pth").exists()
     assert_result(tmp_path, "seg", ("mIoU",), world_size=2)
+
+
+@pytest.mark.cli
+def test_two_runs_on_one_output_dir(tmp_path, ade):
+    cmd = [PY, "-m", "mae_transfer", "seg", "--config", TINY, "--data-root", ade, "--output-dir", str(tmp_path), *FAST]
+    res = second_run_is_refused(cmd + ["train_cfg.max_iters=12", "train_cfg.val_interval=12"], cmd + ["--seed", "1"],
+                                tmp_path)
+    assert "mIoU" in res["metrics"]
 
 
 @pytest.mark.cli

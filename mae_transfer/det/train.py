@@ -92,7 +92,8 @@ def setup(args):
             boxes_only(cfg)
             _logger.warning("%s has boxes but no masks: training ViTDet Faster R-CNN (no mask head); "
                             "box AP only", args.train_json)
-    if args.eval_only and not args.train_json and not has_mask_head(args.eval_only):
+    mask_head = args.eval_only and (facts["mask_head"] if "mask_head" in facts else has_mask_head(args.eval_only))
+    if args.eval_only and not args.train_json and not mask_head:
         boxes_only(cfg)  # decided by the checkpoint, as the predictor does: no random mask head is scored
     if args.val_json:
         register_coco_from_paths("mae_det_val", args.val_json, args.val_images)

@@ -40,6 +40,7 @@ def main(argv: List[str], prog: str = "mae-transfer det"):
     from detectron2.engine import launch
 
     from ..checkpoints import load_file, read_state_dict, unwrap
+    from ..det.checkpoint import has_mask_head
     from ..det.train import apply_overrides, data_facts
     from ..det.train import main as det_main
 
@@ -49,7 +50,7 @@ def main(argv: List[str], prog: str = "mae-transfer det"):
     if a.backbone:
         read_state_dict(a.backbone)
     if a.eval_only:  # a trained detector: readable and safe (its layout is detectron2's); box-only or not
-        a.facts["mask_head"] = any(k.startswith("roi_heads.mask_head.") for k in unwrap(load_file(a.eval_only)))
+        a.facts["mask_head"] = has_mask_head(unwrap(load_file(a.eval_only)))
     with results.claim(a.output_dir or cfg.train.output_dir, a.resume):  # held for the processes launch starts
         launch(det_main, a.num_gpus, num_machines=a.num_machines, machine_rank=a.machine_rank, dist_url=a.dist_url,
                args=(a,))

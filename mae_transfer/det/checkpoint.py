@@ -1,6 +1,7 @@
 """MAE checkpoint -> detectron2 ViTDet model, with a report of what was loaded and what starts fresh."""
 import logging
 import re
+from pathlib import Path
 from typing import Dict, List
 
 import torch
@@ -44,9 +45,11 @@ class SafeCheckpointer(DetectionCheckpointer):
         return {"model": checkpoints.unwrap(obj)}
 
 
-def has_mask_head(path) -> bool:
-    """Whether a trained detector checkpoint has mask-head weights (else it was trained box-only)."""
-    return any(k.startswith("roi_heads.mask_head.") for k in checkpoints.unwrap(checkpoints.load_file(path)))
+def has_mask_head(path_or_sd) -> bool:
+    """Whether a trained detector checkpoint (a path, or its state dict) has mask-head weights (else it was
+    trained box-only)."""
+    sd = checkpoints.unwrap(checkpoints.load_file(path_or_sd)) if isinstance(path_or_sd, (str, Path)) else path_or_sd
+    return any(k.startswith("roi_heads.mask_head.") for k in sd)
 
 
 def _summarise(keys: List[str]) -> str:

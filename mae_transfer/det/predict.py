@@ -20,11 +20,11 @@ class DetPredictor:
         import detectron2.data.transforms as T
         from detectron2.config import LazyConfig, instantiate
 
-        from .checkpoint import SafeCheckpointer
+        from .checkpoint import SafeCheckpointer, has_mask_head
 
         cfg = LazyConfig.load(config)
         sd = checkpoints.unwrap(checkpoints.load_file(weights))
-        if not any(k.startswith("roi_heads.mask_head.") for k in sd):
+        if not has_mask_head(sd):
             boxes_only(cfg)
         n = sd["roi_heads.box_predictor.cls_score.weight"].shape[0] - 1  # + background
         cfg.model.roi_heads.num_classes = n

@@ -135,11 +135,44 @@ _LOCK = ".lock"
 LOCK_ENV = "MAE_TRANSFER_LOCKED"  # given by a launcher holding the lock to the processes it starts
 
 
+SETTINGS = "settings.json"
+
+
+def _settings_text(settings: Dict[str, Any]) -> Dict[str, Optional[str]]:
+    return {k: None if v is None else str(v) for k, v in settings.items()}
+
+
+def check_settings(output_dir, resume: bool, settings: Optional[Dict[str, Any]], allow_changes: bool) -> None:
+    """A run is continued with the settings it was started with: `settings` (seed, model, data, ...) are
+    written to <dir>/settings.json when the run starts; a `--resume` with other values is refused (naming
+    them) unless `allow_changes`, which records the new values as the run's."""
+    from .engine.config import ConfigError
+
+    if settings is None:
+        return
+    path, now = Path(output_dir) / SETTINGS, _settings_text(settings)
+    then = {}
+    if resume and path.is_file():
+        with contextlib.suppress(ValueError):
+            then = json.loads(path.read_text())
+    if then and now.get("backbone") is None:  # left out on resume: the run continues from its own checkpoint
+        now["backbone"] = then.get("backbone")
+    changed = [f"{k} {then[k]} -> {v}" for k, v in now.items() if k in then and then[k] != v]
+    if changed and not allow_changes:
+        raise ConfigError(f"{output_dir} holds a run started with other settings ({'; '.join(changed)}): "
+                          f"resume it with its own, or add --allow-changes to go on with the new ones")
+    tmp = path.with_name(f".{SETTINGS}.tmp")
+    tmp.write_text(json.dumps(now, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
-def claim(output_dir, resume: bool) -> Iterator[None]:
+def claim(output_dir, resume: bool, settings: Optional[Dict[str, Any]] = None,
+          allow_changes: bool = False) -> Iterator[None]:
     """Make `output_dir` this run's for the block: an exclusive lock (lockf on <dir>/.lock, released by the
     OS when the process dies, so a killed run can be resumed at once), then `check_fresh`. A second run on
-    the same directory is one error naming the holder. One process of a job locks: rank 0 under torchrun,
+    the same directory is one error naming the holder; a resumed run must keep its settings
+    (`check_settings`). One process of a job locks: rank 0 under torchrun,
     or the launcher that starts the others (torchrun processes it starts get MAE_TRANSFER_LOCKED)."""
     import fcntl
 
@@ -169,6 +202,7 @@ def claim(output_dir, resume: bool) -> Iterator[None]:
         check_fresh(out, resume)
         for stale in out.glob(".*.tmp"):  # half-written files of a run killed mid-write (we hold the lock)
             stale.unlink()
+        check_settings(out, resume, settings, allow_changes)
         yield  # the lock goes with the file, closed here or by the OS
 
 

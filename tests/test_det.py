@@ -103,6 +103,12 @@ def test_train_eval_resume_through_the_tool(tmp_path, coco, tiny_ckpts):
     assert assert_result(out, "det", ("box AP", "mask AP"))["metrics"]["box AP"] == res["bbox"]["AP"]
     iters = _train_iters(out)
     assert max(iters) == 1
+    # resumed with other data or seed: one line, nothing touched
+    val_as_train = ["--train-json", coco["val_json"], "--train-images", coco["val_images"], *data[4:]]
+    for given in ([*data, "--seed", "7"], val_as_train):
+        r = _tool("--config", TINY, "--output-dir", str(out), "--resume", *given, *FAST[1:], check=False)
+        assert r.returncode == 2 and "started with other settings" in r.stderr, r.stderr[-2000:]
+    assert _train_iters(out) == iters
     # resume: continues at iteration 2, does not start over
     r = _tool("--config", TINY, "--output-dir", str(out), "--resume", *data, *FAST[1:], "train.max_iter=4")
     assert "resuming at iteration 2" in r.stdout + r.stderr

@@ -114,6 +114,18 @@ def test_two_runs_on_one_output_dir(tmp_path):
     assert res["seed"] == 0 and json.loads((out / "log.txt").read_text().splitlines()[-1])["epoch"] == 5
     r = subprocess.run(cmd + ["--seed", "1"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "already holds a run" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    # resumed with other settings: refused, naming them, unless told to go on (then they are the run's)
+    before = (out / "log.txt").read_text()
+    for changed, says in [(["--seed", "1"], "seed 0 -> 1"), (["model=mae_vit_base_patch16"], "model"),
+                          (["--data-path", str(tmp_path)], "data None -> ")]:
+        r = subprocess.run(cmd + ["--resume", "epochs=6", *changed], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and says in r.stderr and "--allow-changes" in r.stderr, r.stderr[-2000:]
+        assert len(r.stderr.strip().splitlines()) == 1 and (out / "log.txt").read_text() == before
+    r = subprocess.run(cmd + ["--resume", "--allow-changes", "--seed", "1", "epochs=7"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((out / "settings.json").read_text())["seed"] == "1"
+    assert assert_result(out, "pretrain")["seed"] == 1
 
 
 @pytest.mark.cli

@@ -103,6 +103,9 @@ def test_train_resume_eval_through_the_tool(tmp_path, ade, ckpts):
               *FAST)
     assert "loaded 172 tensors" in r.stdout + r.stderr
     assert (wd / "iter_2.pth").exists()
+    r = _tool("--config", TINY, "--data-root", ade, "--output-dir", str(wd), "--resume", "--seed", "3", *FAST,
+              check=False)  # another seed than the run's: one line
+    assert r.returncode == 2 and "-> 3" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = _tool("--config", TINY, "--data-root", ade, "--output-dir", str(wd), "--resume",
               *FAST, "train_cfg.max_iters=4", "train_cfg.val_interval=4")
     assert "resumed epoch: 0, iter: 2" in r.stdout + r.stderr

@@ -5,6 +5,7 @@
     --seed N             seeds everything the run draws
     --resume             continue the run in --output-dir; without it a run starts fresh, and a
                          directory that already holds a run is refused instead of overwritten
+    --allow-changes      with --resume: go on although seed, model or data differ from the run's own
     --eval-only CKPT     evaluate a trained checkpoint and exit
     --num-gpus N         processes on this machine (GPUs; CPU processes without one)
     key=value ...        config overrides, checked: an unknown key is an error naming the closest one
@@ -33,6 +34,8 @@ def parser(prog: str, doc: str, kind: Optional[str], default_config: Optional[st
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --output-dir from its last checkpoint (without it, a directory "
                         "that already holds a run is refused)")
+    g.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: go on although seed, model or data differ from the run's first start")
     if eval_only:
         g.add_argument("--eval-only", metavar="CKPT", help="evaluate a trained checkpoint and exit")
     g.add_argument("--num-gpus", type=int, default=1, metavar="N",
@@ -72,6 +75,14 @@ def relaunch_under_torchrun(command: str, argv: List[str], num_gpus: int, locked
 
     env = {**os.environ, **({LOCK_ENV: str(Path(locked).resolve())} if locked else {})}
     sys.exit(subprocess.run(cmd, env=env).returncode)
+
+
+def settings(config, seed, model=None, backbone=None, data=()) -> dict:
+    """What a resumed run must share with its first start (`results.check_settings`); paths absolute."""
+    def where(x):
+        return str(Path(x).resolve()) if x else None
+    return {"config": where(config), "seed": seed, "model": model, "backbone": where(backbone),
+            "data": ", ".join(where(d) for d in data if d) or None}
 
 
 def add_data_path(p: argparse.ArgumentParser, help_text: str) -> None:

@@ -28,6 +28,10 @@ CLASSIFY_DOC = {
 }
 
 
+def _model(cfg) -> str:
+    return cfg.model + (f" {cfg.model_kwargs}" if cfg.model_kwargs else "")
+
+
 def pretrain(argv: List[str], prog: str = "mae-transfer pretrain"):
     from ..engine.pretrain import PretrainConfig, evaluate_checkpoint, train
 
@@ -44,12 +48,15 @@ def pretrain(argv: List[str], prog: str = "mae-transfer pretrain"):
         from ..checkpoints import read_state_dict
 
         read_state_dict(a.eval_only)  # unreadable, unsafe or foreign: one line before anything is written
-        with results.claim(out, a.resume), results.recorded("pretrain", out, path, cfg.seed, a.eval_only) as rec:
+        run = common.settings(path, cfg.seed, _model(cfg), a.eval_only, [cfg.data_path])
+        with results.claim(out, a.resume, run, a.allow_changes), \
+                results.recorded("pretrain", out, path, cfg.seed, a.eval_only) as rec:
             rec.metrics.update(evaluate_checkpoint(cfg, a.eval_only))
         print(f"masked-patch loss {rec.metrics['loss']:.4f} over {int(rec.metrics['images'])} images "
               f"(result: {out / results.NAME})")
         return rec.metrics
-    with results.claim(out, a.resume or cfg.resume != "none"):
+    run = common.settings(path, cfg.seed, _model(cfg), data=[cfg.data_path])
+    with results.claim(out, a.resume or cfg.resume != "none", run, a.allow_changes):
         common.relaunch_under_torchrun("pretrain", argv, a.num_gpus, out)
         with results.recorded("pretrain", out, path, cfg.seed) as rec:
             train(cfg, metrics=rec.metrics)
@@ -83,7 +90,8 @@ def classify(mode: str, argv: List[str], prog: str):
     for ckpt in filter(None, (cfg.finetune, cfg.eval_only)):
         read_state_dict(ckpt)  # unreadable, unsafe or foreign: one line now, before data and model
     out = Path(cfg.output_dir)
-    with results.claim(out, a.resume or cfg.resume != "none"):
+    run = common.settings(path, cfg.seed, _model(cfg), cfg.eval_only or cfg.finetune, [cfg.data_path])
+    with results.claim(out, a.resume or cfg.resume != "none", run, a.allow_changes):
         common.relaunch_under_torchrun(mode, argv, a.num_gpus, out)
         with results.recorded(mode, out, path, cfg.seed, cfg.eval_only or cfg.finetune) as rec:
             stats = train(cfg)

@@ -296,11 +296,14 @@ def test_pretrains_from_a_folder_of_tar_shards(tmp_path):
     assert checkpoints.load_file(out / "checkpoint-last.pth")["step"] == 4
 
 
-@pytest.mark.parametrize("setup,msg", [("missing", "data folder not found"), ("empty", "no images")])
+@pytest.mark.parametrize("setup,msg", [("missing", "data folder not found"), ("empty", "no images"),
+                                       ("file.jpg", "is a file: a folder of images")])
 @pytest.mark.cli
 def test_missing_or_empty_folder_is_one_line(tmp_path, setup, msg):
     if setup == "empty":
         (tmp_path / "empty").mkdir()
+    if setup == "file.jpg":
+        (tmp_path / setup).write_bytes(b"x")
     r = _run(tmp_path / "run", "--data-path", str(tmp_path / setup), check=False)
     assert r.returncode == 2 and r.stderr.strip().startswith("error:") and msg in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

@@ -117,9 +117,12 @@ def test_data_mistakes_are_one_line(tmp_path):
         with pytest.raises(DataError, match=says.replace("[", r"\[").replace("]", r"\]")):
             check_coco_json(tmp_path / "bad.json", coco["train_images"])
     first = tmp_path / "coco" / "train" / js["images"][0]["file_name"]
-    first.write_bytes(b"")
-    with pytest.raises(DataError, match="0 bytes"):
-        check_coco_json(coco["train_json"], coco["train_images"])
+    data = first.read_bytes()
+    for spoilt, says in [(b"", "0 bytes"), (b"not an image" * 50, "cannot identify image file"),
+                         (data[: len(data) // 2], "truncated")]:
+        first.write_bytes(spoilt)
+        with pytest.raises(DataError, match=f"1 image\\(s\\) under .* cannot be decoded, e.g. .*{says}"):
+            check_coco_json(coco["train_json"], coco["train_images"])
 
 
 def test_stale_temporary_files_are_removed_on_the_next_start(tmp_path):

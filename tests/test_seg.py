@@ -165,10 +165,18 @@ def test_bad_data_is_one_line(tmp_path, ade):
     Image.fromarray(np.zeros((64, 128), dtype=np.uint8)).save(ann[0])
     r = _tool("--config", TINY, "--data-root", str(root), check=False)
     assert r.returncode == 2 and "mask is 128x64, its image 128x128" in r.stderr
+    Image.fromarray(np.zeros((128, 128, 3), dtype=np.uint8)).save(ann[0])  # a colour mask
+    r = _tool("--config", TINY, "--data-root", str(root), check=False)
+    assert r.returncode == 2 and "a RGB image (3 channels)" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    img = root / "images/training" / (ann[0].stem + ".jpg")
+    img.write_bytes(img.read_bytes()[:300])  # truncated (not empty): decoding it fails
+    r = _tool("--config", TINY, "--data-root", str(root), check=False)
+    assert r.returncode == 2 and "1 train file(s) cannot be decoded" in r.stderr, r.stderr[-2000:]
+    assert len(r.stderr.strip().splitlines()) == 1
     ann[1].unlink()
     ann[0].unlink()
     r = _tool("--config", TINY, "--data-root", str(root), check=False)
-    assert r.returncode == 2 and "mask missing" in r.stderr
+    assert r.returncode == 2 and "2 mask(s) missing" in r.stderr
 
 
 def _voc_and_plain(ade: Path, root: Path):

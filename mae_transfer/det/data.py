@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from ..data import DataError
+from ..data.images import undecodable
 
 
 def check_coco_json(json_file, image_root) -> dict:
@@ -21,9 +22,10 @@ def check_coco_json(json_file, image_root) -> dict:
                if not (Path(image_root) / str(im.get("file_name"))).is_file()]
     if missing:
         raise DataError(f"{path}: {len(missing)} image(s) missing under {image_root}, e.g. {missing[0]}")
-    empty = [im["file_name"] for im in js["images"] if (Path(image_root) / str(im["file_name"])).stat().st_size == 0]
-    if empty:
-        raise DataError(f"{path}: {len(empty)} image file(s) of 0 bytes under {image_root}, e.g. {empty[0]}")
+    bad = undecodable([Path(image_root) / str(im["file_name"]) for im in js["images"]])
+    if bad:
+        raise DataError(f"{path}: {len(bad)} image(s) under {image_root} cannot be decoded, e.g. "
+                        f"{Path(bad[0][0]).name} ({bad[0][1]})")
     image_ids = {im.get("id") for im in js["images"]}
     orphan = [a.get("id") for a in js["annotations"] if a.get("image_id") not in image_ids]
     if orphan:

@@ -6,8 +6,8 @@
 * `--data-root` recognises VOC's layout (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/
   {train,val}.txt: mmseg's PascalVOCDataset, 21 classes, 0 = background is a class) and ADE20K's
   (images/{training,validation}: the config's own dataset).
-Everything is checked before training: a missing mask, a mask whose size differs from its image,
-a label outside the classes -- one line each."""
+Everything is checked before training: a missing mask, a file that does not decode, a colour (RGB)
+mask, a mask whose size differs from its image, a label outside the classes -- one line each."""
 from collections import Counter
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -15,7 +15,9 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ..data import DataError
-from ..data.images import IMG_EXTENSIONS
+from ..data.images import IMG_EXTENSIONS, undecodable
+
+MASK_MODES = ("1", "L", "P", "I", "I;16")  # one channel of class indices (palette PNGs: the index, not the colour)
 
 
 def read_classes(path) -> List[str]:
@@ -128,13 +130,21 @@ def check_data(cfg, splits: Sequence[str] = ("train", "val")) -> None:
         n_cls = _num_classes(ds, cfg)
         reduce = ds.get("reduce_zero_label", ds.get("type") == "ADE20KDataset")
         top = n_cls if reduce else n_cls - 1  # largest valid raw label
-        for img, ann in _items(ds):
-            if not ann.is_file():
-                raise DataError(f"mask missing for {img.name}: expected {ann}")
+        items = _items(ds)
+        missing = [ann for _, ann in items if not ann.is_file()]
+        if missing:
+            raise DataError(f"{len(missing)} mask(s) missing, e.g. {missing[0]} (masks are named by image stem)")
+        bad = undecodable([p for pair in items for p in pair])
+        if bad:
+            raise DataError(f"{len(bad)} {split} file(s) cannot be decoded, e.g. {bad[0][0]} ({bad[0][1]})")
+        for img, ann in items:
             with Image.open(img) as im, Image.open(ann) as m:
                 if im.size != m.size:
                     raise DataError(f"{ann}: mask is {m.size[0]}x{m.size[1]}, "
                                     f"its image {im.size[0]}x{im.size[1]}")
+                if m.mode not in MASK_MODES:
+                    raise DataError(f"{ann}: a {m.mode} image ({len(m.getbands())} channels); a mask holds one class "
+                                    f"index per pixel (a grey or palette PNG)")
                 labels = np.unique(np.asarray(m))
             bad = labels[(labels > top) & (labels != 255)]
             if bad.size:

@@ -33,6 +33,12 @@ class Task:
     metrics: Sequence[str]
     config: str
     command: Callable[[str, int, Path], List[str]]  # (checkpoint or "", seed, output dir) -> argv
+    inputs: Sequence[str] = ()  # the data files and folders its runs read (checked before the suite starts)
+
+
+def missing_inputs(tasks: Sequence[Task]) -> List[str]:
+    """`task: path` for every input of `tasks` that is not there."""
+    return [f"{t.name}: {p}" for t in tasks for p in t.inputs if not Path(p).exists()]
 
 
 def _launch(command: str, config: str, ckpt: str, seed: int, out: Path, gpus: int) -> List[str]:
@@ -45,22 +51,27 @@ def _launch(command: str, config: str, ckpt: str, seed: int, out: Path, gpus: in
 def classify_task(name: str, config: str, data: str, extra: Sequence[str] = (), gpus: int = 1) -> Task:
     def command(ckpt, seed, out):
         return _launch(name, config, ckpt, seed, out, gpus) + ["--data-path", data, *extra]
-    return Task(name, ("top-1",), config, command)
+    return Task(name, ("top-1",), config, command, [f"{data}/train", f"{data}/val"])
 
 
 def det_task(config: str, data: Optional[Dict[str, str]], extra: Sequence[str] = (), gpus: int = 1) -> Task:
+    """`data`: a COCO-format set by path; None: COCO 2017 under $DETECTRON2_DATASETS (detectron2's layout)."""
+    coco = Path(os.environ.get("DETECTRON2_DATASETS", "datasets")) / "coco"
+    inputs = list(data.values()) if data else [str(coco / f"annotations/instances_{s}2017.json")
+                                               for s in ("train", "val")]
     paths = [] if data is None else ["--train-json", data["train_json"], "--train-images", data["train_images"],
                                      "--val-json", data["val_json"], "--val-images", data["val_images"]]
 
     def command(ckpt, seed, out):
         return _launch("det", config, ckpt, seed, out, gpus) + [*paths, *extra]
-    return Task("det", ("box AP", "mask AP"), config, command)
+    return Task("det", ("box AP", "mask AP"), config, command, inputs)
 
 
 def seg_task(config: str, data: Sequence[str], extra: Sequence[str] = (), gpus: int = 1) -> Task:
+    """`data`: the seg command's data options (`--data-root DIR` or `--train-images DIR ...`)."""
     def command(ckpt, seed, out):
         return _launch("seg", config, ckpt, seed, out, gpus) + [*data, *extra]
-    return Task("seg", ("mIoU",), config, command)
+    return Task("seg", ("mIoU",), config, command, [v for k, v in zip(data[::2], data[1::2]) if k.startswith("--")])
 
 
 def cpu_suite(data_root: str, quick: bool = False) -> List[Task]:

@@ -86,15 +86,34 @@ def test_same_seed_same_numbers_in_both_hosts(tmp_path, scenes_quick):
         assert same0 != _losses(tmp_path / f"a/runs/random_init/{task}/seed1", task)  # the seed matters
 
 
-def test_paper_suite_dry_run_prints_every_command():
-    out = _evaluate("ck.pth", "random", "--suite", "paper", "--arch", "large", "--seeds", "2", "--dry-run",
-                    "--imagenet", "/data/in1k", "--ade", "/data/ade")
-    lines = [s for s in out.splitlines() if s and not s.startswith("#")]
+def test_paper_suite_dry_run_checks_then_prints_every_command(tmp_path, monkeypatch, capsys):
+    from mae_transfer.cli import main
+    from mae_transfer.models import create_encoder
+
+    for d in ("in1k/train", "in1k/val", "ade", "d2/coco/annotations"):
+        (tmp_path / d).mkdir(parents=True)
+    for s in ("train", "val"):
+        (tmp_path / f"d2/coco/annotations/instances_{s}2017.json").write_text("{}")
+    torch.save({"model": create_encoder("vit_tiny_patch8", num_classes=0).state_dict()}, tmp_path / "ck.pth")
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "d2"))
+    argv = ["evaluate", str(tmp_path / "ck.pth"), "random", "--suite", "paper", "--arch", "large", "--seeds", "2",
+            "--dry-run", "--imagenet", str(tmp_path / "in1k"), "--ade", str(tmp_path / "ade")]
+    main(argv)
+    lines = [s for s in capsys.readouterr().out.splitlines() if s and not s.startswith("#")]
     assert len(lines) == 2 * 4 * 2  # backbones x tasks x seeds
-    assert any("configs/det/mask_rcnn_vitdet_l_100ep.py" in s and "--backbone ck.pth" in s for s in lines)
-    assert any("mae_vit_large_upernet_160k_ade20k.py" in s and "--data-root /data/ade" in s for s in lines)
-    assert any("linprobe/vit_large.py" in s and "--data-path /data/in1k" in s and "--seed 1" in s for s in lines)
+    assert any("configs/det/mask_rcnn_vitdet_l_100ep.py" in s and f"--backbone {tmp_path}/ck.pth" in s for s in lines)
+    assert any("mae_vit_large_upernet_160k_ade20k.py" in s and f"--data-root {tmp_path}/ade" in s for s in lines)
+    assert any("linprobe/vit_large.py" in s and f"--data-path {tmp_path}/in1k" in s and "--seed 1" in s for s in lines)
     assert any("--backbone ''" in s for s in lines)  # random init: no checkpoint
+    # what the dry run checks: each a single error line
+    (tmp_path / "in1k/val").rmdir()
+    for spoil, says in [(lambda: None, "linprobe: " + str(tmp_path / "in1k/val")),
+                        (lambda: (tmp_path / "ck.pth").write_bytes(b""), "ck.pth")]:
+        spoil()
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and says in err[0], err
 
 
 def test_backbone_folders_are_distinct_and_a_quick_set_is_not_reused(tmp_path, scenes_quick):

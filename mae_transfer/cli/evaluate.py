@@ -36,7 +36,8 @@ def main(argv: List[str], prog: str = "mae-transfer evaluate"):
     p.add_argument("--gpus", type=int, default=8, help="paper suite: GPUs a run")
     p.add_argument("--jobs", type=int, help="runs at once, 1 thread each when > 1 (default: 2 for the cpu suite "
                    "on 2 cores, 1 for the paper suite); numbers are reproducible for a given --jobs")
-    p.add_argument("--dry-run", action="store_true", help="print every command (and its config) and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the checkpoints and data paths, print every command (and its config) and exit")
     p.add_argument("--report-only", action="store_true", help="write the report from the runs finished so far")
     a = p.parse_args(argv)
 
@@ -45,10 +46,9 @@ def main(argv: List[str], prog: str = "mae-transfer evaluate"):
     from ..data import DataError
 
     names = evaluate.backbone_names(a.backbones)
-    if not a.dry_run:
-        for ckpt in names.values():
-            if ckpt:
-                read_state_dict(ckpt)  # unreadable: one line now, not after an hour of other runs
+    for ckpt in names.values():  # unreadable: one line now (a dry run too), not after an hour of other runs
+        if ckpt:
+            read_state_dict(ckpt)
     if a.suite == "cpu":
         tasks = evaluate.cpu_suite(a.data, a.quick)
         reference, title = None, f"cpu suite: Fashion-MNIST scenes ({a.data}), {a.seeds} seed(s)"
@@ -61,6 +61,10 @@ def main(argv: List[str], prog: str = "mae-transfer evaluate"):
     if unknown:
         raise DataError(f"unknown task(s) {sorted(unknown)}; the {a.suite} suite has {[t.name for t in tasks]}")
     tasks = [t for t in tasks if t.name in wanted]
+    missing = evaluate.missing_inputs(tasks)
+    if missing:
+        raise DataError(f"{len(missing)} data path(s) of the {a.suite} suite not found, e.g. {missing[0]}"
+                        + (" (COCO is read under $DETECTRON2_DATASETS)" if missing[0].startswith("det") else ""))
     out = Path(a.output_dir)
     runs = evaluate.plan(tasks, names, range(a.seeds), out)
     if a.dry_run:

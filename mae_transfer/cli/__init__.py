@@ -14,6 +14,7 @@ COMMANDS = {
     "det": ("det", "main", "ViTDet Mask R-CNN (detectron2) from an MAE checkpoint"),
     "seg": ("seg", "main", "UperNet (MMSegmentation) from an MAE checkpoint"),
     "predict": ("tools", "predict", "a trained detector or segmenter on images, drawn"),
+    "export": ("export", "main", "a trained model to ONNX / torch.export, checked against PyTorch"),
     "convert": ("tools", "convert", "an MAE checkpoint for HF, timm, detectron2, mmseg, safetensors"),
     "visualize": ("tools", "visualize", "reconstruction grid of a full MAE checkpoint"),
     "evaluate": ("evaluate", "main", "score backbones on every task, N seeds (the report card)"),
@@ -41,11 +42,12 @@ def run_cli(fn, *args):
     from ..data import DataError
     from ..engine.config import ConfigError
     from ..engine.loop import NonFiniteLoss
+    from ..export.parity import ParityError
     from ..models import UnknownModel
 
     try:
         return fn(*args)
-    except NonFiniteLoss as e:
+    except (NonFiniteLoss, ParityError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except (CheckpointError, DataError, ConfigError, UnknownModel) as e:

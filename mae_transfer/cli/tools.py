@@ -48,8 +48,12 @@ def predict(argv: List[str], prog: str = "mae-transfer predict"):
     p = _parser(prog, PREDICT_DOC)
     p.add_argument("task", choices=["det", "seg"])
     p.add_argument("inputs", nargs="+", help="images, folders or globs")
-    p.add_argument("--config", required=True, metavar="NAME|PATH", help="the config the model was trained with")
-    p.add_argument("--weights", required=True, help="a trained model (detectron2 model_final.pth / mmseg iter_N.pth)")
+    p.add_argument("--config", metavar="NAME|PATH", help="the config the model was trained with (with --runtime "
+                   "onnxruntime|torch-export: the one export.json names)")
+    p.add_argument("--weights", required=True, help="a trained model (detectron2 model_final.pth / mmseg iter_N.pth); "
+                   "with --runtime onnxruntime|torch-export, the folder `mae-transfer export` wrote")
+    p.add_argument("--runtime", choices=["torch", "onnxruntime", "torch-export"], default="torch",
+                   help="what runs the network: PyTorch, ONNX Runtime (model.onnx) or the torch.export program")
     p.add_argument("--output-dir", "--out", dest="output_dir", default="output/predict", metavar="DIR")
     p.add_argument("--device", default="auto", help="auto (cuda where available) | cpu | cuda[:N]")
     p.add_argument("--batch-size", type=int, default=4)
@@ -59,15 +63,24 @@ def predict(argv: List[str], prog: str = "mae-transfer predict"):
     p.add_argument("--classes-json", help="det: a COCO json whose categories name (and number) the classes")
     a = p.parse_args(argv)
     files, out = expand(a.inputs), Path(a.output_dir)
-    config = str(resolve_config(a.config, a.task))
-    out.mkdir(parents=True, exist_ok=True)
     import numpy as np
     import torch
     from PIL import Image
     from tqdm import tqdm
 
+    from ..export.graphs import run_with
+
     if a.device == "auto":
         a.device = "cuda" if torch.cuda.is_available() else "cpu"
+    graph = None
+    if a.runtime != "torch":
+        from ..export import exported
+
+        a.weights, a.config, graph = exported(a.weights, a.task, a.runtime, a.config, a.device)
+    elif not a.config:
+        p.error("--config is required (the config the model was trained with)")
+    config = str(resolve_config(a.config, a.task))
+    out.mkdir(parents=True, exist_ok=True)
     batches = [files[i:i + a.batch_size] for i in range(0, len(files), a.batch_size)]
     if a.task == "det":
         from ..det.predict import DetPredictor
@@ -75,6 +88,8 @@ def predict(argv: List[str], prog: str = "mae-transfer predict"):
         cats = json.loads(Path(a.classes_json).read_text())["categories"] if a.classes_json else None
         thresh = 0.0 if a.min_draw else a.score_thresh  # the model keeps everything; drawn/written below
         pred = DetPredictor(config, a.weights, a.device, thresh, [c["name"] for c in cats] if cats else None)
+        if graph:
+            run_with(pred, "det", graph)
         results, images, drawn = [], [], 0
         for batch in tqdm(batches, desc="predict", unit="batch"):
             arrays = [np.asarray(Image.open(f).convert("RGB")) for f in batch]
@@ -94,6 +109,8 @@ def predict(argv: List[str], prog: str = "mae-transfer predict"):
         from ..seg.predict import SegPredictor
 
         pred = SegPredictor(config, a.weights, a.device)
+        if graph:
+            run_with(pred, "seg", graph)
         for batch in tqdm(batches, desc="predict", unit="batch"):
             for f, res in zip(batch, pred([str(f) for f in batch])):
                 Image.fromarray(pred.class_map(res)).save(out / f"{f.stem}_classes.png")

@@ -76,7 +76,7 @@ def end_to_end(ex: Exportable, graph: graphs.Graph, images: Sequence, batch: int
     encoder: the graph's outputs."""
     if ex.kind == "encoder":
         return [graph(x) for x in _batches(graphs.encoder_inputs(images, ex.size), batch)]
-    graphs.run_with(ex, graph)
+    graphs.run_with(ex.predictor, ex.kind, graph)
     arrays = graphs.as_arrays(images)
     if ex.kind == "det":
         return [inst for b in _batches(arrays, batch) for inst in ex.predictor(list(b))]
@@ -105,7 +105,8 @@ def gate(ex: Exportable, files: Dict[str, Path], images: Sequence, batch: int = 
         elif ex.kind == "seg":
             rows.update(parity.seg_rows(ref, end_to_end(ex, run, images, batch)))
         report[runtime] = {"rows": rows, "failed": parity.verdict(rows, ex.names)}
-    graphs.run_with(ex, eager)
+    if ex.predictor is not None:
+        graphs.run_with(ex.predictor, ex.kind, eager)
     return report
 
 
@@ -146,6 +147,25 @@ def export(kind: str, config: Optional[str], weights: str, out, formats: Sequenc
     if failed:
         raise ParityError(f"parity does not hold ({'; '.join(failed[:3])}); see {out / 'export_report.json'}")
     return full
+
+
+def exported(where, kind: str, runtime: str, config: Optional[str] = None, device: str = "cpu"):
+    """A folder `export` wrote (or a file in it) -> (trained weights, config, graph of `runtime`): what
+    `predict --runtime` runs. The folder's export.json names the config and weights it was made from."""
+    where = Path(where)
+    folder = where if where.is_dir() else where.parent
+    try:
+        meta = json.loads((folder / "export.json").read_text())
+    except (OSError, ValueError):
+        raise checkpoints.CheckpointError(f"{where}: no export.json (pass the folder `mae-transfer export` "
+                                          f"wrote)") from None
+    if meta.get("kind") != kind:
+        raise checkpoints.CheckpointError(f"{folder} holds an exported {meta.get('kind')}, not a {kind} model")
+    fmt = RUNTIMES[runtime]
+    if fmt not in meta.get("files", {}):
+        raise checkpoints.CheckpointError(f"{folder} has no {fmt} file (exported: {', '.join(meta['files'])}); "
+                                          f"export with --to {fmt}")
+    return meta["weights"], config or meta["config"], load_runtime(folder / meta["files"][fmt], device)
 
 
 def _sha(path) -> str:

@@ -69,10 +69,10 @@ def encoder(weights: str, img_size: Optional[int] = None) -> Exportable:
     return Exportable("encoder", module, size, ["tokens"], meta={"patch_size": kw["patch_size"]})
 
 
-def det(config: str, weights: str) -> Exportable:
+def det(config: str, weights: str, score_thresh: float = 0.05, class_names=None, device="cpu") -> Exportable:
     from ..det.predict import DetPredictor
 
-    pred = DetPredictor(config, weights, score_thresh=0.05)  # detectron2's test threshold for the gate
+    pred = DetPredictor(config, weights, device, score_thresh, class_names)  # 0.05: detectron2's test threshold
     bb = pred.model.backbone
     size = (getattr(bb, "padding_constraints", None) or {}).get("square_size") or 0
     if not size:
@@ -83,10 +83,10 @@ def det(config: str, weights: str) -> Exportable:
                       {"classes": pred.class_names, "mask_head": pred.model.roi_heads.mask_on})
 
 
-def seg(config: str, weights: str) -> Exportable:
+def seg(config: str, weights: str, device="cpu") -> Exportable:
     from ..seg.predict import SegPredictor
 
-    pred = SegPredictor(config, weights)
+    pred = SegPredictor(config, weights, device)
     model = pred.model
     mode = model.test_cfg.get("mode", "whole")
     size = model.test_cfg.get("crop_size") if mode == "slide" else None
@@ -119,21 +119,22 @@ class _GraphBackbone(torch.nn.Module):
         return dict(zip(self.names, self.graph(x)))
 
 
-def run_with(ex: Exportable, graph: Graph) -> None:
-    """Make `ex.predictor` compute its network with `graph` (an exported file's runtime, or the eager
-    module): everything around it -- resizing, padding, sliding window, heads, drawing -- is unchanged."""
-    if ex.kind == "det":
-        orig = getattr(ex.predictor, "_eager_backbone", None) or ex.predictor.model.backbone
-        ex.predictor._eager_backbone = orig
-        ex.predictor.model.backbone = _GraphBackbone(orig, graph, ex.names)
-    elif ex.kind == "seg":
-        s = ex.size
+def run_with(predictor, kind: str, graph: Graph) -> None:
+    """Make a DetPredictor / SegPredictor compute its network with `graph` (an exported file's runtime,
+    or the eager module): everything around it -- resizing, padding, sliding window, heads, drawing --
+    stays the host's own code, the same for every runtime."""
+    if kind == "det":
+        orig = getattr(predictor, "_eager_backbone", None) or predictor.model.backbone
+        predictor._eager_backbone = orig
+        predictor.model.backbone = _GraphBackbone(orig, graph, list(orig.output_shape()))
+        return
+    s = tuple(predictor.model.test_cfg.get("crop_size") or ())
 
-        def encode_decode(inputs, metas):
-            if tuple(inputs.shape[2:]) != (s, s):
-                raise ValueError(f"the exported UperNet takes {s}x{s} windows, got {tuple(inputs.shape[2:])}")
-            return graph(inputs)[0]
-        ex.predictor.model.encode_decode = encode_decode
+    def encode_decode(inputs, metas):
+        if tuple(inputs.shape[2:]) != s:
+            raise ValueError(f"the exported UperNet takes {s} windows, got {tuple(inputs.shape[2:])}")
+        return graph(inputs)[0]
+    predictor.model.encode_decode = encode_decode
 
 
 def eager(ex: Exportable) -> Graph:

@@ -74,7 +74,8 @@ def seg_rows(ref: List[np.ndarray], got: List[np.ndarray]) -> Dict[str, float]:
 def verdict(rows: Dict[str, float], names) -> List[str]:
     """What fails its tolerance ([] when parity holds)."""
     bad = [f"{n}: {rows[n]:.2e} > {REL_TOL:g} (relative)" for n in names if not rows[n] <= REL_TOL]
-    checks = [("matched share", lambda v: v == 1.0, "== 1"), ("unmatched clear of the threshold", lambda v: v == 0, "== 0"),
+    checks = [("matched share", lambda v: v == 1.0, "== 1"),
+              ("unmatched clear of the threshold", lambda v: v == 0, "== 0"),
               ("max score difference", lambda v: v <= SCORE_TOL, f"<= {SCORE_TOL:g}"),
               ("min mask IoU", lambda v: v >= MASK_IOU, f">= {MASK_IOU:g}"),
               ("same-class pixels", lambda v: v >= PIXELS, f">= {PIXELS:g}")]

@@ -1,0 +1,152 @@
+"""Export to ONNX and torch.export with the parity gate: a tiny ViTDet Mask R-CNN, a box-only ViTDet and a
+tiny UperNet trained a few iterations here, an encoder; predict with ONNX Runtime writes what PyTorch writes."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mae_transfer.cli import command, main
+
+pytest.importorskip("onnxruntime")
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+GATE = ["--max-images", "2"]
+
+
+def _train(*argv):
+    r = subprocess.run([PY, "-m", "mae_transfer", *argv], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def _parity(report, names):
+    assert report["parity"] and set(report["runtimes"]) == {"onnxruntime", "torch-export"}
+    for rt in report["runtimes"].values():
+        assert not rt["failed"] and all(rt["rows"][n] <= 1e-3 for n in names), rt
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    from mae_transfer.data.synthetic import make_coco_shapes
+    return make_coco_shapes(tmp_path_factory.mktemp("coco"), n_train=6, n_val=3)
+
+
+def _det(tmp: Path, coco, box_only: bool) -> Path:
+    train, val = coco["train_json"], coco["val_json"]
+    if box_only:
+        for name in ("train_json", "val_json"):
+            js = json.loads(Path(coco[name]).read_text())
+            for a in js["annotations"]:
+                a.pop("segmentation", None)
+            (tmp / f"{name}.json").write_text(json.dumps(js))
+        train, val = str(tmp / "train_json.json"), str(tmp / "val_json.json")
+    out = tmp / "det"
+    _train("det", "--config", "tiny_cpu", "--output-dir", str(out), "--train-json", train, "--train-images",
+           coco["train_images"], "--val-json", val, "--val-images", coco["val_images"], "train.max_iter=2",
+           "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0")
+    return out / "model_final.pth"
+
+
+@pytest.mark.cli
+def test_vitdet_mask_rcnn_exports_with_parity_and_predicts_with_onnxruntime(tmp_path, coco, capsys):
+    weights, ex = _det(tmp_path, coco, box_only=False), tmp_path / "export"
+    report = command("export")(["det", "--config", "tiny_cpu", "--weights", str(weights), "--output-dir", str(ex),
+                                "--images", coco["val_images"], *GATE])
+    _parity(report, ["p2", "p3", "p4", "p5"])
+    rows = report["runtimes"]["onnxruntime"]["rows"]
+    assert rows["detections"] > 0 and rows["matched share"] == 1 and rows["min mask IoU"] >= 0.99
+    assert json.loads((ex / "export_report.json").read_text())["parity"] and (ex / "model.onnx").is_file()
+    # the ONNX Runtime predictor writes the overlays and the COCO results PyTorch writes
+    res = {}
+    for rt, w in (("onnxruntime", ex), ("torch", weights)):
+        argv = ["det", coco["val_images"], "--weights", str(w), "--output-dir", str(tmp_path / rt), "--runtime", rt,
+                "--score-thresh", "0.01"] + (["--config", "tiny_cpu"] if rt == "torch" else [])
+        command("predict")(argv)
+        res[rt] = json.loads((tmp_path / rt / "coco_results.json").read_text())
+        assert len(list((tmp_path / rt).glob("*_overlay.png"))) == 3
+    assert len(res["onnxruntime"]) == len(res["torch"]) > 0 and all("segmentation" in r for r in res["torch"])
+    for a, b in zip(res["onnxruntime"], res["torch"]):
+        assert a["category_id"] == b["category_id"] and abs(a["score"] - b["score"]) < 1e-3
+        np.testing.assert_allclose(a["bbox"], b["bbox"], atol=0.05)
+    # a perturbed graph: the gate fails with its table and one error line, exit 1
+    import onnx
+    from onnx import numpy_helper
+
+    bad = tmp_path / "perturbed"
+    shutil.copytree(ex, bad)
+    m = onnx.load(str(bad / "model.onnx"))
+    w = max(m.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 1.5, w.name))
+    onnx.save(m, str(bad / "model.onnx"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["export", "det", "--config", "tiny_cpu", "--weights", str(weights), "--output-dir", str(bad),
+              "--check-only", "--to", "onnx", *GATE])
+    cap = capsys.readouterr()
+    err = [x for x in cap.err.strip().splitlines() if x.startswith("error:")]
+    assert e.value.code == 1 and len(err) == 1 and "parity does not hold" in err[0], cap.err[-2000:]
+    assert "FAILS" in cap.out and "p2" in cap.out
+    assert not json.loads((bad / "export_report.json").read_text())["parity"]
+
+
+@pytest.mark.cli
+def test_box_only_vitdet_and_upernet_export(tmp_path, coco):
+    weights = _det(tmp_path, coco, box_only=True)
+    report = command("export")(["det", "--config", "tiny_cpu", "--weights", str(weights), "--output-dir",
+                                str(tmp_path / "det_export"), *GATE])  # the embedded demo photos
+    _parity(report, ["p2", "p3", "p4", "p5"])
+    assert report["mask_head"] is False and "min mask IoU" not in report["runtimes"]["onnxruntime"]["rows"]
+    from mae_transfer.data.synthetic import make_ade_shapes
+
+    ade = make_ade_shapes(tmp_path / "ade", n_train=4, n_val=2)["data_root"]
+    seg = tmp_path / "seg"
+    _train("seg", "--config", "tiny_cpu", "--data-root", ade, "--output-dir", str(seg), "train_cfg.max_iters=2",
+           "train_cfg.val_interval=100", "default_hooks.checkpoint.interval=2", "train_dataloader.batch_size=2")
+    ex = tmp_path / "seg_export"
+    val = f"{ade}/images/validation"
+    report = command("export")(["seg", "--config", "tiny_cpu", "--weights", str(seg / "iter_2.pth"),
+                                "--output-dir", str(ex), "--images", val, *GATE])
+    _parity(report, ["logits"])
+    assert report["runtimes"]["onnxruntime"]["rows"]["same-class pixels"] >= 0.999
+    for rt, w in (("onnxruntime", ex), ("torch", seg / "iter_2.pth")):
+        command("predict")(["seg", val, "--weights", str(w), "--output-dir", str(tmp_path / rt), "--runtime", rt]
+                           + (["--config", "tiny_cpu"] if rt == "torch" else []))
+    maps = sorted((tmp_path / "torch").glob("*_classes.png"))
+    assert len(maps) == 2 and len(list((tmp_path / "onnxruntime").glob("*_overlay.png"))) == 2
+    for m in maps:
+        a, b = np.asarray(Image.open(m)), np.asarray(Image.open(tmp_path / "onnxruntime" / m.name))
+        assert (a == b).mean() >= 0.999
+
+
+def test_encoder_export_and_mistakes(tmp_path, capsys):
+    from mae_transfer import checkpoints
+    from mae_transfer.models import create_mae
+
+    m = create_mae("mae_vit_tiny_patch8")
+    checkpoints.save(tmp_path / "mae.pth", {"model": m.state_dict(), "model_args": m.model_args})
+    report = command("export")(["encoder", "--weights", str(tmp_path / "mae.pth"), "--output-dir",
+                                str(tmp_path / "enc"), *GATE])
+    _parity(report, ["tokens"])
+    assert report["size"] == 64 and report["inputs"]["x"] == ["batch", 3, 64, 64]
+    import onnxruntime as ort  # the file runs on its own, any batch size
+    sess = ort.InferenceSession(str(tmp_path / "enc/model.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"x": np.zeros((5, 3, 64, 64), np.float32)})[0].shape == (5, 1 + 64, 192)
+    capsys.readouterr()
+    for argv, says in [(["det", "--weights", "x.pth"], "needs --config"),
+                       (["encoder", "--weights", str(tmp_path / "mae.pth"), "--to", "tflite"], "choose from onnx"),
+                       (["encoder", "--weights", str(tmp_path / "nope.pth")], "not found"),
+                       (["encoder", "--weights", str(tmp_path / "mae.pth"), "--output-dir", str(tmp_path / "e2"),
+                         "--check-only"], "--check-only")]:
+        with pytest.raises(SystemExit) as e:
+            main(["export", *argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and says in err[0], err
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit):  # an encoder export is not a segmenter
+        main(["predict", "seg", str(tmp_path / "a.png"), "--runtime", "onnxruntime", "--weights",
+              str(tmp_path / "enc")])
+    assert "holds an exported encoder" in capsys.readouterr().err

@@ -69,17 +69,36 @@ def encoder(weights: str, img_size: Optional[int] = None) -> Exportable:
     return Exportable("encoder", module, size, ["tokens"], meta={"patch_size": kw["patch_size"]})
 
 
+def det_module(model):
+    """A detectron2 GeneralizedRCNN -> (its backbone as x -> (p2, ...), the square size, output names)."""
+    bb = model.backbone
+    size = (getattr(bb, "padding_constraints", None) or {}).get("square_size") or 0
+    if not size:
+        raise checkpoints.CheckpointError("the backbone pads to no fixed square (square_pad): an exported graph "
+                                          "needs one input size")
+    names = list(bb.output_shape())
+    return _Tuple(lambda x: bb(x), names, backbone=bb).eval(), size, names
+
+
+def seg_module(model):
+    """An mmseg EncoderDecoder -> (encode_decode on one S x S window as x -> (logits,), S)."""
+    mode = model.test_cfg.get("mode", "whole")
+    size = model.test_cfg.get("crop_size") if mode == "slide" else None
+    if not size or size[0] != size[1]:
+        raise checkpoints.CheckpointError(f"test_cfg mode={mode!r}, crop_size={size}: the exported UperNet runs "
+                                          f"square windows (mode='slide' with a square crop_size)")
+    s = int(size[0])
+    metas = [dict(img_shape=(s, s), pad_shape=(s, s))]  # decode_head resizes to metas[0]['img_shape']
+    network = model.encode_decode  # the bound method: `run_with` replaces the attribute, not this
+    return _Tuple(lambda x: network(x, metas), ["logits"], model=model).eval(), s
+
+
 def det(config: str, weights: str, score_thresh: float = 0.05, class_names=None, device="cpu") -> Exportable:
     from ..det.predict import DetPredictor
 
     pred = DetPredictor(config, weights, device, score_thresh, class_names)  # 0.05: detectron2's test threshold
-    bb = pred.model.backbone
-    size = (getattr(bb, "padding_constraints", None) or {}).get("square_size") or 0
-    if not size:
-        raise checkpoints.CheckpointError(f"{config}: the backbone pads to no fixed square (square_pad); an "
-                                          f"exported graph needs one input size")
-    names = list(bb.output_shape())
-    return Exportable("det", _Tuple(lambda x: bb(x), names, backbone=bb).eval(), size, names, pred,
+    module, size, names = det_module(pred.model)
+    return Exportable("det", module, size, names, pred,
                       {"classes": pred.class_names, "mask_head": pred.model.roi_heads.mask_on})
 
 
@@ -87,17 +106,8 @@ def seg(config: str, weights: str, device="cpu") -> Exportable:
     from ..seg.predict import SegPredictor
 
     pred = SegPredictor(config, weights, device)
-    model = pred.model
-    mode = model.test_cfg.get("mode", "whole")
-    size = model.test_cfg.get("crop_size") if mode == "slide" else None
-    if not size or size[0] != size[1]:
-        raise checkpoints.CheckpointError(f"{config}: test_cfg mode={mode!r}, crop_size={size}: the exported "
-                                          f"UperNet runs square windows (mode='slide' with a square crop_size)")
-    s = int(size[0])
-    metas = [dict(img_shape=(s, s), pad_shape=(s, s))]  # decode_head resizes to metas[0]['img_shape']
-    network = model.encode_decode  # the bound method: `run_with` replaces the attribute, not this
-    module = _Tuple(lambda x: network(x, metas), ["logits"], model=model).eval()
-    return Exportable("seg", module, s, ["logits"], pred, {"classes": pred.classes})
+    module, size = seg_module(pred.model)
+    return Exportable("seg", module, size, ["logits"], pred, {"classes": pred.classes})
 
 
 def build(kind: str, config: Optional[str], weights: str, img_size: Optional[int] = None) -> Exportable:

@@ -39,7 +39,9 @@ def build(name: str, device: str):
         model = instantiate(LazyConfig.load(str(CONFIGS / cfg)).model).eval()
         module, size, _ = graphs.det_module(model)
     else:
-        import mae_transfer.seg  # noqa: F401
+        import mae_transfer.seg  # noqa: F401  (mmcv-lite compat: before mmseg)
+
+        # isort: split
         from mmengine.config import Config
         from mmseg.apis import init_model
 

@@ -62,8 +62,10 @@ def write(program, ex: Exportable, path: Path, fmt: str) -> Path:
     if fmt == "pt2":
         torch.export.save(program, str(path))
     else:
+        size = sum(t.numel() * t.element_size() for t in [*ex.module.parameters(), *ex.module.buffers()])
         torch.onnx.export(program, (program.example_inputs[0][0],), str(path), dynamo=True, opset_version=OPSET,
-                          input_names=["x"], output_names=ex.names, verbose=False)
+                          input_names=["x"], output_names=ex.names, verbose=False,
+                          external_data=size > 1.5 * 2**30)  # one file, unless protobuf's 2 GB limit forbids it
     return path
 
 
@@ -135,7 +137,8 @@ def export(kind: str, config: Optional[str], weights: str, out, formats: Sequenc
     meta = {"kind": kind, "config": str(Path(config).resolve()) if config else None,
             "weights": str(Path(weights).resolve()), "weights_sha256": _sha(weights), "size": ex.size,
             "inputs": {"x": ["batch", 3, ex.size, ex.size]}, "outputs": ex.names,
-            "files": {f: p.name for f, p in files.items()}, "opset": OPSET, "torch": torch.__version__, **ex.meta}
+            "files": {f: p.name for f, p in files.items()}, "sha256": {p.name: _sha(p) for p in files.values()},
+            "opset": OPSET, "torch": torch.__version__, **ex.meta}
     (out / "export.json").write_text(json.dumps(meta, indent=1) + "\n")
     full = {**meta, "images": len(images), "runtimes": report,
             "tolerances": {"relative max difference": parity.REL_TOL, "box IoU": parity.BOX_IOU,
@@ -165,7 +168,12 @@ def exported(where, kind: str, runtime: str, config: Optional[str] = None, devic
     if fmt not in meta.get("files", {}):
         raise checkpoints.CheckpointError(f"{folder} has no {fmt} file (exported: {', '.join(meta['files'])}); "
                                           f"export with --to {fmt}")
-    return meta["weights"], config or meta["config"], load_runtime(folder / meta["files"][fmt], device)
+    path = folder / meta["files"][fmt]
+    # torch.export.load can unpickle (it falls back to weights_only=False): run only the file export wrote
+    if path.is_file() and meta.get("sha256", {}).get(path.name) != _sha(path):
+        raise checkpoints.CheckpointError(f"{path} is not the file `mae-transfer export` wrote (its SHA-256 "
+                                          f"differs from export.json's); export again")
+    return meta["weights"], config or meta["config"], load_runtime(path, device)
 
 
 def _sha(path) -> str:

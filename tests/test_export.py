@@ -91,6 +91,13 @@ def test_vitdet_mask_rcnn_exports_with_parity_and_predicts_with_onnxruntime(tmp_
     assert e.value.code == 1 and len(err) == 1 and "parity does not hold" in err[0], cap.err[-2000:]
     assert "FAILS" in cap.out and "p2" in cap.out
     assert not json.loads((bad / "export_report.json").read_text())["parity"]
+    # a file that did not pass the gate (or was changed after) is not run: one line
+    (bad / "model.pt2").write_bytes((bad / "model.pt2").read_bytes() + b"\0")
+    for rt in ("onnxruntime", "torch-export"):
+        with pytest.raises(SystemExit) as e:
+            main(["predict", "det", coco["val_images"], "--runtime", rt, "--weights", str(bad)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and "no SHA-256 match" in err[0], err
 
 
 @pytest.mark.cli

@@ -126,6 +126,8 @@ def export(kind: str, config: Optional[str], weights: str, out, formats: Sequenc
     missing = [p for p in files.values() if not p.is_file()]
     if check_only and missing:
         raise checkpoints.CheckpointError(f"--check-only: {missing[0]} not found (export it first)")
+    if check_only and "pt2" in files:
+        _trusted(out, files["pt2"])  # before torch.export.load, which can unpickle
     if not check_only:
         print(f"tracing {kind} ({ex.size}x{ex.size}, dynamic batch) with torch.export ...", file=sys.stderr)
         program = trace(ex)
@@ -139,13 +141,14 @@ def export(kind: str, config: Optional[str], weights: str, out, formats: Sequenc
             "inputs": {"x": ["batch", 3, ex.size, ex.size]}, "outputs": ex.names,
             "files": {f: p.name for f, p in files.items()}, "sha256": {p.name: _sha(p) for p in files.values()},
             "opset": OPSET, "torch": torch.__version__, **ex.meta}
-    (out / "export.json").write_text(json.dumps(meta, indent=1) + "\n")
     full = {**meta, "images": len(images), "runtimes": report,
             "tolerances": {"relative max difference": parity.REL_TOL, "box IoU": parity.BOX_IOU,
                            "score": parity.SCORE_TOL, "mask IoU": parity.MASK_IOU, "pixels": parity.PIXELS},
             "parity": not any(r["failed"] for r in report.values())}
     (out / "export_report.json").write_text(json.dumps(full, indent=1) + "\n")
     print(parity.table(report))
+    if full["parity"]:  # what predict --runtime trusts: only files that passed the gate
+        (out / "export.json").write_text(json.dumps(meta, indent=1) + "\n")
     failed = [f"{name}: {f}" for name, r in report.items() for f in r["failed"]]
     if failed:
         raise ParityError(f"parity does not hold ({'; '.join(failed[:3])}); see {out / 'export_report.json'}")
@@ -169,11 +172,21 @@ def exported(where, kind: str, runtime: str, config: Optional[str] = None, devic
         raise checkpoints.CheckpointError(f"{folder} has no {fmt} file (exported: {', '.join(meta['files'])}); "
                                           f"export with --to {fmt}")
     path = folder / meta["files"][fmt]
-    # torch.export.load can unpickle (it falls back to weights_only=False): run only the file export wrote
-    if path.is_file() and meta.get("sha256", {}).get(path.name) != _sha(path):
-        raise checkpoints.CheckpointError(f"{path} is not the file `mae-transfer export` wrote (its SHA-256 "
-                                          f"differs from export.json's); export again")
+    _trusted(folder, path, meta)
     return meta["weights"], config or meta["config"], load_runtime(path, device)
+
+
+def _trusted(folder: Path, path: Path, meta: Optional[dict] = None) -> None:
+    """`path` is the file that passed the gate: export.json records its SHA-256. (torch.export.load can
+    unpickle -- it falls back to weights_only=False -- so a .pt2 from elsewhere is not run.)"""
+    if meta is None:
+        try:
+            meta = json.loads((folder / "export.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+    if not path.is_file() or meta.get("sha256", {}).get(path.name) != _sha(path):
+        raise checkpoints.CheckpointError(f"{path} is not a file `mae-transfer export` wrote and checked (no "
+                                          f"SHA-256 match in {folder / 'export.json'}); export again")
 
 
 def _sha(path) -> str:

@@ -12,6 +12,7 @@ refused with `CheckpointError` instead of being executed.
 """
 import argparse
 import json
+import logging
 import os
 import re
 import tempfile
@@ -21,6 +22,8 @@ from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 import torch
 import torch.nn.functional as F
+
+_logger = logging.getLogger("mae_transfer")
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -107,16 +110,27 @@ def unwrap(obj: Dict[str, Any]) -> StateDict:
     without a DDP `module.` prefix."""
     if not isinstance(obj, dict):
         raise CheckpointError(f"the checkpoint holds a {type(obj).__name__}, not a state dict or a dict with 'model'")
-    for key in ("model", "state_dict", "module"):
-        if isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
+    chosen = next((k for k in ("model", "state_dict", "module", "teacher", "student") if isinstance(obj.get(k), dict)),
+                  None)  # DINO's training checkpoint: the teacher (the network DINO evaluates), else the student
+    obj = obj[chosen] if chosen else obj
     sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not sd:
         raise CheckpointError("no tensors found in checkpoint (expected 'model' or a state dict)")
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
+    if any(k.startswith("base_encoder.") for k in sd):  # MoCo v3: the query encoder, without its projection head
+        sd = _strip(sd, "base_encoder.", "MoCo v3", "momentum encoder, predictor and projection head")
+    elif chosen in ("teacher", "student") and any(k.startswith("backbone.") for k in sd):
+        sd = _strip(sd, "backbone.", f"DINO ({chosen})", "DINO projection head")
     return sd
+
+
+def _strip(sd: StateDict, prefix: str, layout: str, dropped: str) -> StateDict:
+    """The `prefix` part of a self-supervised checkpoint, its training heads (`head.*`) dropped."""
+    out = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix) and not k.startswith(prefix + "head.")}
+    _logger.info("%s checkpoint: %d encoder tensors; dropped the %s (%d tensors)", layout, len(out), dropped,
+                 len(sd) - len(out))
+    return out
 
 
 def read_state_dict(path_or_sd) -> StateDict:
@@ -149,7 +163,7 @@ def detect_format(sd: StateDict) -> str:
         return "official"
     raise CheckpointError(
         "unrecognised checkpoint layout (first keys: " + ", ".join(keys[:4]) + "); expected official MAE, "
-        "timm, HF ViTMAE, detectron2 or mmseg names")
+        "timm / DeiT, MoCo v3, DINO, HF ViTMAE, detectron2 or mmseg names")
 
 
 def checkpoint_kind(sd: StateDict) -> str:

@@ -21,10 +21,21 @@ from typing import List, Optional
 from ..engine.config import config_names
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one `error:` line for a mistake (instead of the usage block), like every other error."""
+
+    def __init__(self, prog: str, doc: str):
+        super().__init__(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def error(self, message):
+        print(f"error: {self.prog}: {message} (--help lists the options)", file=sys.stderr)
+        sys.exit(2)
+
+
 def parser(prog: str, doc: str, kind: Optional[str], default_config: Optional[str] = None,
            eval_only: bool = True) -> argparse.ArgumentParser:
     """The shared options; a command adds its own (data paths, host launch flags) after them."""
-    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog, doc)
     g = p.add_argument_group("options every training command shares")
     names = ", ".join(config_names(kind)) if kind else ""
     g.add_argument("--config", metavar="NAME|PATH",

@@ -1,5 +1,4 @@
 """`mae-transfer evaluate`: the report card (mae_transfer.evaluate runs the commands, reads result.json)."""
-import argparse
 import shlex
 import sys
 from pathlib import Path
@@ -22,7 +21,9 @@ finished and continues the others; a failed run is reported as failed and the su
 
 
 def main(argv: List[str], prog: str = "mae-transfer evaluate"):
-    p = argparse.ArgumentParser(prog=prog, description=DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .common import Parser
+
+    p = Parser(prog, DOC)
     p.add_argument("backbones", nargs="+", help="checkpoints (PATH or NAME=PATH), or 'random' for random init")
     p.add_argument("--suite", choices=["cpu", "paper"], default="cpu")
     p.add_argument("--tasks", default="linprobe,finetune,det,seg", help="comma-separated subset")

@@ -39,7 +39,8 @@ def expand(inputs) -> List[Path]:
 
 
 def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .common import Parser
+    return Parser(prog, doc)
 
 
 def predict(argv: List[str], prog: str = "mae-transfer predict"):

@@ -152,6 +152,8 @@ def main():
                    "ms": {v: 1000 * s for v, s in t.items()}, "vs eager": {v: t["eager"] / s for v, s in t.items()},
                    "peak GiB": mem}
             rows.append(row)
+            if a.out:  # after every model: a long run stopped half-way keeps what it measured
+                Path(a.out).write_text(json.dumps(rows, indent=1) + "\n")
             print(f"{name}: " + "  ".join(f"{v} {1000 * s:.0f} ms ({t['eager'] / s:.2f}x"
                                           + (f", {mem[v]:.2f} GiB" if v in mem else "") + ")" for v, s in t.items()),
                   flush=True)
@@ -160,8 +162,6 @@ def main():
         print(f"| {r['model']} | " + " | ".join(
             f"{r['ms'][v]:.0f} ms ({r['vs eager'][v]:.2f}x" + (f", {r['peak GiB'][v]:.2f} GiB" if v in r["peak GiB"]
                                                               else "") + ")" for v in which) + " |")
-    if a.out:
-        Path(a.out).write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -7,12 +7,25 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
 
+class _Stdout(logging.StreamHandler):
+    """Writes to whatever sys.stdout is when a record is emitted (not the stream of setup time), so a
+    second command in the same process -- a notebook cell, a test, redirect_stdout -- logs where it prints."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
 def setup_logging(output_dir: Optional[Path], is_main: bool, name: str = "mae_transfer") -> logging.Logger:
     root = logging.getLogger(name)
     root.setLevel(logging.INFO if is_main else logging.WARNING)
     root.handlers.clear()
     fmt = logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S")
-    h = logging.StreamHandler(sys.stdout)
+    h = _Stdout()
     h.setFormatter(fmt)
     root.addHandler(h)
     if output_dir is not None and is_main:

@@ -173,6 +173,10 @@ def exported(where, kind: str, runtime: str, config: Optional[str] = None, devic
                                           f"export with --to {fmt}")
     path = folder / meta["files"][fmt]
     _trusted(folder, path, meta)
+    w = Path(meta["weights"])  # the trained model around the graph (det heads, mmseg's model config)
+    if not w.is_file() or _sha(w) != meta.get("weights_sha256"):
+        raise checkpoints.CheckpointError(f"{w}: {'not found' if not w.is_file() else 'changed since the export'}; "
+                                          f"the exported graph runs with the trained model it came from")
     return meta["weights"], config or meta["config"], load_runtime(path, device)
 
 

@@ -142,6 +142,17 @@ def test_encoder_export_and_mistakes(tmp_path, capsys):
     import onnxruntime as ort  # the file runs on its own, any batch size
     sess = ort.InferenceSession(str(tmp_path / "enc/model.onnx"), providers=["CPUExecutionProvider"])
     assert sess.run(None, {"x": np.zeros((5, 3, 64, 64), np.float32)})[0].shape == (5, 1 + 64, 192)
+    # a .pt2 carrying a pickled object is refused before torch.export.load sees it
+    import zipfile
+
+    from mae_transfer.export import load_runtime
+    bad = tmp_path / "bad.pt2"
+    shutil.copy(tmp_path / "enc/model.pt2", bad)
+    with zipfile.ZipFile(bad, "a") as z:
+        root = z.namelist()[0].split("/")[0]
+        z.writestr(f"{root}/data/constants/opaque_obj_0", b"\x80\x04N.")
+    with pytest.raises(checkpoints.CheckpointError, match="holds pickled objects"):
+        load_runtime(bad)
     capsys.readouterr()
     for argv, says in [(["det", "--weights", "x.pth"], "needs --config"),
                        (["encoder", "--weights", str(tmp_path / "mae.pth"), "--to", "tflite"], "choose from onnx"),

@@ -39,15 +39,45 @@ def load_runtime(path, device: str = "cpu") -> graphs.Graph:
         def run(x):
             return [torch.from_numpy(o).to(x.device) for o in sess.run(None, {name: x.detach().cpu().numpy()})]
         return run
-    try:
-        program = torch.export.load(str(path)).module()
-    except Exception as e:  # a damaged or foreign archive: one line
-        raise checkpoints.CheckpointError(f"{path}: not a torch.export program ({type(e).__name__}: {e})") from None
+    program = _load_program(path)
 
     def run_program(x):
         with torch.no_grad():
             return list(program(x))
     return run_program
+
+
+def _load_program(path: Path):
+    """A .pt2 program with tensors only. torch.export.load reads tensors with torch.load (retrying with a
+    full unpickler when the safe read fails) and unpickles custom / opaque constant objects: the latter
+    are refused from the archive's listing, and every torch.load inside is held to the safe reader."""
+    import os
+    import zipfile
+
+    from torch.export.pt2_archive import constants as pt2
+
+    try:
+        names = zipfile.ZipFile(path).namelist()
+    except (OSError, zipfile.BadZipFile) as e:
+        raise checkpoints.CheckpointError(f"{path}: not a torch.export program ({e})") from None
+    objects = [n for n in names if pt2.CONSTANTS_DIR in n and (
+        n.rsplit("/", 1)[-1].startswith((pt2.CUSTOM_OBJ_FILENAME_PREFIX, pt2.OPAQUE_OBJ_FILENAME_PREFIX))
+        or n.endswith(".pt"))]  # pickled objects (and the legacy pickled constants file)
+    if objects:
+        raise checkpoints.CheckpointError(f"{path}: holds pickled objects ({objects[0]}), which would run code "
+                                          f"when loaded; refused (the toolkit's exports hold tensors only)")
+    flag, before = "TORCH_FORCE_WEIGHTS_ONLY_LOAD", os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ[flag] = "1"  # torch.load reads it at each call: for the duration of this load only
+    try:
+        return torch.export.load(str(path)).module()
+    except Exception as e:  # a damaged, foreign or pickle-bearing archive: one line
+        raise checkpoints.CheckpointError(f"{path}: not a tensors-only torch.export program "
+                                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    finally:
+        if before is None:
+            os.environ.pop(flag, None)
+        else:
+            os.environ[flag] = before
 
 
 def trace(ex: Exportable):
@@ -127,7 +157,7 @@ def export(kind: str, config: Optional[str], weights: str, out, formats: Sequenc
     if check_only and missing:
         raise checkpoints.CheckpointError(f"--check-only: {missing[0]} not found (export it first)")
     if check_only and "pt2" in files:
-        _trusted(out, files["pt2"])  # before torch.export.load, which can unpickle
+        _trusted(out, files["pt2"])  # the gate re-checks what it passed before, not a file put there since
     if not check_only:
         print(f"tracing {kind} ({ex.size}x{ex.size}, dynamic batch) with torch.export ...", file=sys.stderr)
         program = trace(ex)
@@ -181,8 +211,8 @@ def exported(where, kind: str, runtime: str, config: Optional[str] = None, devic
 
 
 def _trusted(folder: Path, path: Path, meta: Optional[dict] = None) -> None:
-    """`path` is the file that passed the gate: export.json records its SHA-256. (torch.export.load can
-    unpickle -- it falls back to weights_only=False -- so a .pt2 from elsewhere is not run.)"""
+    """`path` is the file that passed the gate: export.json records its SHA-256 (so predict never runs a
+    graph that was changed, or never checked, after the export)."""
     if meta is None:
         try:
             meta = json.loads((folder / "export.json").read_text())

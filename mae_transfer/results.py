@@ -138,19 +138,24 @@ LOCK_ENV = "MAE_TRANSFER_LOCKED"  # given by a launcher holding the lock to the 
 SETTINGS = "settings.json"
 
 
-def _settings_text(settings: Dict[str, Any]) -> Dict[str, Optional[str]]:
-    return {k: None if v is None else str(v) for k, v in settings.items()}
+def settings(config, seed, model=None, backbone=None, data=()) -> Dict[str, Optional[str]]:
+    """What a resumed run must share with its first start (`check_settings`), as text; paths absolute."""
+    def where(x):
+        return str(Path(x).resolve()) if x else None
+    return {"config": where(config), "seed": None if seed is None else str(seed), "model": model,
+            "backbone": where(backbone), "data": ", ".join(where(d) for d in data if d) or None}
 
 
-def check_settings(output_dir, resume: bool, settings: Optional[Dict[str, Any]], allow_changes: bool) -> None:
-    """A run is continued with the settings it was started with: `settings` (seed, model, data, ...) are
+def check_settings(output_dir, resume: bool, run: Optional[Dict[str, Optional[str]]],
+                   allow_changes: bool) -> None:
+    """A run is continued with the settings it was started with: `run` (seed, model, data, ...) is
     written to <dir>/settings.json when the run starts; a `--resume` with other values is refused (naming
-    them) unless `allow_changes`, which records the new values as the run's."""
+    them) unless `allow_changes`, which records the new values as the run's. `run`: from `settings`."""
     from .engine.config import ConfigError
 
-    if settings is None:
+    if run is None:
         return
-    path, now = Path(output_dir) / SETTINGS, _settings_text(settings)
+    path, now = Path(output_dir) / SETTINGS, dict(run)
     then = {}
     if resume and path.is_file():
         with contextlib.suppress(ValueError):
@@ -167,7 +172,7 @@ def check_settings(output_dir, resume: bool, settings: Optional[Dict[str, Any]],
 
 
 @contextlib.contextmanager
-def claim(output_dir, resume: bool, settings: Optional[Dict[str, Any]] = None,
+def claim(output_dir, resume: bool, run: Optional[Dict[str, Optional[str]]] = None,
           allow_changes: bool = False) -> Iterator[None]:
     """Make `output_dir` this run's for the block: an exclusive lock (lockf on <dir>/.lock, released by the
     OS when the process dies, so a killed run can be resumed at once), then `check_fresh`. A second run on
@@ -202,7 +207,7 @@ def claim(output_dir, resume: bool, settings: Optional[Dict[str, Any]] = None,
         check_fresh(out, resume)
         for stale in out.glob(".*.tmp"):  # half-written files of a run killed mid-write (we hold the lock)
             stale.unlink()
-        check_settings(out, resume, settings, allow_changes)
+        check_settings(out, resume, run, allow_changes)
         yield  # the lock goes with the file, closed here or by the OS
 
 

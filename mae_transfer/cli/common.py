@@ -88,14 +88,6 @@ def relaunch_under_torchrun(command: str, argv: List[str], num_gpus: int, locked
     sys.exit(subprocess.run(cmd, env=env).returncode)
 
 
-def settings(config, seed, model=None, backbone=None, data=()) -> dict:
-    """What a resumed run must share with its first start (`results.check_settings`); paths absolute."""
-    def where(x):
-        return str(Path(x).resolve()) if x else None
-    return {"config": where(config), "seed": seed, "model": model, "backbone": where(backbone),
-            "data": ", ".join(where(d) for d in data if d) or None}
-
-
 def add_data_path(p: argparse.ArgumentParser, help_text: str) -> None:
     p.add_argument("--data-path", metavar="DIR", help=help_text)
 

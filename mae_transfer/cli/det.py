@@ -51,7 +51,7 @@ def main(argv: List[str], prog: str = "mae-transfer det"):
         read_state_dict(a.backbone)
     if a.eval_only:  # a trained detector: readable and safe (its layout is detectron2's); box-only or not
         a.facts["mask_head"] = has_mask_head(unwrap(load_file(a.eval_only)))
-    run = common.settings(a.config, a.seed if a.seed is not None else cfg.train.get("seed"), None,
+    run = results.settings(a.config, a.seed if a.seed is not None else cfg.train.get("seed"), None,
                           a.eval_only or a.backbone or cfg.train.get("init_checkpoint"),
                           [a.train_json, a.train_images, a.val_json, a.val_images])
     with results.claim(a.output_dir or cfg.train.output_dir, a.resume, run, a.allow_changes):  # held for launch's

@@ -48,14 +48,14 @@ def pretrain(argv: List[str], prog: str = "mae-transfer pretrain"):
         from ..checkpoints import read_state_dict
 
         read_state_dict(a.eval_only)  # unreadable, unsafe or foreign: one line before anything is written
-        run = common.settings(path, cfg.seed, _model(cfg), a.eval_only, [cfg.data_path])
+        run = results.settings(path, cfg.seed, _model(cfg), a.eval_only, [cfg.data_path])
         with results.claim(out, a.resume, run, a.allow_changes), \
                 results.recorded("pretrain", out, path, cfg.seed, a.eval_only) as rec:
             rec.metrics.update(evaluate_checkpoint(cfg, a.eval_only))
         print(f"masked-patch loss {rec.metrics['loss']:.4f} over {int(rec.metrics['images'])} images "
               f"(result: {out / results.NAME})")
         return rec.metrics
-    run = common.settings(path, cfg.seed, _model(cfg), data=[cfg.data_path])
+    run = results.settings(path, cfg.seed, _model(cfg), data=[cfg.data_path])
     with results.claim(out, a.resume or cfg.resume != "none", run, a.allow_changes):
         common.relaunch_under_torchrun("pretrain", argv, a.num_gpus, out)
         with results.recorded("pretrain", out, path, cfg.seed) as rec:
@@ -90,7 +90,7 @@ def classify(mode: str, argv: List[str], prog: str):
     for ckpt in filter(None, (cfg.finetune, cfg.eval_only)):
         read_state_dict(ckpt)  # unreadable, unsafe or foreign: one line now, before data and model
     out = Path(cfg.output_dir)
-    run = common.settings(path, cfg.seed, _model(cfg), cfg.eval_only or cfg.finetune, [cfg.data_path])
+    run = results.settings(path, cfg.seed, _model(cfg), cfg.eval_only or cfg.finetune, [cfg.data_path])
     with results.claim(out, a.resume or cfg.resume != "none", run, a.allow_changes):
         common.relaunch_under_torchrun(mode, argv, a.num_gpus, out)
         with results.recorded(mode, out, path, cfg.seed, cfg.eval_only or cfg.finetune) as rec:

@@ -50,15 +50,10 @@ class _Tuple(torch.nn.Module):
 def encoder(weights: str, img_size: Optional[int] = None) -> Exportable:
     from timm.models.vision_transformer import VisionTransformer
 
-    from ..models.mae import architecture
+    from ..models.mae import architecture, read_with
     from ..models.vit import load_checkpoint
 
-    obj = checkpoints.load_file(weights)
-    sd = checkpoints.read_state_dict(obj)
-    try:
-        kw = architecture(obj, sd)
-    except ValueError as e:
-        raise checkpoints.CheckpointError(f"{weights}: {e}") from None
+    sd, kw = read_with(weights, architecture)
     size = img_size or kw["img_size"]
     pool = "avg" if "fc_norm.weight" in sd else "token"  # fine-tuned with global pooling: fc_norm, no norm
     vit = VisionTransformer(img_size=size, patch_size=kw["patch_size"], in_chans=kw.get("in_chans", 3),

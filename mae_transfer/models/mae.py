@@ -6,7 +6,7 @@ Transformer blocks and the patch embedding are timm's (attention runs through
 `F.scaled_dot_product_attention`).
 """
 from functools import partial
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -312,16 +312,22 @@ def mae_from_checkpoint(obj, sd) -> MaskedAutoencoderViT:
     return MaskedAutoencoderViT(**architecture(obj, sd))
 
 
-def load_mae(path) -> MaskedAutoencoderViT:
-    """The full MAE in the checkpoint file at `path`, rebuilt from what it records and loaded strictly;
-    an encoder-only, unknown-size or unreadable file is a CheckpointError (one line)."""
+def read_with(path, build: Callable):
+    """(state dict, build(obj, sd)) of the checkpoint file at `path` -- `build` is `architecture` or
+    `mae_from_checkpoint` -- its ValueError (unknown size, no decoder) a one-line CheckpointError."""
     from .. import checkpoints
 
     obj = checkpoints.load_file(path)
     sd = checkpoints.read_state_dict(obj)
     try:
-        model = mae_from_checkpoint(obj, sd)
+        return sd, build(obj, sd)
     except ValueError as e:
         raise checkpoints.CheckpointError(f"{path}: {e}") from None
+
+
+def load_mae(path) -> MaskedAutoencoderViT:
+    """The full MAE in the checkpoint file at `path`, rebuilt from what it records and loaded strictly;
+    an encoder-only, unknown-size or unreadable file is a CheckpointError (one line)."""
+    sd, model = read_with(path, mae_from_checkpoint)
     model.load_state_dict(sd, strict=True)
     return model

@@ -94,10 +94,8 @@ def main(args) -> dict:
     if args.resume and last.is_file() and Path(last.read_text().strip()).is_file():
         from .. import checkpoints
         checkpoints.load_file(last.read_text().strip())
-    from ..cli.common import settings
-
     data = [args.data_root] + [getattr(args, f"{s}_{k}", None) for s in ("train", "val") for k in ("images", "masks")]
-    run = settings(args.config, seed, None, ckpt, data + [getattr(args, "classes", None)])
+    run = results.settings(args.config, seed, None, ckpt, data + [getattr(args, "classes", None)])
     with results.claim(cfg.work_dir, args.resume, run, getattr(args, "allow_changes", False)):
         with results.recorded("seg", cfg.work_dir, args.config, seed, ckpt) as rec:
             runner = Runner.from_cfg(cfg)

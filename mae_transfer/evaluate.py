@@ -1,13 +1,7 @@
 """Score backbones on classification, detection and segmentation with fixed recipes, N seeds each
 (`mae-transfer evaluate`). Every run is the toolkit's own launcher in a subprocess -- the command a
-user would type -- so a suite is exactly a list of commands: `--dry-run` prints it, and a finished
-run (its `result.json`) is not run again when the suite is restarted.
-
-Suites:
-* `cpu`: the Fashion-MNIST scenes (mae_transfer.data.scenes) on 2 CPU cores: linear probe and
-  fine-tuning on the scenes' items, ViTDet Mask R-CNN and UperNet on the scenes. ViT-Ti/8 backbones.
-* `paper`: ImageNet-1k, COCO 2017 and ADE20K with the published recipes (configs/), on GPUs, with the
-  published numbers as reference rows.
+user would type -- so a suite (mae_transfer.suites: cpu, paper, custom) is exactly a list of commands:
+`--dry-run` prints it, and a finished run (its `result.json`) is not run again when the suite is restarted.
 """
 import datetime
 import json
@@ -16,115 +10,13 @@ import shlex
 import statistics
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from . import results
+from .suites import Task
 
-PY = sys.executable
-CONFIGS = Path(__file__).resolve().parent / "configs"
 RANDOM = "random"  # the backbone name that means "same ViT, random init"
-
-
-@dataclass
-class Task:
-    name: str
-    metrics: Sequence[str]
-    config: str
-    command: Callable[[str, int, Path], List[str]]  # (checkpoint or "", seed, output dir) -> argv
-    inputs: Sequence[str] = ()  # the data files and folders its runs read (checked before the suite starts)
-
-
-def missing_inputs(tasks: Sequence[Task]) -> List[str]:
-    """`task: path` for every input of `tasks` that is not there."""
-    return [f"{t.name}: {p}" for t in tasks for p in t.inputs if not Path(p).exists()]
-
-
-def _launch(command: str, config: str, ckpt: str, seed: int, out: Path, gpus: int) -> List[str]:
-    """The one grammar of every training command. `--resume`: a run stopped half-way continues where it
-    was when the suite is restarted (a fresh directory starts fresh)."""
-    return [PY, "-m", "mae_transfer", command, "--config", config, "--backbone", ckpt, "--output-dir", str(out),
-            "--seed", str(seed), "--num-gpus", str(gpus), "--resume"]
-
-
-def classify_task(name: str, config: str, data: str, extra: Sequence[str] = (), gpus: int = 1) -> Task:
-    def command(ckpt, seed, out):
-        return _launch(name, config, ckpt, seed, out, gpus) + ["--data-path", data, *extra]
-    return Task(name, ("top-1",), config, command, [f"{data}/train", f"{data}/val"])
-
-
-def det_task(config: str, data: Optional[Dict[str, str]], extra: Sequence[str] = (), gpus: int = 1) -> Task:
-    """`data`: a COCO-format set by path; None: COCO 2017 under $DETECTRON2_DATASETS (detectron2's layout)."""
-    coco = Path(os.environ.get("DETECTRON2_DATASETS", "datasets")) / "coco"
-    inputs = list(data.values()) if data else [str(coco / f"annotations/instances_{s}2017.json")
-                                               for s in ("train", "val")]
-    paths = [] if data is None else ["--train-json", data["train_json"], "--train-images", data["train_images"],
-                                     "--val-json", data["val_json"], "--val-images", data["val_images"]]
-
-    def command(ckpt, seed, out):
-        return _launch("det", config, ckpt, seed, out, gpus) + [*paths, *extra]
-    return Task("det", ("box AP", "mask AP"), config, command, inputs)
-
-
-def seg_task(config: str, data: Sequence[str], extra: Sequence[str] = (), gpus: int = 1) -> Task:
-    """`data`: the seg command's data options (`--data-root DIR` or `--train-images DIR ...`)."""
-    def command(ckpt, seed, out):
-        return _launch("seg", config, ckpt, seed, out, gpus) + [*data, *extra]
-    return Task("seg", ("mIoU",), config, command, [v for k, v in zip(data[::2], data[1::2]) if k.startswith("--")])
-
-
-def cpu_suite(data_root: str, quick: bool = False) -> List[Task]:
-    """The scene set at `data_root` (made by mae_transfer.data.scenes); `quick`: a smoke budget."""
-    from .data.scenes import make_scenes
-
-    root = Path(data_root)
-    n_train, n_val = (40, 10) if quick else (2000, 200)
-    if not (root / "annotations" / "val.json").is_file():
-        make_scenes(root, *((n_train, n_val, 128, 0, None, 20) if quick else (n_train, n_val)))
-    sizes = tuple(len(json.loads((root / f"annotations/{s}.json").read_text())["images"]) for s in ("train", "val"))
-    if sizes != (n_train, n_val):
-        from .data import DataError
-        raise DataError(f"{root} holds {sizes[0]} / {sizes[1]} train / val scenes, not the {n_train} / {n_val} of a "
-                        f"{'--quick' if quick else 'full'} suite: pass another --data (or delete it to remake it)")
-    d = {k: str(root / v) for k, v in (("train_json", "annotations/train.json"), ("train_images", "train"),
-                                        ("val_json", "annotations/val.json"), ("val_images", "val"))}
-    seg_data = ["--train-images", str(root / "train"), "--train-masks", str(root / "masks/train"),
-                "--val-images", str(root / "val"), "--val-masks", str(root / "masks/val"),
-                "--classes", str(root / "classes.txt")]
-    cls_quick = ["epochs=1", "warmup_epochs=0", "batch_size=32", "effective_batch_size=32"] if quick else []
-    det_quick = ["train.max_iter=4", "lr_multiplier.scheduler.milestones=[2,3]", "lr_multiplier.warmup_length=0.25",
-                 "dataloader.train.total_batch_size=2", "train.log_period=1"] if quick else []
-    seg_quick = ["train_cfg.max_iters=4", "train_cfg.val_interval=4", "train_dataloader.batch_size=2",
-                 "param_scheduler.0.end=2", "param_scheduler.1.begin=2", "param_scheduler.1.end=4",
-                 "default_hooks.logger.interval=1"] if quick else []
-    cfg = str(CONFIGS)
-    return [classify_task("linprobe", f"{cfg}/linprobe/scenes_cpu.py", str(root / "crops"), cls_quick),
-            classify_task("finetune", f"{cfg}/finetune/scenes_cpu.py", str(root / "crops"), cls_quick),
-            det_task(f"{cfg}/det/tiny_cpu.py", d, det_quick),
-            seg_task(f"{cfg}/seg/tiny_cpu.py", seg_data, seg_quick)]
-
-
-# Published results of the recipes the paper suite runs (MAE Tables 3 and 10, ViTDet Table 3 / MAE Table 4,
-# MAE Table 5): ImageNet top-1 fine-tune / linear, COCO box / mask AP, ADE20K mIoU.
-REFERENCE = {
-    "base": {"finetune": {"top-1": 83.6}, "linprobe": {"top-1": 68.0}, "det": {"box AP": 51.6, "mask AP": 45.9},
-             "seg": {"mIoU": 48.1}},
-    "large": {"finetune": {"top-1": 85.9}, "linprobe": {"top-1": 75.8}, "det": {"box AP": 55.5, "mask AP": 49.2},
-              "seg": {"mIoU": 53.6}},
-}
-
-
-def paper_suite(arch: str, imagenet: str, ade: str, gpus: int = 8) -> List[Task]:
-    """ImageNet-1k (`imagenet`/{train,val}), COCO 2017 (under $DETECTRON2_DATASETS), ADE20K (`ade`)."""
-    cfg, short = str(CONFIGS), {"base": "b", "large": "l", "huge": "h"}[arch]
-    det = {"huge": "mask_rcnn_vitdet_h_75ep.py"}.get(arch, f"mask_rcnn_vitdet_{short}_100ep.py")
-    tasks = [classify_task("linprobe", f"{cfg}/linprobe/vit_{arch}.py", imagenet, gpus=gpus),
-             classify_task("finetune", f"{cfg}/finetune/vit_{arch}.py", imagenet, gpus=gpus),
-             det_task(f"{cfg}/det/{det}", None, gpus=gpus)]
-    if arch != "huge":  # no ViT-H UperNet recipe in the paper
-        tasks.append(seg_task(f"{cfg}/seg/mae_vit_{arch}_upernet_160k_ade20k.py", ["--data-root", ade], gpus=gpus))
-    return tasks
 
 
 def backbone_names(backbones: Sequence[str]) -> Dict[str, str]:
@@ -177,7 +69,7 @@ def _run(r: dict, env: Dict[str, str]) -> Optional[str]:
     return None
 
 
-def _done(run: dict) -> bool:
+def done(run: dict) -> bool:
     try:
         return results.read(run["dir"])["status"] == "ok"
     except (OSError, ValueError):
@@ -196,7 +88,7 @@ def execute(runs: List[dict], jobs: int = 1) -> List[dict]:
 
     one_thread = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if jobs > 1 else {}
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **one_thread}
-    todo = [r for r in runs if not _done(r)]
+    todo = [r for r in runs if not done(r)]
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), unit="run", dynamic_ncols=True)
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         running = {pool.submit(_run, r, env): r for r in todo}
@@ -318,20 +210,23 @@ def chart(table, path: Path, reference: Optional[dict] = None, title: str = "") 
 
 
 def write_report(rows: List[dict], out: Path, reference: Optional[dict] = None, title: str = "",
-                 command: str = "") -> dict:
-    """report.md (failed runs listed under the table), results.json and chart.png in `out`; returns the
-    summary table."""
+                 command: str = "", schedules: Sequence[str] = ()) -> dict:
+    """report.md (failed runs listed under the table, then how each task's budget was set), results.json
+    and chart.png in `out`; returns the summary table."""
     table = summarize(rows)
     md = markdown(table, reference, title)
     failed = [r for r in rows if r.get("status") == "failed"]
     if failed:
         md += "\nFailed runs (not in the table):\n" + "".join(
             f"- {r['backbone']} / {r['task']} / seed {r['seed']}: {r['error']}\n" for r in failed)
+    if schedules:
+        md += "\nBudgets:\n" + "".join(f"- {s}\n" for s in schedules)
     if command:
         md += f"\n```\n{command}\n```\n"
     (out / "report.md").write_text(md)
     (out / "results.json").write_text(json.dumps({"title": title, "command": command, "summary": table,
-                                                  "runs": rows, "reference": reference}, indent=1))
+                                                  "runs": rows, "reference": reference, "budgets": list(schedules)},
+                                                 indent=1, default=str))
     if table:
         chart(table, out / "chart.png", reference, title)
     return table

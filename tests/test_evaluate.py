@@ -117,14 +117,14 @@ def test_paper_suite_dry_run_checks_then_prints_every_command(tmp_path, monkeypa
 
 
 def test_backbone_folders_are_distinct_and_a_quick_set_is_not_reused(tmp_path, scenes_quick):
-    from mae_transfer import evaluate
+    from mae_transfer import evaluate, suites
     from mae_transfer.data import DataError
 
     names = evaluate.backbone_names(["a b=x.pth", "a_b=y.pth", "random"])
-    runs = evaluate.plan(evaluate.cpu_suite(str(scenes_quick), quick=True)[:1], names, [0], tmp_path)
+    runs = evaluate.plan(suites.cpu_suite(str(scenes_quick), quick=True)[:1], names, [0], tmp_path)
     assert len({r["dir"] for r in runs}) == 3
     with pytest.raises(DataError, match="not the 2000 / 200 of a full suite"):
-        evaluate.cpu_suite(str(scenes_quick), quick=False)
+        suites.cpu_suite(str(scenes_quick), quick=False)
 
 
 def test_report_table_and_gap():
@@ -135,3 +135,72 @@ def test_report_table_and_gap():
     md = evaluate.markdown(evaluate.summarize(runs))
     assert "| mae (n=3) | 11.0 ± 1.0 |" in md and "| random init (n=3) | 6.0 ± 1.0 |" in md
     assert "| mae − random init | +5.0 (+5.0 std) |" in md
+
+
+@pytest.fixture(scope="module")
+def own_sets(tmp_path_factory, scenes_quick):
+    """A user's own sets on disk, as the custom suite receives them: a box-only COCO set, a 2-class
+    segmentation set (object / background) and an image folder (the scenes' crops)."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("own")
+    for split in ("train", "val"):
+        js = json.loads((scenes_quick / f"annotations/{split}.json").read_text())
+        for a in js["annotations"]:
+            del a["segmentation"]
+        (root / f"{split}.json").write_text(json.dumps(js))
+        (root / "masks" / split).mkdir(parents=True)
+        for m in (scenes_quick / "masks" / split).glob("*.png"):
+            Image.fromarray(np.minimum(np.asarray(Image.open(m)), 1)).save(root / "masks" / split / m.name)
+    (root / "classes.txt").write_text("background\nobject\n")
+    s = scenes_quick
+    return ["--det-train-json", root / "train.json", "--det-train-images", s / "train",
+            "--det-val-json", root / "val.json", "--det-val-images", s / "val",
+            "--seg-train-images", s / "train", "--seg-train-masks", root / "masks/train",
+            "--seg-val-images", s / "val", "--seg-val-masks", root / "masks/val", "--seg-classes", root / "classes.txt",
+            "--cls-data", s / "crops"]
+
+
+@pytest.mark.cli
+def test_custom_suite_on_own_sets_with_pretraining_on_own_images(tmp_path, scenes_quick, own_sets):
+    out = tmp_path / "ev"
+    stdout = _evaluate("random", "--suite", "custom", *own_sets, "--tasks", "linprobe,det,seg", "--seeds", "2",
+                       "--pretrain-on", scenes_quick / "train", "--pretrain-epochs", "1", "--cls-epochs", "1",
+                       "--det-epochs", "0.2", "--seg-epochs", "0.4", "--output-dir", out)
+    # the budgets follow the sets' sizes by the stated rule, printed and in the report
+    assert "# det: 40 train images x 0.2 epochs / 4 a step: train.max_iter=3" in stdout
+    assert "# seg: 40 train images x 0.4 epochs / 8 a step: train_cfg.max_iters=3" in stdout
+    assert "# pretrain: 40 unlabelled images x 1 epochs: epochs=1 warmup_epochs=0 batch_size=10" in stdout
+    res = json.loads((out / "results.json").read_text())
+    assert {r["status"] for r in res["runs"]} == {"ok"}
+    assert {(r["backbone"], r["task"]) for r in res["runs"]} == {
+        (b, t) for b in ("random init", "mae (--pretrain-on)") for t in ("linprobe", "det", "seg")}
+    assert len(res["runs"]) == 12
+    for b in ("random init", "mae (--pretrain-on)"):
+        cols = res["summary"][b]
+        assert {"det box AP", "linprobe top-1", "seg mIoU"} <= set(cols) and "det mask AP" not in cols
+        assert all(c["n"] == 2 for c in cols.values())
+    report = (out / "report.md").read_text()
+    assert "| mae (--pretrain-on) (n=2) |" in report and " ± " in report and "det mask AP" not in report
+    assert "Budgets:" in report
+    # the seg runs trained 2 classes, the classification runs the crops' 10
+    seg_cfg = (out / "runs/random_init/seg/seed0/tiny_cpu.py").read_text()
+    assert "num_classes=2" in seg_cfg.replace(" ", "")
+    assert "num_classes=10" in (out / "runs/random_init/linprobe/seed0/run.log").read_text().split("\n")[0]
+
+
+def test_custom_suite_mistakes_are_one_line(tmp_path, capsys, scenes_quick):
+    from mae_transfer.cli import main
+
+    cases = [(["--suite", "custom"], "needs at least one set"),
+             (["--suite", "custom", "--det-train-json", str(scenes_quick / "annotations/train.json")],
+              "also needs --det-train-images"),
+             (["--cls-data", str(scenes_quick / "crops")], "add --suite custom"),
+             (["--suite", "custom", "--cls-data", str(tmp_path / "nothing")], "is not a folder")]
+    for extra, says in cases:
+        with pytest.raises(SystemExit) as e:
+            main(["evaluate", "random", "--output-dir", str(tmp_path / "o"), *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and says in err[0], (extra, err)
+    assert not (tmp_path / "o").exists()

@@ -23,6 +23,8 @@ from typing import Any, Callable, Dict, Iterable, List, Tuple
 import torch
 import torch.nn.functional as F
 
+from . import beit
+
 _logger = logging.getLogger("mae_transfer")
 
 StateDict = Dict[str, torch.Tensor]
@@ -144,6 +146,8 @@ def read_state_dict(path_or_sd) -> StateDict:
         sd = {k[len("backbone.net."):]: v for k, v in sd.items() if k.startswith("backbone.net.")}
     elif fmt == "mmseg":
         sd = from_mmseg(sd)
+    if beit.is_beit(sd):
+        sd = beit.canonical(sd)
     bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise CheckpointError(f"{len(bad)} tensor(s) hold NaN or Inf, e.g. {bad[0]}: a run that diverged? "
@@ -348,16 +352,16 @@ _MMSEG = [(r"^patch_embed\.proj\.", "patch_embed.projection."), (r"^blocks\.(\d+
 
 def to_mmseg(sd: StateDict) -> StateDict:
     """Canonical encoder -> `mmseg.models.backbones.MAE` names. The MAE has no layer scale, so
-    gamma_1/gamma_2 are exactly ones; its final `norm` is unused by mmseg (features are taken from
-    intermediate blocks, `final_norm=False`) and dropped with the decoder."""
+    gamma_1/gamma_2 are exactly ones (a BEiT brings its own); its final `norm` is unused by mmseg
+    (features are taken from intermediate blocks, `final_norm=False`) and dropped with the decoder."""
     out = {}
     for k, v in sd.items():
         if k.startswith(("decoder_", "mask_token", "norm.", "fc_norm.", "head.")):
             continue
         out[_rename(k, _MMSEG)] = v
-    for k in [k for k in out if k.endswith(".ln1.weight")]:
-        out[k.replace(".ln1.weight", ".gamma_1")] = torch.ones_like(out[k])
-        out[k.replace(".ln1.weight", ".gamma_2")] = torch.ones_like(out[k])
+    for k in [k for k in out if k.endswith(".ln1.weight")]:  # a BEiT's own layer scale is kept
+        out.setdefault(k.replace(".ln1.weight", ".gamma_1"), torch.ones_like(out[k]))
+        out.setdefault(k.replace(".ln1.weight", ".gamma_2"), torch.ones_like(out[k]))
     return out
 
 

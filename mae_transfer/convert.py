@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from . import checkpoints
+from . import beit, checkpoints
 from .models.mae import architecture, training_args
 from .models.pos_embed import resample_pos_embed
 
@@ -21,9 +21,9 @@ TARGETS = ("hf", "timm", "detectron2", "mmseg", "safetensors", "official")
 _DECODER = ("decoder_", "mask_token")
 
 
-def _report(src: Dict, out: Dict, path: Path, renamed: Optional[List[str]] = None) -> Dict:
+def _report(src: Dict, out: Dict, path: Path, renamed: Optional[List[str]] = None, notes=()) -> Dict:
     return {"written": str(path), "tensors": len(out), "dropped": sorted(set(src) - set(out) - set(renamed or ())),
-            "renamed": renamed or []}
+            "renamed": renamed or [], **({"adapted": list(notes)} if notes else {})}
 
 
 def hf_config(obj, sd) -> dict:
@@ -49,7 +49,13 @@ def export(src_path, target: str, out, det_patch_size: Optional[int] = None, det
     if target not in TARGETS:
         raise checkpoints.CheckpointError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     obj = checkpoints.load_file(src_path)
-    sd = checkpoints.read_state_dict(obj)
+    sd, notes = checkpoints.read_state_dict(obj), []
+    if beit.is_beit(sd) and target in ("hf", "detectron2", "mmseg"):
+        if target == "hf":
+            raise checkpoints.CheckpointError(
+                f"{src_path} is a BEiT: HF's ViTMAE has no place for its layer scale and relative position bias "
+                f"(--to timm, official, safetensors, detectron2 or mmseg)")
+        sd, notes = beit.as_vit(sd, keep_layer_scale=target == "mmseg", keep_tables=target == "mmseg")
     arch = {"model_args": obj["model_args"]} if isinstance(obj, dict) and obj.get("model_args") else {}
     out = Path(out)
     if target == "safetensors" and out.suffix != ".safetensors":
@@ -79,7 +85,8 @@ def export(src_path, target: str, out, det_patch_size: Optional[int] = None, det
         if d2["backbone.net.pos_embed"].shape[1] != side * side + 1:  # d2's ViT holds pretrain_img_size / patch
             d2["backbone.net.pos_embed"] = resample_pos_embed(d2["backbone.net.pos_embed"], (side, side))
         checkpoints.save(out, {"model": d2, "__author__": "mae_transfer", "matching_heuristics": False, **arch})
-        return _report(sd, d2, out, renamed=[k for k in sd if "backbone.net." + k in d2])
+        return _report(sd, d2, out, renamed=[k for k in sd if "backbone.net." + k in d2], notes=notes)
     mm = checkpoints.to_mmseg(sd)
     checkpoints.save(out, {"state_dict": mm, "meta": {"source": str(src_path)}, **arch})
-    return _report(sd, mm, out, renamed=[k for k in sd if k not in mm and not k.startswith(_DECODER + ("norm.",))])
+    return _report(sd, mm, out, renamed=[k for k in sd if k not in mm and not k.startswith(_DECODER + ("norm.",))],
+                   notes=notes)

@@ -149,8 +149,9 @@ def convert(argv: List[str], prog: str = "mae-transfer convert"):
     a = p.parse_args(argv)
     r = export(a.checkpoint, a.to, a.out, a.det_patch_size, a.det_pretrain_img_size)
     dropped = ", ".join(sorted({k.split(".")[0] for k in r["dropped"]})) or "nothing"
+    adapted = f"; adapted: {'; '.join(r['adapted'])}" if r.get("adapted") else ""
     print(f"wrote {r['tensors']} tensors to {r['written']} ({a.to}); dropped: {dropped}; "
-          f"renamed: {len(r['renamed'])} tensors")
+          f"renamed: {len(r['renamed'])} tensors{adapted}")
 
 
 VISUALIZE_DOC = """Reconstruction grid for any full MAE checkpoint (official *_full.pth / mae_visualize_*.pth,

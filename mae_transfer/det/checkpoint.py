@@ -7,7 +7,7 @@ from typing import Dict, List
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .. import checkpoints
+from .. import beit, checkpoints
 from ..models.pos_embed import resample_pos_embed
 
 _logger = logging.getLogger("mae_transfer")
@@ -21,8 +21,10 @@ def load_backbone(model: torch.nn.Module, path, prefix: str = "backbone.net.") -
     fit; returns {'loaded': [...], 'fresh': [...], 'ignored': [...]}."""
     own = model.state_dict()
     net = next(m for n, m in model.named_modules() if n == prefix.rstrip("."))
-    sd = checkpoints.to_detectron2(checkpoints.read_state_dict(path), patch_size=net.patch_embed.proj.kernel_size[0],
-                                   prefix=prefix)
+    sd, notes = checkpoints.read_state_dict(path), []
+    if beit.is_beit(sd):
+        sd, notes = beit.as_vit(sd, keep_layer_scale=False, keep_tables=False)
+    sd = checkpoints.to_detectron2(sd, patch_size=net.patch_embed.proj.kernel_size[0], prefix=prefix)
     key = prefix + "pos_embed"
     if key in sd and key in own and sd[key].shape != own[key].shape:
         side = int(round((own[key].shape[1] - 1) ** 0.5))
@@ -31,6 +33,9 @@ def load_backbone(model: torch.nn.Module, path, prefix: str = "backbone.net.") -
     _logger.info("backbone %s: loaded %d tensors into %s*; fresh: %d rel-pos tables, %s", path,
                  len(report["loaded"]), prefix, sum(bool(FRESH_OK.search(k)) for k in report["fresh"]),
                  _summarise([k for k in report["fresh"] if not FRESH_OK.search(k)]))
+    if notes:
+        _logger.info("backbone %s is a BEiT: %s", path, "; ".join(notes))
+    report["notes"] = notes
     return report
 
 

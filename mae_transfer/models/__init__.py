@@ -40,6 +40,8 @@ def _create(name: str, module: str, **kwargs):
     model = timm.create_model(name, **kwargs)
     # what the checkpoints record (nanoGPT's model_args): readers rebuild from it, never from shapes
     model.model_args = {"name": name, "kwargs": {k: v for k, v in kwargs.items() if k != "checkpoint"}}
+    if getattr(model, "beit", None):  # built as timm's Beit for a BEiT checkpoint (models/vit.py)
+        model.model_args["kwargs"]["beit"] = model.beit
     return model
 
 

@@ -15,6 +15,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import VisionTransformer
 
 from .. import checkpoints
+from ..beit import is_beit
 from .pos_embed import resample_pos_embed
 
 _logger = logging.getLogger(__name__)
@@ -53,11 +54,11 @@ def _pretrained_filter(state_dict: Dict, model: VisionTransformer) -> Dict[str, 
     return {k: v for k, v in sd.items() if k in own or k.startswith("head.")}
 
 
-def load_checkpoint(model: VisionTransformer, checkpoint) -> Dict:
+def load_checkpoint(model: VisionTransformer, checkpoint, source: Optional[str] = None) -> Dict:
     """Load `checkpoint` (path or dict) into `model`; the head and fc_norm may start fresh, the
     final `norm` of a pretrained file may be left out (global pooling uses fc_norm). Returns and
     logs the report {'loaded', 'fresh', 'ignored'}."""
-    source = checkpoint if isinstance(checkpoint, (str, os.PathLike)) else "state dict"
+    source = source or _source(checkpoint)
     report = checkpoints.load_into(model, checkpoint_filter_fn(checkpoint, model), source,
                                    fresh_ok=r"^(head|fc_norm)\.", ignore_ok=r"^(head|fc_norm|norm)\.")
     _logger.info("loaded %s: %d tensors; fresh: %s; ignored: %s", source, len(report["loaded"]),
@@ -65,15 +66,43 @@ def load_checkpoint(model: VisionTransformer, checkpoint) -> Dict:
     return report
 
 
+def _source(checkpoint) -> str:
+    return str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "state dict"
+
+
+def _beit(variant: str, sd: Optional[Dict], beit: Optional[Dict], global_pool: str, source: str, **kwargs):
+    """A BEiT checkpoint (or `beit` = its model_args, when rebuilt) fine-tunes as timm's own `Beit`: layer
+    scale and relative position bias have no place in the MAE's ViT. `model.beit` is recorded with the
+    model's arguments, so a fine-tuned BEiT is rebuilt as one."""
+    from timm.models.beit import Beit
+    from timm.models.beit import checkpoint_filter_fn as beit_filter
+
+    beit = beit or {"use_abs_pos_emb": "pos_embed" in sd, "init_values": 1.0 if "blocks.0.gamma_1" in sd else None}
+    model = build_model_with_cfg(Beit, variant, False, global_pool=global_pool, use_rel_pos_bias=True, **beit, **kwargs)
+    model.beit = beit
+    if sd is not None:
+        own = model.state_dict()
+        sd = {k: v for k, v in beit_filter(sd, model).items()  # timm resamples the tables and positions
+              if not (k.startswith("head.") and k in own and own[k].shape != v.shape)}
+        report = checkpoints.load_into(model, sd, source, fresh_ok=r"^(head|fc_norm)\.",
+                                       ignore_ok=r"^(head|fc_norm|norm)\.")
+        _logger.info("loaded %s, a BEiT, into timm's Beit: %d tensors (layer scale and relative position "
+                     "tables included); fresh: %s", source, len(report["loaded"]), report["fresh"] or "none")
+    return model
+
+
 def _create(variant: str, pretrained: bool = False, checkpoint: Optional[str] = None,
-            global_pool: bool = True, **kwargs) -> VisionTransformer:
+            global_pool: bool = True, beit: Optional[Dict] = None, **kwargs) -> VisionTransformer:
     if isinstance(global_pool, bool):
         global_pool = "avg" if global_pool else "token"
+    sd = checkpoints.read_state_dict(checkpoint) if checkpoint is not None else None
+    if beit is not None or (sd is not None and is_beit(sd)):
+        return _beit(variant, sd, beit, global_pool, _source(checkpoint), **kwargs)
     model = build_model_with_cfg(
         VisionTransformer, variant, pretrained, pretrained_filter_fn=_pretrained_filter,
         global_pool=global_pool, **kwargs)
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
+        load_checkpoint(model, sd, _source(checkpoint))
     return model
 
 

@@ -10,8 +10,9 @@ import re
 from mmengine.logging import print_log
 from mmseg.models.backbones import MAE
 from mmseg.registry import MODELS
+from timm.layers import resize_rel_pos_bias_table
 
-from .. import checkpoints
+from .. import beit, checkpoints
 
 FRESH_OK = re.compile(r"\.attn\.relative_position_(bias_table|index)$")
 
@@ -26,9 +27,17 @@ class MAEViT(MAE):
         super().init_weights()  # mmseg's initialisation (zero relative position tables)
         if not self.checkpoint:
             return
-        sd = checkpoints.to_mmseg(checkpoints.read_state_dict(self.checkpoint))
-        sd = self.resize_abs_pos_embed(sd)  # mmseg's own bicubic resampling to img_size
+        sd, notes = checkpoints.read_state_dict(self.checkpoint), []
+        if beit.is_beit(sd):  # mmseg's MAE block is a BEiT block: layer scale and tables kept
+            sd, notes = beit.as_vit(sd, keep_layer_scale=True, keep_tables=True)
+        sd = self.resize_abs_pos_embed(checkpoints.to_mmseg(sd))  # mmseg's own bicubic resampling to img_size
+        own = self.state_dict()
+        for k in [k for k in sd if k.endswith("relative_position_bias_table") and k in own]:
+            if sd[k].shape != own[k].shape:  # a BEiT's table for another crop: timm's resampler (mmseg's own
+                # resize_rel_pos_embed calls scipy's interp2d, which SciPy 1.14 removed)
+                sd[k] = resize_rel_pos_bias_table(sd[k], new_window_size=self.patch_shape,
+                                                  new_bias_shape=own[k].shape)
         report = checkpoints.load_into(self, sd, self.checkpoint, fresh_ok=FRESH_OK.pattern)
         print_log(f"backbone {self.checkpoint}: loaded {len(report['loaded'])} tensors; fresh: "
                   f"{sum(k.endswith('bias_table') for k in report['fresh'])} relative position tables (zero), "
-                  "the neck and the heads", logger="current")
+                  "the neck and the heads" + (f"; a BEiT: {'; '.join(notes)}" if notes else ""), logger="current")

@@ -293,6 +293,6 @@ def pretrain_run(recipe: str, images: str, out: Path, epochs: Optional[int] = No
     extra = [*epoch_schedule(c, n, e), f"save_freq={e}", f"vis_freq={e}"]
     argv = [PY, "-m", "mae_transfer", "pretrain", "--config", str(config), "--data-path", images, "--output-dir",
             str(out), "--seed", "0", "--num-gpus", str(RECIPES[recipe].gpus), "--resume", *extra]
-    return {"backbone": "mae (--pretrain-on)", "task": "pretrain", "seed": 0, "dir": out, "metrics": ("train_loss",),
+    return {"backbone": "MAE (own images)", "task": "pretrain", "seed": 0, "dir": out, "metrics": ("train_loss",),
             "argv": argv, "schedule": f"{n} unlabelled images x {e} epochs: " + " ".join(extra),
             "checkpoint": str(out / "checkpoint-last.pth")}

@@ -175,14 +175,14 @@ def test_custom_suite_on_own_sets_with_pretraining_on_own_images(tmp_path, scene
     res = json.loads((out / "results.json").read_text())
     assert {r["status"] for r in res["runs"]} == {"ok"}
     assert {(r["backbone"], r["task"]) for r in res["runs"]} == {
-        (b, t) for b in ("random init", "mae (--pretrain-on)") for t in ("linprobe", "det", "seg")}
+        (b, t) for b in ("random init", "MAE (own images)") for t in ("linprobe", "det", "seg")}
     assert len(res["runs"]) == 12
-    for b in ("random init", "mae (--pretrain-on)"):
+    for b in ("random init", "MAE (own images)"):
         cols = res["summary"][b]
         assert {"det box AP", "linprobe top-1", "seg mIoU"} <= set(cols) and "det mask AP" not in cols
         assert all(c["n"] == 2 for c in cols.values())
     report = (out / "report.md").read_text()
-    assert "| mae (--pretrain-on) (n=2) |" in report and " ± " in report and "det mask AP" not in report
+    assert "| MAE (own images) (n=2) |" in report and " ± " in report and "det mask AP" not in report
     assert "Budgets:" in report
     # the seg runs trained 2 classes, the classification runs the crops' 10
     seg_cfg = (out / "runs/random_init/seg/seed0/tiny_cpu.py").read_text()

@@ -39,17 +39,22 @@ def assert_result(output_dir, task: str, metrics=(), world_size: int = 1) -> dic
 
 
 def second_run_is_refused(first, second, out: Path, timeout: float = 600):
-    """Start `first` on output dir `out`; once it holds the directory's lock, `second` (same directory)
-    must exit 2 with one error line naming the holder, and `first` must finish with its own result.json.
+    """Start `first` on output dir `out`; once it holds the directory's lock it is paused (SIGSTOP to its
+    process group, so a short run cannot end first), `second` (same directory) must exit 2 with one error
+    line naming the holder, and `first`, resumed, must finish with its own result.json.
     Both commands are `[python, -m, mae_transfer, ...]`."""
-    proc = subprocess.Popen(first, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(first, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
         deadline = time.time() + timeout
         while not ((out / ".lock").is_file() and (out / ".lock").read_text().startswith("pid")):
             assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
-            time.sleep(0.1)
-        r = subprocess.run(second, capture_output=True, text=True, timeout=timeout)
-        assert proc.poll() is None, "the first run ended before the second was tried: make it longer"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGSTOP)
+        try:
+            r = subprocess.run(second, capture_output=True, text=True, timeout=timeout)
+        finally:
+            os.killpg(proc.pid, signal.SIGCONT)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
         assert "is in use by another run (pid" in r.stderr
     finally:

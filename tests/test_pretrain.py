@@ -28,7 +28,8 @@ TINY_RUN = ["img_size=32", "demo_samples=96", "batch_size=16", "effective_batch_
 
 
 def _run(out, *extra, check=True, **kw):
-    cmd = [PY, str(ROOT / "tools/pretrain.py"), "--output-dir", str(out), *TINY_RUN, *extra]
+    """tools/pretrain.py with the tiny demo config (with --data-path the default would be ViT-L)."""
+    cmd = [PY, str(ROOT / "tools/pretrain.py"), "--config", "demo_tiny", "--output-dir", str(out), *TINY_RUN, *extra]
     return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=600, **kw)
 
 
@@ -110,18 +111,18 @@ def test_two_runs_on_one_output_dir(tmp_path):
     results. After it ended, the directory still belongs to its run: a fresh start there is refused too."""
     out = tmp_path / "run"
     cmd = [PY, "-m", "mae_transfer", "pretrain", "--output-dir", str(out), *TINY_RUN]
-    res = second_run_is_refused(cmd + ["epochs=6"], cmd + ["--seed", "1"], out)
-    assert res["seed"] == 0 and json.loads((out / "log.txt").read_text().splitlines()[-1])["epoch"] == 5
+    res = second_run_is_refused(cmd + ["epochs=2"], cmd + ["--seed", "1"], out)
+    assert res["seed"] == 0 and json.loads((out / "log.txt").read_text().splitlines()[-1])["epoch"] == 1
     r = subprocess.run(cmd + ["--seed", "1"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "already holds a run" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     # resumed with other settings: refused, naming them, unless told to go on (then they are the run's)
     before = (out / "log.txt").read_text()
     for changed, says in [(["--seed", "1"], "seed 0 -> 1"), (["model=mae_vit_base_patch16"], "model"),
                           (["--data-path", str(tmp_path)], "data None -> ")]:
-        r = subprocess.run(cmd + ["--resume", "epochs=6", *changed], capture_output=True, text=True, timeout=300)
+        r = subprocess.run(cmd + ["--resume", "epochs=2", *changed], capture_output=True, text=True, timeout=300)
         assert r.returncode == 2 and says in r.stderr and "--allow-changes" in r.stderr, r.stderr[-2000:]
         assert len(r.stderr.strip().splitlines()) == 1 and (out / "log.txt").read_text() == before
-    r = subprocess.run(cmd + ["--resume", "--allow-changes", "--seed", "1", "epochs=7"], capture_output=True,
+    r = subprocess.run(cmd + ["--resume", "--allow-changes", "--seed", "1", "epochs=3"], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((out / "settings.json").read_text())["seed"] == "1"

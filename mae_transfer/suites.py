@@ -181,17 +181,18 @@ def seg_schedule(n_images: int, epochs: float, r: Recipe) -> List[str]:
             f"param_scheduler.1.begin={warm}", f"param_scheduler.1.end={it}"]
 
 
-def epoch_schedule(c, n_images: int, epochs: Optional[int]) -> List[str]:
+def epoch_schedule(c, n_images: int, epochs: Optional[int], gpus: int = 1) -> List[str]:
     """An epoch-based recipe `c` (pretraining, fine-tuning, linear probing) on a set of `n_images`: its own
     epochs (or `epochs`, its warm-up scaled alike); a set smaller than 4 of its batches gets batches of a
-    quarter of the set, so an epoch has 4 steps (the lr follows the batch by the paper's rule,
-    lr = blr * batch / 256)."""
+    quarter of the set, so an epoch has 4 steps (at most the recipe's batch a device, the rest by gradient
+    accumulation; the lr follows the batch by the paper's rule, lr = blr * batch / 256)."""
     out = []
     if epochs is not None:
         out += [f"epochs={epochs}", f"warmup_epochs={round(c.warmup_epochs * epochs / c.epochs)}"]
     if n_images < 4 * c.effective_batch_size:
-        b = max(1, n_images // 4)
-        out += [f"batch_size={b}", f"effective_batch_size={b}"]
+        per_gpu = min(c.batch_size, max(1, n_images // 4 // gpus))
+        accum = max(1, n_images // 4 // (per_gpu * gpus))
+        out += [f"batch_size={per_gpu}", f"effective_batch_size={per_gpu * gpus * accum}"]
     return out
 
 
@@ -251,14 +252,19 @@ def custom_suite(data: CustomData, recipe: str = "cpu", cls_epochs: Optional[int
             raise DataError(f"--cls-data: {cls}/train holds {len(classes)} class folder(s); 2 or more are needed")
         for name in ("linprobe", "finetune"):
             config = f"{cfg}/{getattr(r, name)}"
-            extra = [f"num_classes={len(classes)}", *epoch_schedule(load_config(config, ClassifyConfig), n, cls_epochs)]
+            c = load_config(config, ClassifyConfig)
+            extra = [f"num_classes={len(classes)}", *epoch_schedule(c, n, cls_epochs, r.gpus)]
             t = classify_task(name, config, cls, extra, r.gpus)
             t.schedule = f"{n} train images, {len(classes)} classes: " + " ".join(extra)
             tasks.append(t)
     det = _group(data, "det_")
     if det:
-        n = len(json.loads(Path(det["train_json"]).read_text()).get("images", [])) \
-            if Path(det["train_json"]).is_file() else 0
+        try:  # (a missing file is reported with the other inputs; its contents are checked by the det command)
+            n = len(json.loads(Path(det["train_json"]).read_text()).get("images", []))
+        except FileNotFoundError:
+            n = 0
+        except (ValueError, AttributeError) as e:
+            raise DataError(f"--det-train-json {det['train_json']}: not a COCO json ({e})") from None
         e = r.det_epochs if det_epochs is None else det_epochs
         extra = det_schedule(n, e, r)
         t = det_task(f"{cfg}/{r.det}", det, extra, r.gpus)
@@ -280,7 +286,7 @@ def custom_suite(data: CustomData, recipe: str = "cpu", cls_epochs: Optional[int
     return tasks
 
 
-def pretrain_run(recipe: str, images: str, out: Path, epochs: Optional[int] = None) -> dict:
+def pretrain_run(recipe: str, images: str, out: Path, epochs: Optional[int] = None, gpus: Optional[int] = None) -> dict:
     """`--pretrain-on`: an MAE pretrained on the user's unlabelled images with the recipe's pretraining
     config (its epochs, or `epochs` with the warm-up scaled alike), before the suite's runs."""
     from .engine.config import load_config, resolve_config
@@ -288,11 +294,11 @@ def pretrain_run(recipe: str, images: str, out: Path, epochs: Optional[int] = No
 
     config = resolve_config(RECIPES[recipe].pretrain, "pretrain")
     c = load_config(config, PretrainConfig)
-    e = c.epochs if epochs is None else epochs
+    e, gpus = c.epochs if epochs is None else epochs, gpus or RECIPES[recipe].gpus
     n = _count(images, "--pretrain-on")
-    extra = [*epoch_schedule(c, n, e), f"save_freq={e}", f"vis_freq={e}"]
+    extra = [*epoch_schedule(c, n, e, gpus), f"save_freq={e}", f"vis_freq={e}"]
     argv = [PY, "-m", "mae_transfer", "pretrain", "--config", str(config), "--data-path", images, "--output-dir",
-            str(out), "--seed", "0", "--num-gpus", str(RECIPES[recipe].gpus), "--resume", *extra]
+            str(out), "--seed", "0", "--num-gpus", str(gpus), "--resume", *extra]
     return {"backbone": "MAE (own images)", "task": "pretrain", "seed": 0, "dir": out, "metrics": ("train_loss",),
             "argv": argv, "schedule": f"{n} unlabelled images x {e} epochs: " + " ".join(extra),
             "checkpoint": str(out / "checkpoint-last.pth")}

@@ -70,7 +70,7 @@ def test_every_checkpoint_format_scores_identically(tmp_path, scenes_quick):
 
 @pytest.mark.cli
 def test_same_seed_same_numbers_in_both_hosts(tmp_path, scenes_quick):
-    common = ["random", "--tasks", "finetune,det,seg", "--quick", "--data", scenes_quick]
+    common = ["random", "--tasks", "det,seg", "--quick", "--data", scenes_quick]  # timm's: the test above
     _evaluate(*common, "--seeds", "2", "--output-dir", tmp_path / "a")
     _evaluate(*common, "--seeds", "1", "--output-dir", tmp_path / "b")
     a = json.loads((tmp_path / "a/results.json").read_text())["runs"]
@@ -79,9 +79,9 @@ def test_same_seed_same_numbers_in_both_hosts(tmp_path, scenes_quick):
     metrics = {(r["task"], r["seed"]): r["metrics"] for r in a}
     for r in b:
         assert r["metrics"] == metrics[(r["task"], r["seed"])]
-    for task in ("finetune", "det", "seg"):
+    for task in ("det", "seg"):
         same0 = _losses(tmp_path / f"a/runs/random_init/{task}/seed0", task)
-        assert len(same0) >= (1 if task == "finetune" else 2)
+        assert len(same0) >= 2
         assert same0 == _losses(tmp_path / f"b/runs/random_init/{task}/seed0", task)
         assert same0 != _losses(tmp_path / f"a/runs/random_init/{task}/seed1", task)  # the seed matters
 

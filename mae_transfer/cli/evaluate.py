@@ -89,7 +89,7 @@ def main(argv: List[str], prog: str = "mae-transfer evaluate"):
         tasks = suites.custom_suite(suites.CustomData(**custom), a.recipe, a.cls_epochs, a.det_epochs, a.seg_epochs,
                                     a.gpus)
         title = f"custom suite, {a.recipe} recipe, {a.seeds} seed(s)"
-    pre = a.pretrain_on and suites.pretrain_run(a.recipe, a.pretrain_on, out / "pretrain", a.pretrain_epochs)
+    pre = a.pretrain_on and suites.pretrain_run(a.recipe, a.pretrain_on, out / "pretrain", a.pretrain_epochs, a.gpus)
     if pre:
         names[pre["backbone"]] = pre["checkpoint"]
     wanted = a.tasks.split(",")

@@ -300,5 +300,6 @@ def pretrain_run(recipe: str, images: str, out: Path, epochs: Optional[int] = No
     argv = [PY, "-m", "mae_transfer", "pretrain", "--config", str(config), "--data-path", images, "--output-dir",
             str(out), "--seed", "0", "--num-gpus", str(gpus), "--resume", *extra]
     return {"backbone": "MAE (own images)", "task": "pretrain", "seed": 0, "dir": out, "metrics": ("train_loss",),
-            "argv": argv, "schedule": f"{n} unlabelled images x {e} epochs: " + " ".join(extra),
+            "argv": argv, "schedule": f"{n} unlabelled images x {e} epochs: " + " ".join(extra)
+            + " (seed 0: one pretrained model serves every seed)",
             "checkpoint": str(out / "checkpoint-last.pth")}

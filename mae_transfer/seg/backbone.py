@@ -3,8 +3,9 @@ checkpoint (official full / encoder-only, mae-transfer pretrain, timm, HF, safet
 
     backbone=dict(type='MAEViT', checkpoint='mae_pretrain_vit_base.pth', img_size=(512, 512), ...)
 
-Relative position tables start at zero (mmseg's MAE does that); everything else of the trunk must
-come from the checkpoint, or initialisation fails with a clear error."""
+Relative position tables start at zero (mmseg's MAE does that; a BEiT checkpoint brings its own tables
+and layer scale, mae_transfer/beit.py); everything else of the trunk must come from the checkpoint, or
+initialisation fails with a clear error."""
 import re
 
 from mmengine.logging import print_log

@@ -6,7 +6,7 @@ q / v biases without a k bias; it has no absolute position table. What each host
 
     fine-tuning (timm)     timm's own `Beit`: everything, outputs equal timm's BEiT
     mmseg (MAEViT)         everything: mmseg's MAE is a BEiT block (layer scale, relative tables);
-                           tables resampled by mmseg's own `resize_rel_pos_embed`
+                           tables resampled to the crop by timm's `resize_rel_pos_bias_table`
     detectron2 (ViTDet)    layer scale folded into attn.proj / mlp.fc2 (exact at load); no place for the
                            table (ViTDet's decomposed rel-pos start fresh): said in the load report
 
@@ -49,6 +49,16 @@ def table_grid(sd: StateDict) -> int:
         raise CheckpointError("a BEiT-style checkpoint with neither absolute nor relative positions: "
                               "no ViT here can hold it")
     return (math.isqrt(n - 3) + 1) // 2
+
+
+# what each host's ViT can hold of a BEiT: (layer scale, relative position tables)
+HOSTS = {"detectron2": (False, False), "mmseg": (True, True)}
+
+
+def for_host(sd: StateDict, host: str) -> Tuple[StateDict, List[str]]:
+    """`sd` (canonical) as `host`'s ViT takes it, and what was adapted (nothing for a checkpoint that is
+    not a BEiT)."""
+    return as_vit(sd, *HOSTS[host]) if is_beit(sd) else (sd, [])
 
 
 def as_vit(sd: StateDict, keep_layer_scale: bool, keep_tables: bool) -> Tuple[StateDict, List[str]]:

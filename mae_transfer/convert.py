@@ -50,12 +50,12 @@ def export(src_path, target: str, out, det_patch_size: Optional[int] = None, det
         raise checkpoints.CheckpointError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     obj = checkpoints.load_file(src_path)
     sd, notes = checkpoints.read_state_dict(obj), []
-    if beit.is_beit(sd) and target in ("hf", "detectron2", "mmseg"):
-        if target == "hf":
-            raise checkpoints.CheckpointError(
-                f"{src_path} is a BEiT: HF's ViTMAE has no place for its layer scale and relative position bias "
-                f"(--to timm, official, safetensors, detectron2 or mmseg)")
-        sd, notes = beit.as_vit(sd, keep_layer_scale=target == "mmseg", keep_tables=target == "mmseg")
+    if target == "hf" and beit.is_beit(sd):
+        raise checkpoints.CheckpointError(
+            f"{src_path} is a BEiT: HF's ViTMAE has no place for its layer scale and relative position bias "
+            f"(--to timm, official, safetensors, detectron2 or mmseg)")
+    if target in beit.HOSTS:
+        sd, notes = beit.for_host(sd, target)
     arch = {"model_args": obj["model_args"]} if isinstance(obj, dict) and obj.get("model_args") else {}
     out = Path(out)
     if target == "safetensors" and out.suffix != ".safetensors":

@@ -226,7 +226,7 @@ def write_report(rows: List[dict], out: Path, reference: Optional[dict] = None, 
     (out / "report.md").write_text(md)
     (out / "results.json").write_text(json.dumps({"title": title, "command": command, "summary": table,
                                                   "runs": rows, "reference": reference, "budgets": list(schedules)},
-                                                 indent=1, default=str))
+                                                 indent=1))
     if table:
         chart(table, out / "chart.png", reference, title)
     return table

@@ -21,9 +21,7 @@ def load_backbone(model: torch.nn.Module, path, prefix: str = "backbone.net.") -
     fit; returns {'loaded': [...], 'fresh': [...], 'ignored': [...]}."""
     own = model.state_dict()
     net = next(m for n, m in model.named_modules() if n == prefix.rstrip("."))
-    sd, notes = checkpoints.read_state_dict(path), []
-    if beit.is_beit(sd):
-        sd, notes = beit.as_vit(sd, keep_layer_scale=False, keep_tables=False)
+    sd, notes = beit.for_host(checkpoints.read_state_dict(path), "detectron2")
     sd = checkpoints.to_detectron2(sd, patch_size=net.patch_embed.proj.kernel_size[0], prefix=prefix)
     key = prefix + "pos_embed"
     if key in sd and key in own and sd[key].shape != own[key].shape:

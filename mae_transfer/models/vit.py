@@ -27,7 +27,11 @@ def checkpoint_filter_fn(state_dict: Dict, model: VisionTransformer) -> Dict[str
     HF ViTMAE, safetensors) to `model`: decoder dropped, `norm` <-> `fc_norm` as the pooling asks,
     position table resampled exactly like the official `interpolate_pos_embed`, a head of the wrong
     shape dropped. (timm's own filter mistakes any dict with `mask_token` for DINOv2.)"""
-    sd = checkpoints.read_state_dict(state_dict)
+    return _fit(checkpoints.read_state_dict(state_dict), model)
+
+
+def _fit(sd: Dict[str, torch.Tensor], model: VisionTransformer) -> Dict[str, torch.Tensor]:
+    """checkpoint_filter_fn on a state dict already in canonical names."""
     own = model.state_dict()
     out = {}
     for k, v in sd.items():
@@ -54,12 +58,16 @@ def _pretrained_filter(state_dict: Dict, model: VisionTransformer) -> Dict[str, 
     return {k: v for k, v in sd.items() if k in own or k.startswith("head.")}
 
 
-def load_checkpoint(model: VisionTransformer, checkpoint, source: Optional[str] = None) -> Dict:
+def load_checkpoint(model: VisionTransformer, checkpoint) -> Dict:
     """Load `checkpoint` (path or dict) into `model`; the head and fc_norm may start fresh, the
     final `norm` of a pretrained file may be left out (global pooling uses fc_norm). Returns and
     logs the report {'loaded', 'fresh', 'ignored'}."""
-    source = source or _source(checkpoint)
-    report = checkpoints.load_into(model, checkpoint_filter_fn(checkpoint, model), source,
+    return _load(model, checkpoints.read_state_dict(checkpoint), _source(checkpoint))
+
+
+def _load(model: VisionTransformer, sd: Dict[str, torch.Tensor], source: str) -> Dict:
+    """load_checkpoint on a state dict already read (canonical names)."""
+    report = checkpoints.load_into(model, _fit(sd, model), source,
                                    fresh_ok=r"^(head|fc_norm)\.", ignore_ok=r"^(head|fc_norm|norm)\.")
     _logger.info("loaded %s: %d tensors; fresh: %s; ignored: %s", source, len(report["loaded"]),
                  report["fresh"] or "none", report["ignored"] or "none")
@@ -102,7 +110,7 @@ def _create(variant: str, pretrained: bool = False, checkpoint: Optional[str] = 
         VisionTransformer, variant, pretrained, pretrained_filter_fn=_pretrained_filter,
         global_pool=global_pool, **kwargs)
     if checkpoint is not None:
-        load_checkpoint(model, sd, _source(checkpoint))
+        _load(model, sd, _source(checkpoint))
     return model
 
 

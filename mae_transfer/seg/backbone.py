@@ -28,9 +28,8 @@ class MAEViT(MAE):
         super().init_weights()  # mmseg's initialisation (zero relative position tables)
         if not self.checkpoint:
             return
-        sd, notes = checkpoints.read_state_dict(self.checkpoint), []
-        if beit.is_beit(sd):  # mmseg's MAE block is a BEiT block: layer scale and tables kept
-            sd, notes = beit.as_vit(sd, keep_layer_scale=True, keep_tables=True)
+        # mmseg's MAE block is a BEiT block: a BEiT's layer scale and tables are kept
+        sd, notes = beit.for_host(checkpoints.read_state_dict(self.checkpoint), "mmseg")
         sd = self.resize_abs_pos_embed(checkpoints.to_mmseg(sd))  # mmseg's own bicubic resampling to img_size
         own = self.state_dict()
         for k in [k for k in sd if k.endswith("relative_position_bias_table") and k in own]:

@@ -7,7 +7,8 @@ interleaved in one process (round after round, the same input; only ratios count
   .venv/bin/python bench/export_speed.py --gpu            # CUDA: eager, compile, ORT CUDA and TensorRT providers
 
 Random weights (speed does not depend on them). The graphs are those `mae-transfer export` writes:
-ViTDet's backbone + feature pyramid (batch 1, 3 x S x S), UperNet's encode_decode on one window. Peak
+ViTDet's backbone + feature pyramid (batch 1, 3 x S x S; the RPN and RoI head graphs, a few % of the
+FLOPs, are not timed), UperNet's encode_decode on one window. Peak
 memory: VmHWM (CPU) or max allocated (GPU, torch only) of a fresh process loading and running each."""
 import argparse
 import json
@@ -28,7 +29,7 @@ MODELS = {"vitdet_b_1024": ("det", "det/mask_rcnn_vitdet_b_100ep.py"),
 
 
 def build(name: str, device: str):
-    """(x -> outputs module, input size) with random weights."""
+    """The exported graph (a `graphs.Part`, x -> outputs, on the CPU) with random weights, its input size."""
     from mae_transfer.export import graphs
 
     kind, cfg = MODELS[name]
@@ -36,8 +37,11 @@ def build(name: str, device: str):
     if kind == "det":
         from detectron2.config import LazyConfig, instantiate
 
+        from mae_transfer.export.det import backbone
+
         model = instantiate(LazyConfig.load(str(CONFIGS / cfg)).model).eval()
-        module, size, _ = graphs.det_module(model)
+        size = graphs.det_size(model)
+        return backbone(model, size), size
     else:
         import mae_transfer.seg  # noqa: F401  (mmcv-lite compat: before mmseg)
 
@@ -50,15 +54,15 @@ def build(name: str, device: str):
         c = Config.fromfile(str(CONFIGS / cfg))
         plain_bn(c.model)
         module, size = graphs.seg_module(init_model(c, None, device="cpu"))
-    return module.to(device).eval(), size
+        return graphs.image_part(module, size, ["logits"]), size
 
 
 def runtimes(name: str, folder: Path, device: str, which):
     """variant -> x -> outputs."""
     from mae_transfer.export import load_runtime, trace, write
-    from mae_transfer.export.graphs import Exportable
 
-    module, size = build(name, device)
+    part, size = build(name, device)
+    module = part.module.to(device)
     out = {}
     if "eager" in which:
         out["eager"] = lambda x: module(x)
@@ -69,9 +73,8 @@ def runtimes(name: str, folder: Path, device: str, which):
     if ort:
         onnx_file = folder / f"{name}.onnx"
         if not onnx_file.is_file():
-            cpu_module = module.cpu() if device != "cpu" else module
-            ex = Exportable(MODELS[name][0], cpu_module, size, [])
-            write(trace(ex), ex, onnx_file, "onnx")
+            module.cpu()
+            write(trace(part), part, onnx_file, "onnx")
             module.to(device)
         for w in ort:
             out[w] = _ort(onnx_file, w) if w != "onnxruntime" else load_runtime(onnx_file, device)

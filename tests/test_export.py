@@ -16,6 +16,7 @@ pytest.importorskip("onnxruntime")
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 GATE = ["--max-images", "2"]
+HEADS = ["rpn objectness", "rpn anchor deltas", "box head logits", "box head deltas"]
 
 
 def _train(*argv):
@@ -56,10 +57,21 @@ def test_vitdet_mask_rcnn_exports_with_parity_and_predicts_with_onnxruntime(tmp_
     weights, ex = _det(tmp_path, coco, box_only=False), tmp_path / "export"
     report = command("export")(["det", "--config", "tiny_cpu", "--weights", str(weights), "--output-dir", str(ex),
                                 "--images", coco["val_images"], *GATE])
-    _parity(report, ["p2", "p3", "p4", "p5"])
+    _parity(report, ["p2", "p3", "p4", "p5", *HEADS, "mask head logits"])
     rows = report["runtimes"]["onnxruntime"]["rows"]
     assert rows["detections"] > 0 and rows["matched share"] == 1 and rows["min mask IoU"] >= 0.99
-    assert json.loads((ex / "export_report.json").read_text())["parity"] and (ex / "model.onnx").is_file()
+    assert json.loads((ex / "export_report.json").read_text())["parity"]
+    assert {p.name for p in ex.glob("*.onnx")} == {f"{g}.onnx" for g in ("backbone", "rpn", "box_head", "mask_head")}
+    # the RoI graphs regroup detectron2's pooler: run eagerly, they give detectron2's own detections exactly
+    from mae_transfer.export import end_to_end, graphs
+    from mae_transfer.export.parity import det_rows
+
+    b = graphs.build("det", "tiny_cpu", str(weights))
+    photos = [Image.open(f) for f in sorted(Path(coco["val_images"]).glob("*"))[:2]]
+    ref = end_to_end(b, None, photos)
+    got = end_to_end(b, {name: graphs.eager(part) for name, part in b.parts.items()}, photos)
+    assert sum(map(len, ref)) > 0 and det_rows(ref, got, 0.05)["max score difference"] == 0
+    assert all(bool((r.pred_masks == g.pred_masks).all()) for r, g in zip(ref, got))
     # the ONNX Runtime predictor writes the overlays and the COCO results PyTorch writes
     res = {}
     for rt, w in (("onnxruntime", ex), ("torch", weights)):
@@ -72,16 +84,16 @@ def test_vitdet_mask_rcnn_exports_with_parity_and_predicts_with_onnxruntime(tmp_
     for a, b in zip(res["onnxruntime"], res["torch"]):
         assert a["category_id"] == b["category_id"] and abs(a["score"] - b["score"]) < 1e-3
         np.testing.assert_allclose(a["bbox"], b["bbox"], atol=0.05)
-    # a perturbed graph: the gate fails with its table and one error line, exit 1
+    # a perturbed head graph: the gate fails with its table and one error line, exit 1
     import onnx
     from onnx import numpy_helper
 
     bad = tmp_path / "perturbed"
     shutil.copytree(ex, bad)
-    m = onnx.load(str(bad / "model.onnx"))
+    m = onnx.load(str(bad / "box_head.onnx"))
     w = max(m.graph.initializer, key=lambda t: int(np.prod(t.dims)))
     w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 1.5, w.name))
-    onnx.save(m, str(bad / "model.onnx"))
+    onnx.save(m, str(bad / "box_head.onnx"))
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         main(["export", "det", "--config", "tiny_cpu", "--weights", str(weights), "--output-dir", str(bad),
@@ -89,10 +101,11 @@ def test_vitdet_mask_rcnn_exports_with_parity_and_predicts_with_onnxruntime(tmp_
     cap = capsys.readouterr()
     err = [x for x in cap.err.strip().splitlines() if x.startswith("error:")]
     assert e.value.code == 1 and len(err) == 1 and "parity does not hold" in err[0], cap.err[-2000:]
-    assert "FAILS" in cap.out and "p2" in cap.out
-    assert not json.loads((bad / "export_report.json").read_text())["parity"]
+    failed = json.loads((bad / "export_report.json").read_text())["runtimes"]["onnxruntime"]["failed"]
+    assert "FAILS" in cap.out and "box head logits" in cap.out and any("box head" in f for f in failed), failed
+    assert not any(f.startswith("p2") for f in failed)  # the backbone's file is untouched and still passes
     # a file that did not pass the gate (or was changed after) is not run: one line
-    (bad / "model.pt2").write_bytes((bad / "model.pt2").read_bytes() + b"\0")
+    (bad / "rpn.pt2").write_bytes((bad / "rpn.pt2").read_bytes() + b"\0")
     for rt in ("onnxruntime", "torch-export"):
         with pytest.raises(SystemExit) as e:
             main(["predict", "det", coco["val_images"], "--runtime", rt, "--weights", str(bad)])
@@ -105,8 +118,10 @@ def test_box_only_vitdet_and_upernet_export(tmp_path, coco):
     weights = _det(tmp_path, coco, box_only=True)
     report = command("export")(["det", "--config", "tiny_cpu", "--weights", str(weights), "--output-dir",
                                 str(tmp_path / "det_export"), *GATE])  # the embedded demo photos
-    _parity(report, ["p2", "p3", "p4", "p5"])
-    assert report["mask_head"] is False and "min mask IoU" not in report["runtimes"]["onnxruntime"]["rows"]
+    _parity(report, ["p2", "p3", "p4", "p5", *HEADS])
+    rows = report["runtimes"]["onnxruntime"]["rows"]
+    assert report["mask_head"] is False and "min mask IoU" not in rows and "mask head logits" not in rows
+    assert set(report["files"]["onnx"]) == {"backbone", "rpn", "box_head"}
     from mae_transfer.data.synthetic import make_ade_shapes
 
     ade = make_ade_shapes(tmp_path / "ade", n_train=4, n_val=2)["data_root"]

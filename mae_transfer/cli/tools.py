@@ -73,11 +73,11 @@ def predict(argv: List[str], prog: str = "mae-transfer predict"):
 
     if a.device == "auto":
         a.device = "cuda" if torch.cuda.is_available() else "cpu"
-    graph = None
+    graphs = None
     if a.runtime != "torch":
         from ..export import exported
 
-        a.weights, a.config, graph = exported(a.weights, a.task, a.runtime, a.config, a.device)
+        a.weights, a.config, graphs = exported(a.weights, a.task, a.runtime, a.config, a.device)
     elif not a.config:
         p.error("--config is required (the config the model was trained with)")
     config = str(resolve_config(a.config, a.task))
@@ -89,8 +89,8 @@ def predict(argv: List[str], prog: str = "mae-transfer predict"):
         cats = json.loads(Path(a.classes_json).read_text())["categories"] if a.classes_json else None
         thresh = 0.0 if a.min_draw else a.score_thresh  # the model keeps everything; drawn/written below
         pred = DetPredictor(config, a.weights, a.device, thresh, [c["name"] for c in cats] if cats else None)
-        if graph:
-            run_with(pred, "det", graph)
+        if graphs:
+            run_with(pred, "det", graphs)
         results, images, drawn = [], [], 0
         for batch in tqdm(batches, desc="predict", unit="batch"):
             arrays = [np.asarray(Image.open(f).convert("RGB")) for f in batch]
@@ -110,8 +110,8 @@ def predict(argv: List[str], prog: str = "mae-transfer predict"):
         from ..seg.predict import SegPredictor
 
         pred = SegPredictor(config, a.weights, a.device)
-        if graph:
-            run_with(pred, "seg", graph)
+        if graphs:
+            run_with(pred, "seg", graphs)
         for batch in tqdm(batches, desc="predict", unit="batch"):
             for f, res in zip(batch, pred([str(f) for f in batch])):
                 Image.fromarray(pred.class_map(res)).save(out / f"{f.stem}_classes.png")

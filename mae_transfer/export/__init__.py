@@ -4,7 +4,8 @@ files only if they compute what PyTorch computes (`parity`). What each graph hol
     report = export("seg", "configs/seg/tiny_cpu.py", "output/demo/seg/iter_150.pth", "output/export/seg")
     graph = load_runtime("output/export/seg/model.onnx")     # x: [N, 3, S, S] -> [logits]
 
-The folder gets model.onnx, model.pt2, export.json (what `predict --runtime` needs to run them) and
+The folder gets one .onnx and one .pt2 per graph (model.* for an encoder or a segmenter; backbone, rpn,
+box_head, mask_head for a detector), export.json (what `predict --runtime` needs to run them) and
 export_report.json (the parity table, per runtime)."""
 import json
 import sys
@@ -18,13 +19,13 @@ from . import graphs, parity
 from .graphs import KINDS, Exportable  # noqa: F401
 from .parity import ParityError  # noqa: F401
 
-FILES = {"onnx": "model.onnx", "pt2": "model.pt2"}
+FORMATS = ("onnx", "pt2")
 RUNTIMES = {"onnxruntime": "onnx", "torch-export": "pt2"}  # runtime -> the format it runs
 OPSET = 18
 
 
 def load_runtime(path, device: str = "cpu") -> graphs.Graph:
-    """An exported file as a function x -> [outputs]: ONNX Runtime for .onnx (CUDA provider where asked
+    """An exported file as a function *inputs -> [outputs]: ONNX Runtime for .onnx (CUDA provider where asked
     for and present), the deserialised `torch.export` program for .pt2."""
     path = Path(path)
     if not path.is_file():
@@ -34,16 +35,17 @@ def load_runtime(path, device: str = "cpu") -> graphs.Graph:
 
         cuda = device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers()
         sess = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"] * cuda + ["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
+        names = [i.name for i in sess.get_inputs()]
 
-        def run(x):
-            return [torch.from_numpy(o).to(x.device) for o in sess.run(None, {name: x.detach().cpu().numpy()})]
+        def run(*xs):
+            feed = {n: x.detach().cpu().numpy() for n, x in zip(names, xs)}
+            return [torch.from_numpy(o).to(xs[0].device) for o in sess.run(None, feed)]
         return run
     program = _load_program(path)
 
-    def run_program(x):
+    def run_program(*xs):
         with torch.no_grad():
-            return list(program(x))
+            return list(program(*xs))
     return run_program
 
 
@@ -80,21 +82,19 @@ def _load_program(path: Path):
             os.environ[flag] = before
 
 
-def trace(ex: Exportable):
-    """`torch.export` once (dynamic batch): the program both files are written from."""
-    x = torch.randn(2, 3, ex.size, ex.size, generator=torch.Generator().manual_seed(0))
+def trace(part: graphs.Part):
+    """`torch.export` once (dynamic batch / RoI count): the program both files are written from."""
     with torch.no_grad():
-        return torch.export.export(ex.module, (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1,
-                                                                                              max=1024)}})
+        return torch.export.export(part.module, part.inputs, dynamic_shapes={"xs": tuple(part.dynamic)})
 
 
-def write(program, ex: Exportable, path: Path, fmt: str) -> Path:
+def write(program, part: graphs.Part, path: Path, fmt: str) -> Path:
     if fmt == "pt2":
         torch.export.save(program, str(path))
     else:
-        size = sum(t.numel() * t.element_size() for t in [*ex.module.parameters(), *ex.module.buffers()])
-        torch.onnx.export(program, (program.example_inputs[0][0],), str(path), dynamo=True, opset_version=OPSET,
-                          input_names=["x"], output_names=ex.names, verbose=False,
+        size = sum(t.numel() * t.element_size() for t in [*part.module.parameters(), *part.module.buffers()])
+        torch.onnx.export(program, tuple(program.example_inputs[0]), str(path), dynamo=True, opset_version=OPSET,
+                          input_names=part.input_names, output_names=part.outputs, verbose=False,
                           external_data=size > 1.5 * 2**30)  # one file, unless protobuf's 2 GB limit forbids it
     return path
 
@@ -103,12 +103,13 @@ def _batches(items: Sequence, n: int) -> List[Sequence]:
     return [items[i:i + n] for i in range(0, len(items), n)]
 
 
-def end_to_end(ex: Exportable, graph: graphs.Graph, images: Sequence, batch: int = 2) -> list:
-    """What the predictor makes of `images` with `graph` as its network: det Instances, seg class maps,
-    encoder: the graph's outputs."""
+def end_to_end(ex: Exportable, runs: Optional[Dict[str, graphs.Graph]], images: Sequence, batch: int = 2) -> list:
+    """What the predictor makes of `images` with `runs` (part -> graph; None: the host's own modules) as
+    its networks: det Instances, seg class maps, encoder: the graph's outputs."""
     if ex.kind == "encoder":
-        return [graph(x) for x in _batches(graphs.encoder_inputs(images, ex.size), batch)]
-    graphs.run_with(ex.predictor, ex.kind, graph)
+        run = runs["model"] if runs else graphs.eager(ex.parts["model"])
+        return [run(x) for x in _batches(graphs.encoder_inputs(images, ex.size), batch)]
+    graphs.run_with(ex.predictor, ex.kind, runs)
     arrays = graphs.as_arrays(images)
     if ex.kind == "det":
         return [inst for b in _batches(arrays, batch) for inst in ex.predictor(list(b))]
@@ -116,29 +117,41 @@ def end_to_end(ex: Exportable, graph: graphs.Graph, images: Sequence, batch: int
     return [ex.predictor.class_map(ex.predictor([a])[0]) for a in bgr]  # one at a time: sizes differ
 
 
-def gate(ex: Exportable, files: Dict[str, Path], images: Sequence, batch: int = 2) -> Dict[str, dict]:
-    """Eager PyTorch once (recording what its network is given and returns), then each exported file on
-    exactly those inputs and end to end -> {runtime: {"rows": {...}, "failed": [...]}}."""
-    seen_in, seen_out, eager = [], [], graphs.eager(ex)
+def gate(ex: Exportable, files: Dict[str, Dict[str, Path]], images: Sequence, batch: int = 2) -> Dict[str, dict]:
+    """Eager PyTorch through the parts (recording what each is given and returns), then each exported file
+    on exactly those inputs, and end to end against the host's own forward -> {runtime: {"rows": {...},
+    "failed": [...]}}. A part the images never reach (no detections: no mask head) is checked on its
+    example inputs."""
+    seen: Dict[str, list] = {name: [] for name in ex.parts}
 
-    def recording(x):
-        seen_in.append(x.detach().clone())
-        seen_out.append(eager(x))
-        return seen_out[-1]
-    ref = end_to_end(ex, recording, images, batch)
+    def recording(name):
+        run = graphs.eager(ex.parts[name])
+
+        def rec(*xs):
+            seen[name].append((xs, run(*xs)))
+            return seen[name][-1][1]
+        return rec
+    recorded = end_to_end(ex, {name: recording(name) for name in ex.parts}, images, batch)
+    # det's RoI graphs regroup detectron2's pooler (every level, then a gather): the reference is its own forward
+    ref = end_to_end(ex, None, images, batch) if ex.kind == "det" else recorded
+    for name, part in ex.parts.items():
+        seen[name] = seen[name] or [(part.inputs, graphs.eager(part)(*part.inputs))]
     report = {}
     for runtime, fmt in RUNTIMES.items():
         if fmt not in files:
             continue
-        run = load_runtime(files[fmt])
-        rows = parity.graph_rows(seen_out, [run(x) for x in seen_in], ex.names)
+        runs = {name: load_runtime(path) for name, path in files[fmt].items()}
+        rows = {}
+        for name, part in ex.parts.items():
+            rows.update(parity.graph_rows([out for _, out in seen[name]], [runs[name](*xs) for xs, _ in seen[name]],
+                                          part.rows))
         if ex.kind == "det":
-            rows.update(parity.det_rows(ref, end_to_end(ex, run, images, batch), 0.05))
+            rows.update(parity.det_rows(ref, end_to_end(ex, runs, images, batch), 0.05))
         elif ex.kind == "seg":
-            rows.update(parity.seg_rows(ref, end_to_end(ex, run, images, batch)))
-        report[runtime] = {"rows": rows, "failed": parity.verdict(rows, ex.names)}
+            rows.update(parity.seg_rows(ref, end_to_end(ex, runs, images, batch)))
+        report[runtime] = {"rows": rows, "failed": parity.verdict(rows, ex.rows)}
     if ex.predictor is not None:
-        graphs.run_with(ex.predictor, ex.kind, eager)
+        graphs.run_with(ex.predictor, ex.kind, None)
     return report
 
 
@@ -152,24 +165,26 @@ def export(kind: str, config: Optional[str], weights: str, out, formats: Sequenc
     out = Path(out)
     ex = graphs.build(kind, config, weights, img_size)
     out.mkdir(parents=True, exist_ok=True)
-    files = {f: out / FILES[f] for f in formats}
-    missing = [p for p in files.values() if not p.is_file()]
+    files = {f: {name: out / f"{name}.{f}" for name in ex.parts} for f in formats}
+    missing = [p for f in files.values() for p in f.values() if not p.is_file()]
     if check_only and missing:
         raise checkpoints.CheckpointError(f"--check-only: {missing[0]} not found (export it first)")
-    if check_only and "pt2" in files:
-        _trusted(out, files["pt2"])  # the gate re-checks what it passed before, not a file put there since
-    if not check_only:
-        print(f"tracing {kind} ({ex.size}x{ex.size}, dynamic batch) with torch.export ...", file=sys.stderr)
-        program = trace(ex)
-        for fmt, path in files.items():
-            print(f"writing {path} ...", file=sys.stderr)
-            write(program, ex, path, fmt)
+    for path in files.get("pt2", {}).values() if check_only else ():
+        _trusted(out, path)  # the gate re-checks what it passed before, not a file put there since
+    for name, part in ex.parts.items() if not check_only else ():
+        print(f"tracing {kind} {name} ({', '.join(part.input_names)}; dynamic batch) with torch.export ...",
+              file=sys.stderr)
+        program = trace(part)
+        for fmt in formats:
+            print(f"writing {files[fmt][name]} ...", file=sys.stderr)
+            write(program, part, files[fmt][name], fmt)
     images = list(images) if images else demo_photos()
     report = gate(ex, files, images)
     meta = {"kind": kind, "config": str(Path(config).resolve()) if config else None,
             "weights": str(Path(weights).resolve()), "weights_sha256": _sha(weights), "size": ex.size,
-            "inputs": {"x": ["batch", 3, ex.size, ex.size]}, "outputs": ex.names,
-            "files": {f: p.name for f, p in files.items()}, "sha256": {p.name: _sha(p) for p in files.values()},
+            "graphs": {name: {"inputs": p.input_names, "outputs": p.outputs} for name, p in ex.parts.items()},
+            "files": {f: {name: p.name for name, p in paths.items()} for f, paths in files.items()},
+            "sha256": {p.name: _sha(p) for paths in files.values() for p in paths.values()},
             "opset": OPSET, "torch": torch.__version__, **ex.meta}
     full = {**meta, "images": len(images), "runtimes": report,
             "tolerances": {"relative max difference": parity.REL_TOL, "box IoU": parity.BOX_IOU,
@@ -186,8 +201,8 @@ def export(kind: str, config: Optional[str], weights: str, out, formats: Sequenc
 
 
 def exported(where, kind: str, runtime: str, config: Optional[str] = None, device: str = "cpu"):
-    """A folder `export` wrote (or a file in it) -> (trained weights, config, graph of `runtime`): what
-    `predict --runtime` runs. The folder's export.json names the config and weights it was made from."""
+    """A folder `export` wrote (or a file in it) -> (trained weights, config, {part: graph} of `runtime`):
+    what `predict --runtime` runs. The folder's export.json names the config and weights it was made from."""
     where = Path(where)
     folder = where if where.is_dir() else where.parent
     try:
@@ -197,17 +212,21 @@ def exported(where, kind: str, runtime: str, config: Optional[str] = None, devic
                                           f"wrote)") from None
     if meta.get("kind") != kind:
         raise checkpoints.CheckpointError(f"{folder} holds an exported {meta.get('kind')}, not a {kind} model")
-    fmt = RUNTIMES[runtime]
-    if fmt not in meta.get("files", {}):
-        raise checkpoints.CheckpointError(f"{folder} has no {fmt} file (exported: {', '.join(meta['files'])}); "
+    fmt, files = RUNTIMES[runtime], meta.get("files", {})
+    if fmt not in files:
+        raise checkpoints.CheckpointError(f"{folder} has no {fmt} file (exported: {', '.join(files)}); "
                                           f"export with --to {fmt}")
-    path = folder / meta["files"][fmt]
-    _trusted(folder, path, meta)
+    if not isinstance(files[fmt], dict):
+        raise checkpoints.CheckpointError(f"{folder} was exported by an older mae-transfer (one graph per file "
+                                          f"format); export again")
+    paths = {name: folder / f for name, f in files[fmt].items()}
+    for path in paths.values():
+        _trusted(folder, path, meta)
     w = Path(meta["weights"])  # the trained model around the graph (det heads, mmseg's model config)
     if not w.is_file() or _sha(w) != meta.get("weights_sha256"):
         raise checkpoints.CheckpointError(f"{w}: {'not found' if not w.is_file() else 'changed since the export'}; "
                                           f"the exported graph runs with the trained model it came from")
-    return meta["weights"], config or meta["config"], load_runtime(path, device)
+    return meta["weights"], config or meta["config"], {name: load_runtime(p, device) for name, p in paths.items()}
 
 
 def _trusted(folder: Path, path: Path, meta: Optional[dict] = None) -> None:

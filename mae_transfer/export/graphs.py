@@ -1,18 +1,18 @@
-"""What is exported for each kind, and how a predictor runs an exported graph in place of its network.
+"""What is exported for each kind, and how a predictor runs exported graphs in place of its networks.
 
 * `encoder`: the ViT of any checkpoint the toolkit reads, `x: [N, 3, S, S]` (normalised) -> tokens
-  `[N, 1 + L, D]` (timm's `forward_features`).
-* `det`: ViTDet's backbone -- the ViT with its window attention, decomposed relative positions and the
-  simple feature pyramid, i.e. what breaks exporters and nearly all of the FLOPs -- `x: [N, 3, S, S]`
-  (detectron2's normalised, square-padded batch) -> `p2 ... p6`. The RPN, the RoI heads (RoIAlign,
-  NMS) and mask pasting stay detectron2's own code around the graph, the same for every runtime.
+  `[N, 1 + L, D]` (timm's `forward_features`). One graph, `model`.
+* `det`: ViTDet as four graphs -- backbone (the ViT with window attention, decomposed relative positions
+  and the simple feature pyramid: what breaks exporters and nearly all of the FLOPs), the RPN head, the
+  box head and the mask head (RoIAlign in the graph) -- with detectron2's anchors, NMS, box decoding and
+  mask pasting between them (`det.py`).
 * `seg`: the whole UperNet (`EncoderDecoder.encode_decode`) on one `S x S` window: `x: [N, 3, S, S]`
-  -> logits `[N, C, S, S]`. mmseg's own test pipeline and sliding window run around it.
+  -> logits `[N, C, S, S]`. mmseg's own test pipeline and sliding window run around it. One graph, `model`.
 
-The batch dimension is dynamic; the spatial size is the model's fixed square (1024 for ViTDet's LSJ,
-512 for UperNet, the encoder's img_size)."""
+Batch dimensions (and the RoI count) are dynamic; the spatial size is the model's fixed square (1024 for
+ViTDet's LSJ, 512 for UperNet, the encoder's img_size)."""
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -20,17 +20,36 @@ import torch
 from .. import checkpoints
 
 KINDS = ("encoder", "det", "seg")
-Graph = Callable[[torch.Tensor], List[torch.Tensor]]  # every runtime: x -> its outputs, in `names` order
+Graph = Callable[..., List[torch.Tensor]]  # every runtime: *inputs -> the part's outputs, in order
+
+
+@dataclass
+class Part:
+    """One exported graph: its eager module (*inputs -> tuple of outputs), example inputs for tracing, the
+    dynamic dimensions of each input, names of the inputs and outputs (the ONNX names), and the parity
+    row of each output (outputs sharing a row are checked together)."""
+    module: torch.nn.Module
+    inputs: tuple
+    dynamic: list
+    input_names: List[str]
+    outputs: List[str]
+    rows: Optional[List[str]] = None
+
+    def __post_init__(self):
+        self.rows = self.rows or list(self.outputs)
 
 
 @dataclass
 class Exportable:
     kind: str
-    module: torch.nn.Module  # eager PyTorch, x -> tuple of outputs
+    parts: Dict[str, Part]  # file stem -> graph: "model" (encoder, seg) or det's four
     size: int
-    names: List[str]
     predictor: object = None  # DetPredictor / SegPredictor (det, seg)
-    meta: dict = field(default_factory=dict)  # what `predict --runtime` needs besides the graph
+    meta: dict = field(default_factory=dict)  # what `predict --runtime` needs besides the graphs
+
+    @property
+    def rows(self) -> List[str]:
+        return list(dict.fromkeys(r for p in self.parts.values() for r in p.rows))
 
 
 class _Tuple(torch.nn.Module):
@@ -42,9 +61,15 @@ class _Tuple(torch.nn.Module):
         for k, m in modules.items():
             self.add_module(k, m)
 
-    def forward(self, x):
-        out = self.fn(x)
+    def forward(self, *xs):
+        out = self.fn(*xs)
         return tuple(out[k] for k in self.names) if isinstance(out, dict) else (out,)
+
+
+def image_part(module: torch.nn.Module, size: int, outputs: List[str]) -> Part:
+    """A graph of one input, x: [batch, 3, size, size]."""
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return Part(module, (x,), [{0: torch.export.Dim("batch", min=1, max=1024)}], ["x"], outputs)
 
 
 def encoder(weights: str, img_size: Optional[int] = None) -> Exportable:
@@ -61,18 +86,17 @@ def encoder(weights: str, img_size: Optional[int] = None) -> Exportable:
                             num_classes=0, global_pool=pool, fc_norm=pool == "avg", dynamic_img_size=False)
     load_checkpoint(vit, sd)
     module = _Tuple(lambda x: vit.forward_features(x), ["tokens"], vit=vit).eval()
-    return Exportable("encoder", module, size, ["tokens"], meta={"patch_size": kw["patch_size"]})
+    return Exportable("encoder", {"model": image_part(module, size, ["tokens"])}, size,
+                      meta={"patch_size": kw["patch_size"]})
 
 
-def det_module(model):
-    """A detectron2 GeneralizedRCNN -> (its backbone as x -> (p2, ...), the square size, output names)."""
-    bb = model.backbone
-    size = (getattr(bb, "padding_constraints", None) or {}).get("square_size") or 0
+def det_size(model) -> int:
+    """A detectron2 GeneralizedRCNN -> the fixed square its backbone pads to (the graphs' input size)."""
+    size = (getattr(model.backbone, "padding_constraints", None) or {}).get("square_size") or 0
     if not size:
         raise checkpoints.CheckpointError("the backbone pads to no fixed square (square_pad): an exported graph "
                                           "needs one input size")
-    names = list(bb.output_shape())
-    return _Tuple(lambda x: bb(x), names, backbone=bb).eval(), size, names
+    return size
 
 
 def seg_module(model):
@@ -90,10 +114,11 @@ def seg_module(model):
 
 def det(config: str, weights: str, score_thresh: float = 0.05, class_names=None, device="cpu") -> Exportable:
     from ..det.predict import DetPredictor
+    from . import det as d2
 
     pred = DetPredictor(config, weights, device, score_thresh, class_names)  # 0.05: detectron2's test threshold
-    module, size, names = det_module(pred.model)
-    return Exportable("det", module, size, names, pred,
+    size = det_size(pred.model)
+    return Exportable("det", d2.parts(pred.model, size), size, pred,
                       {"classes": pred.class_names, "mask_head": pred.model.roi_heads.mask_on})
 
 
@@ -102,38 +127,24 @@ def seg(config: str, weights: str, device="cpu") -> Exportable:
 
     pred = SegPredictor(config, weights, device)
     module, size = seg_module(pred.model)
-    return Exportable("seg", module, size, ["logits"], pred, {"classes": pred.classes})
+    return Exportable("seg", {"model": image_part(module, size, ["logits"])}, size, pred, {"classes": pred.classes})
 
 
 def build(kind: str, config: Optional[str], weights: str, img_size: Optional[int] = None) -> Exportable:
     return encoder(weights, img_size) if kind == "encoder" else (det if kind == "det" else seg)(config, weights)
 
 
-class _GraphBackbone(torch.nn.Module):
-    """Stands in for detectron2's backbone: the same padding facts, features from `graph`."""
-
-    def __init__(self, backbone, graph: Graph, names: Sequence[str]):
-        super().__init__()
-        self.size_divisibility, self.padding_constraints = backbone.size_divisibility, backbone.padding_constraints
-        self._shapes, self.graph, self.names = backbone.output_shape(), graph, list(names)
-
-    def output_shape(self):
-        return self._shapes
-
-    def forward(self, x):
-        return dict(zip(self.names, self.graph(x)))
-
-
-def run_with(predictor, kind: str, graph: Graph) -> None:
-    """Make a DetPredictor / SegPredictor compute its network with `graph` (an exported file's runtime,
-    or the eager module): everything around it -- resizing, padding, sliding window, heads, drawing --
-    stays the host's own code, the same for every runtime."""
+def run_with(predictor, kind: str, graphs: Optional[Dict[str, Graph]]) -> None:
+    """Make a DetPredictor / SegPredictor compute its networks with `graphs` (part -> an exported file's
+    runtime, or the eager part); None: the host's own modules again. Everything around them -- resizing,
+    padding, sliding window, NMS, drawing -- stays the host's own code, the same for every runtime."""
     if kind == "det":
-        orig = getattr(predictor, "_eager_backbone", None) or predictor.model.backbone
-        predictor._eager_backbone = orig
-        predictor.model.backbone = _GraphBackbone(orig, graph, list(orig.output_shape()))
+        from . import det as d2
+        return d2.run_with(predictor.model, graphs)
+    predictor.model.__dict__.pop("encode_decode", None)
+    if graphs is None:
         return
-    s = tuple(predictor.model.test_cfg.get("crop_size") or ())
+    s, graph = tuple(predictor.model.test_cfg.get("crop_size") or ()), graphs["model"]
 
     def encode_decode(inputs, metas):
         if tuple(inputs.shape[2:]) != s:
@@ -142,10 +153,10 @@ def run_with(predictor, kind: str, graph: Graph) -> None:
     predictor.model.encode_decode = encode_decode
 
 
-def eager(ex: Exportable) -> Graph:
-    def run(x):
+def eager(part: Part) -> Graph:
+    def run(*xs):
         with torch.no_grad():
-            return list(ex.module(x))
+            return list(part.module(*xs))
     return run
 
 

@@ -1,10 +1,11 @@
 """The parity gate: an exported file is kept only if it computes what PyTorch computes, on real images.
 
 Checked per runtime against eager PyTorch on the same inputs:
-* every graph output (features, tokens, logits): max |difference| relative to max |PyTorch output|;
-* det, end to end (detectron2's heads on the runtime's features): every detection matched by one of
-  the same class with box IoU >= 0.99, the score difference, the mask IoU of matched pairs -- a
-  detection may go unmatched only when its score lies within SCORE_TOL of the threshold;
+* every graph output (features, tokens, logits; det: also the RPN and RoI heads' outputs, on the inputs
+  eager PyTorch gave them): max |difference| relative to max |PyTorch output|;
+* det, end to end (the runtime's four graphs, detectron2's NMS and pasting between): every detection
+  matched by one of the same class with box IoU >= 0.99, the score difference, the mask IoU of matched
+  pairs -- a detection may go unmatched only when its score lies within SCORE_TOL of the threshold;
 * seg, end to end: the share of pixels given the same class."""
 from typing import Dict, List, Optional
 
@@ -22,14 +23,16 @@ class ParityError(RuntimeError):
     """The exported file does not compute what PyTorch computes (the report says where)."""
 
 
-def graph_rows(ref: List[List[torch.Tensor]], got: List[List[torch.Tensor]], names) -> Dict[str, float]:
-    """ref/got: per batch, the outputs in `names` order -> {name: relative max difference}."""
-    rows = {}
-    for i, name in enumerate(names):
-        diff = max(float((g[i].float() - r[i].float()).abs().max()) for r, g in zip(ref, got))
-        scale = max(float(r[i].float().abs().max()) for r in ref) or 1.0
-        rows[name] = diff / scale
-    return rows
+def graph_rows(ref: List[List[torch.Tensor]], got: List[List[torch.Tensor]], rows) -> Dict[str, float]:
+    """ref/got: per call, a graph's outputs; rows: each output's row -> {row: max |difference| relative to
+    max |PyTorch output|, over the calls and the outputs of that row}."""
+    diff: Dict[str, float] = {}
+    scale: Dict[str, float] = {}
+    for i, row in enumerate(rows):
+        for r, g in zip(ref, got):
+            diff[row] = max(diff.get(row, 0.0), float((g[i].float() - r[i].float()).abs().max()))
+            scale[row] = max(scale.get(row, 0.0), float(r[i].float().abs().max()))
+    return {row: diff[row] / (scale[row] or 1.0) for row in diff}
 
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -62,11 +62,13 @@ def test_vitdet_mask_rcnn_exports_with_parity_and_predicts_with_onnxruntime(tmp_
     assert rows["detections"] > 0 and rows["matched share"] == 1 and rows["min mask IoU"] >= 0.99
     assert json.loads((ex / "export_report.json").read_text())["parity"]
     assert {p.name for p in ex.glob("*.onnx")} == {f"{g}.onnx" for g in ("backbone", "rpn", "box_head", "mask_head")}
+    assert report["graphs"]["box_head"]["inputs"]["rois"] == ["rois", 5]  # (image index, x1, y1, x2, y2)
     # the RoI graphs regroup detectron2's pooler: run eagerly, they give detectron2's own detections exactly
+    from mae_transfer.engine.config import resolve_config
     from mae_transfer.export import end_to_end, graphs
     from mae_transfer.export.parity import det_rows
 
-    b = graphs.build("det", "tiny_cpu", str(weights))
+    b = graphs.build("det", str(resolve_config("tiny_cpu", "det")), str(weights))
     photos = [Image.open(f) for f in sorted(Path(coco["val_images"]).glob("*"))[:2]]
     ref = end_to_end(b, None, photos)
     got = end_to_end(b, {name: graphs.eager(part) for name, part in b.parts.items()}, photos)
@@ -153,7 +155,7 @@ def test_encoder_export_and_mistakes(tmp_path, capsys):
     report = command("export")(["encoder", "--weights", str(tmp_path / "mae.pth"), "--output-dir",
                                 str(tmp_path / "enc"), *GATE])
     _parity(report, ["tokens"])
-    assert report["size"] == 64 and report["inputs"]["x"] == ["batch", 3, 64, 64]
+    assert report["size"] == 64 and report["graphs"]["model"]["inputs"]["x"] == ["batch", 3, 64, 64]
     import onnxruntime as ort  # the file runs on its own, any batch size
     sess = ort.InferenceSession(str(tmp_path / "enc/model.onnx"), providers=["CPUExecutionProvider"])
     assert sess.run(None, {"x": np.zeros((5, 3, 64, 64), np.float32)})[0].shape == (5, 1 + 64, 192)

@@ -85,7 +85,7 @@ def _load_program(path: Path):
 def trace(part: graphs.Part):
     """`torch.export` once (dynamic batch / RoI count): the program both files are written from."""
     with torch.no_grad():
-        return torch.export.export(part.module, part.inputs, dynamic_shapes={"xs": tuple(part.dynamic)})
+        return torch.export.export(part.module, part.inputs, dynamic_shapes=(tuple(part.dynamic),))  # forward(*xs)
 
 
 def write(program, part: graphs.Part, path: Path, fmt: str) -> Path:
@@ -182,7 +182,7 @@ def export(kind: str, config: Optional[str], weights: str, out, formats: Sequenc
     report = gate(ex, files, images)
     meta = {"kind": kind, "config": str(Path(config).resolve()) if config else None,
             "weights": str(Path(weights).resolve()), "weights_sha256": _sha(weights), "size": ex.size,
-            "graphs": {name: {"inputs": p.input_names, "outputs": p.outputs} for name, p in ex.parts.items()},
+            "graphs": {name: {"inputs": p.shapes(), "outputs": p.outputs} for name, p in ex.parts.items()},
             "files": {f: {name: p.name for name, p in paths.items()} for f, paths in files.items()},
             "sha256": {p.name: _sha(p) for paths in files.values() for p in paths.values()},
             "opset": OPSET, "torch": torch.__version__, **ex.meta}

@@ -82,8 +82,9 @@ def backbone(model, size: int):
     """The backbone graph alone (x -> p2 ... p6): `bench/export_speed.py` times it."""
     from .graphs import _Tuple, image_part
 
-    names = list(model.backbone.output_shape())
-    return image_part(_Tuple(lambda x: model.backbone(x), names, backbone=model.backbone).eval(), size, names)
+    bb = model.backbone  # this module, not whatever `run_with` puts in its place
+    names = list(bb.output_shape())
+    return image_part(_Tuple(lambda x: bb(x), names, backbone=bb).eval(), size, names)
 
 
 def parts(model, size: int) -> dict:

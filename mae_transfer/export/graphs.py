@@ -38,6 +38,11 @@ class Part:
     def __post_init__(self):
         self.rows = self.rows or list(self.outputs)
 
+    def shapes(self) -> Dict[str, list]:
+        """input name -> its shape, a dynamic dimension by its name: {"x": ["batch", 3, 1024, 1024]}."""
+        return {n: [dyn[i].__name__ if i in dyn else d for i, d in enumerate(x.shape)]
+                for n, x, dyn in zip(self.input_names, self.inputs, self.dynamic)}
+
 
 @dataclass
 class Exportable:

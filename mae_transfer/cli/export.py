@@ -13,11 +13,12 @@ check on real images that each file computes what PyTorch computes (the parity g
   mae-transfer export encoder --weights mae_pretrain_vit_base.pth --output-dir output/export/vit_b
   mae-transfer export seg ... --check-only              # re-run the gate on files exported before
 
-What is exported: det -> ViTDet's backbone and feature pyramid (detectron2 runs the RPN, RoI heads and
-mask pasting around it); seg -> the whole UperNet on one crop_size window (mmseg's sliding window around
-it); encoder -> the ViT's tokens. Dynamic batch, the model's fixed square size. Writes model.onnx,
-model.pt2, export.json and export_report.json; `mae-transfer predict --runtime onnxruntime|torch-export
---weights <this folder>` runs them.
+What is exported: det -> four graphs, ViTDet's backbone + feature pyramid, the RPN head, the box head and
+the mask head (RoIAlign in them; detectron2's anchors, NMS, box decoding and mask pasting run between);
+seg -> the whole UperNet on one crop_size window (mmseg's sliding window around it); encoder -> the ViT's
+tokens. Dynamic batch, the model's fixed square size. Writes <graph>.onnx and <graph>.pt2 per graph
+(model.* for seg / encoder), export.json and export_report.json; `mae-transfer predict --runtime
+onnxruntime|torch-export --weights <this folder>` runs them.
 """
 
 

@@ -54,7 +54,7 @@ def predict(argv: List[str], prog: str = "mae-transfer predict"):
     p.add_argument("--weights", required=True, help="a trained model (detectron2 model_final.pth / mmseg iter_N.pth); "
                    "with --runtime onnxruntime|torch-export, the folder `mae-transfer export` wrote")
     p.add_argument("--runtime", choices=["torch", "onnxruntime", "torch-export"], default="torch",
-                   help="what runs the network: PyTorch, ONNX Runtime (model.onnx) or the torch.export program")
+                   help="what runs the network: PyTorch, ONNX Runtime (the .onnx files) or the torch.export programs")
     p.add_argument("--output-dir", "--out", dest="output_dir", default="output/predict", metavar="DIR")
     p.add_argument("--device", default="auto", help="auto (cuda where available) | cpu | cuda[:N]")
     p.add_argument("--batch-size", type=int, default=4)

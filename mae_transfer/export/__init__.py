@@ -90,10 +90,14 @@ def trace(part: graphs.Part):
 
 def write(program, part: graphs.Part, path: Path, fmt: str) -> Path:
     if fmt == "pt2":
-        torch.export.save(program, str(path))
+        inputs, program.example_inputs = program.example_inputs, None  # not saved: a det head's are 100s of MB
+        try:
+            torch.export.save(program, str(path))
+        finally:
+            program.example_inputs = inputs
     else:
         size = sum(t.numel() * t.element_size() for t in [*part.module.parameters(), *part.module.buffers()])
-        torch.onnx.export(program, tuple(program.example_inputs[0]), str(path), dynamo=True, opset_version=OPSET,
+        torch.onnx.export(program, part.inputs, str(path), dynamo=True, opset_version=OPSET,
                           input_names=part.input_names, output_names=part.outputs, verbose=False,
                           external_data=size > 1.5 * 2**30)  # one file, unless protobuf's 2 GB limit forbids it
     return path

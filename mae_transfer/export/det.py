@@ -98,9 +98,9 @@ def parts(model, size: int) -> dict:
     bb, rpn, heads = model.backbone, model.proposal_generator, model.roi_heads
     batch, rois = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("rois", min=1, max=100_000)
     out = {"backbone": backbone(model, size)}
-    with torch.no_grad():
-        feats = bb(*out["backbone"].inputs)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(0)  # features of the backbone's shapes (tracing needs shapes, not values)
+    feats = {f: torch.randn(2, s.channels, size // s.stride, size // s.stride, generator=g)
+             for f, s in bb.output_shape().items()}
     xy, wh = torch.rand(8, 2, generator=g) * size * 0.6, torch.rand(8, 2, generator=g) ** 2 * size * 0.4 + 2
     boxes = Boxes(torch.cat([xy, xy + wh], 1))  # small to large: every pyramid level is used
     example = convert_boxes_to_pooler_format([boxes[:4], boxes[4:]])

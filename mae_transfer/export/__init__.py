@@ -165,7 +165,7 @@ def gate(ex: Exportable, files: Dict[str, Dict[str, Path]], images: Sequence, ba
     return report
 
 
-def export(kind: str, config: Optional[str], weights: str, out, formats: Sequence[str] = ("onnx", "pt2"),
+def export(kind: str, config: Optional[str], weights: str, out, formats: Sequence[str] = FORMATS,
            images: Optional[Sequence] = None, img_size: Optional[int] = None, check_only: bool = False) -> dict:
     """Export (or with `check_only`, re-check files already exported into `out`), run the parity gate on
     `images` (PIL; default: the embedded demo photos), write export.json and export_report.json.

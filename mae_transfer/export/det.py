@@ -80,11 +80,11 @@ def check(model) -> None:
 
 def backbone(model, size: int):
     """The backbone graph alone (x -> p2 ... p6): `bench/export_speed.py` times it."""
-    from .graphs import _Tuple, image_part
+    from .graphs import TupleOut, image_part
 
     bb = model.backbone  # this module, not whatever `run_with` puts in its place
     names = list(bb.output_shape())
-    return image_part(_Tuple(lambda x: bb(x), names, backbone=bb).eval(), size, names)
+    return image_part(TupleOut(lambda x: bb(x), names, backbone=bb).eval(), size, names)
 
 
 def parts(model, size: int) -> dict:

@@ -57,7 +57,7 @@ class Exportable:
         return list(dict.fromkeys(r for p in self.parts.values() for r in p.rows))
 
 
-class _Tuple(torch.nn.Module):
+class TupleOut(torch.nn.Module):
     """A module whose forward returns its outputs as a tuple (exporters want a flat output)."""
 
     def __init__(self, fn: Callable, names: Sequence[str], **modules):
@@ -90,7 +90,7 @@ def encoder(weights: str, img_size: Optional[int] = None) -> Exportable:
                             embed_dim=kw["embed_dim"], depth=kw["depth"], num_heads=kw["num_heads"],
                             num_classes=0, global_pool=pool, fc_norm=pool == "avg", dynamic_img_size=False)
     load_checkpoint(vit, sd)
-    module = _Tuple(lambda x: vit.forward_features(x), ["tokens"], vit=vit).eval()
+    module = TupleOut(lambda x: vit.forward_features(x), ["tokens"], vit=vit).eval()
     return Exportable("encoder", {"model": image_part(module, size, ["tokens"])}, size,
                       meta={"patch_size": kw["patch_size"]})
 
@@ -114,7 +114,7 @@ def seg_module(model):
     s = int(size[0])
     metas = [dict(img_shape=(s, s), pad_shape=(s, s))]  # decode_head resizes to metas[0]['img_shape']
     network = model.encode_decode  # the bound method: `run_with` replaces the attribute, not this
-    return _Tuple(lambda x: network(x, metas), ["logits"], model=model).eval(), s
+    return TupleOut(lambda x: network(x, metas), ["logits"], model=model).eval(), s
 
 
 def det(config: str, weights: str, score_thresh: float = 0.05, class_names=None, device="cpu") -> Exportable:

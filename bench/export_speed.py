@@ -28,7 +28,7 @@ MODELS = {"vitdet_b_1024": ("det", "det/mask_rcnn_vitdet_b_100ep.py"),
           "vitdet_tiny_128": ("det", "det/tiny_cpu.py"), "upernet_tiny_128": ("seg", "seg/tiny_cpu.py")}
 
 
-def build(name: str, device: str):
+def build(name: str):
     """The exported graph (a `graphs.Part`, x -> outputs, on the CPU) with random weights, its input size."""
     from mae_transfer.export import graphs
 
@@ -61,7 +61,7 @@ def runtimes(name: str, folder: Path, device: str, which):
     """variant -> x -> outputs."""
     from mae_transfer.export import load_runtime, trace, write
 
-    part, size = build(name, device)
+    part, size = build(name)
     module = part.module.to(device)
     out = {}
     if "eager" in which:

@@ -179,15 +179,17 @@ def export(kind: str, config: Optional[str], weights: str, out, formats: Sequenc
     missing = [p for f in files.values() for p in f.values() if not p.is_file()]
     if check_only and missing:
         raise checkpoints.CheckpointError(f"--check-only: {missing[0]} not found (export it first)")
-    for path in files.get("pt2", {}).values() if check_only else ():
-        _trusted(out, path)  # the gate re-checks what it passed before, not a file put there since
-    for name, part in ex.parts.items() if not check_only else ():
-        print(f"tracing {kind} {name} ({', '.join(part.input_names)}; dynamic batch) with torch.export ...",
-              file=sys.stderr)
-        program = trace(part)
-        for fmt in formats:
-            print(f"writing {files[fmt][name]} ...", file=sys.stderr)
-            write(program, part, files[fmt][name], fmt)
+    if check_only:
+        for path in files.get("pt2", {}).values():
+            _trusted(out, path)  # the gate re-checks what it passed before, not a file put there since
+    else:
+        for name, part in ex.parts.items():
+            print(f"tracing {kind} {name} ({', '.join(part.input_names)}; dynamic batch) with torch.export ...",
+                  file=sys.stderr)
+            program = trace(part)
+            for fmt in formats:
+                print(f"writing {files[fmt][name]} ...", file=sys.stderr)
+                write(program, part, files[fmt][name], fmt)
     images = list(images) if images else demo_photos()
     report = gate(ex, files, images)
     meta = {"kind": kind, "config": str(Path(config).resolve()) if config else None,

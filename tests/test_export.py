@@ -72,7 +72,7 @@ def test_vitdet_mask_rcnn_exports_with_parity_and_predicts_with_onnxruntime(tmp_
     photos = [Image.open(f) for f in sorted(Path(coco["val_images"]).glob("*"))[:2]]
     ref = end_to_end(b, None, photos)
     got = end_to_end(b, {name: graphs.eager(part) for name, part in b.parts.items()}, photos)
-    assert sum(map(len, ref)) > 0 and det_rows(ref, got, 0.05)["max score difference"] == 0
+    assert sum(map(len, ref)) > 0 and det_rows(ref, got, 0.05, 100)["max score difference"] == 0
     assert all(bool((r.pred_masks == g.pred_masks).all()) for r, g in zip(ref, got))
     # the ONNX Runtime predictor writes the overlays and the COCO results PyTorch writes
     res = {}
@@ -82,10 +82,21 @@ def test_vitdet_mask_rcnn_exports_with_parity_and_predicts_with_onnxruntime(tmp_
         command("predict")(argv)
         res[rt] = json.loads((tmp_path / rt / "coco_results.json").read_text())
         assert len(list((tmp_path / rt).glob("*_overlay.png"))) == 3
-    assert len(res["onnxruntime"]) == len(res["torch"]) > 0 and all("segmentation" in r for r in res["torch"])
-    for a, b in zip(res["onnxruntime"], res["torch"]):
-        assert a["category_id"] == b["category_id"] and abs(a["score"] - b["score"]) < 1e-3
-        np.testing.assert_allclose(a["bbox"], b["bbox"], atol=0.05)
+    assert len(res["torch"]) > 0 and all("segmentation" in r for r in res["torch"] + res["onnxruntime"])
+
+    # matched as sets, both ways: this barely trained model gives 100 boxes per image scored 0.235-0.263, and
+    # a CI run saw the runtimes (scores ~1e-6 apart) list two near-tied boxes in swapped order; at an image's
+    # lowest kept score the 100-per-image cut may likewise keep either of two boxes tied within 1e-5
+    def same(a, b):
+        return (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"]) and \
+            abs(a["score"] - b["score"]) < 1e-4 and np.allclose(a["bbox"], b["bbox"], atol=0.05)
+
+    for ours, theirs in ((res["onnxruntime"], res["torch"]), (res["torch"], res["onnxruntime"])):
+        lowest = {}
+        for b in theirs:
+            lowest[b["image_id"]] = min(b["score"], lowest.get(b["image_id"], 1.0))
+        unmatched = [a for a in ours if not any(same(a, b) for b in theirs)]
+        assert all(a["score"] - lowest.get(a["image_id"], 0.0) < 1e-5 for a in unmatched), unmatched[:3]
     # a perturbed head graph: the gate fails with its table and one error line, exit 1
     import onnx
     from onnx import numpy_helper
@@ -185,3 +196,26 @@ def test_encoder_export_and_mistakes(tmp_path, capsys):
         main(["predict", "seg", str(tmp_path / "a.png"), "--runtime", "onnxruntime", "--weights",
               str(tmp_path / "enc")])
     assert "holds an exported encoder" in capsys.readouterr().err
+
+
+def test_det_gate_forgives_only_near_ties_at_the_cut():
+    """A detection one side kept and the other did not fails the gate unless it sat at the other side's cut:
+    the score threshold, or its lowest kept score when it kept its full top-k (two boxes tied there may swap)."""
+    import torch
+    from detectron2.structures import Boxes, Instances
+
+    from mae_transfer.export.parity import det_rows
+
+    def inst(scores, xs):
+        i = Instances((100, 100))
+        i.pred_boxes = Boxes(torch.tensor([[x, 0.0, x + 10, 10] for x in xs]))
+        i.scores, i.pred_classes = torch.tensor(scores), torch.zeros(len(xs), dtype=torch.long)
+        return i
+
+    ref = inst([0.9, 0.5, 0.30001], [0, 20, 40])
+    tie = inst([0.9, 0.5, 0.30000], [0, 20, 60])  # top-3 full: kept a near-tied other box at the cut
+    rows = det_rows([ref], [tie], 0.05, 3)
+    assert rows["matched share"] == 2 / 3 and rows["unmatched clear of the threshold"] == 0
+    assert det_rows([ref], [tie], 0.05, 100)["unmatched clear of the threshold"] == 2  # not full: no cut there
+    lost = inst([0.9, 0.30001, 0.3], [0, 40, 60])  # a 0.5 box gone: far above every cut
+    assert det_rows([ref], [lost], 0.05, 3)["unmatched clear of the threshold"] == 1

@@ -155,7 +155,9 @@ def gate(ex: Exportable, files: Dict[str, Dict[str, Path]], images: Sequence, ba
             rows.update(parity.graph_rows([out for _, out in seen[name]], [runs[name](*xs) for xs, _ in seen[name]],
                                           part.rows))
         if ex.kind == "det":
-            rows.update(parity.det_rows(ref, end_to_end(ex, runs, images, batch), 0.05))
+            box = ex.predictor.model.roi_heads.box_predictor
+            rows.update(parity.det_rows(ref, end_to_end(ex, runs, images, batch), box.test_score_thresh,
+                                        box.test_topk_per_image))
         elif ex.kind == "seg":
             rows.update(parity.seg_rows(ref, end_to_end(ex, runs, images, batch)))
         report[runtime] = {"rows": rows, "failed": parity.verdict(rows, ex.rows)}

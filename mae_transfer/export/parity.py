@@ -5,7 +5,8 @@ Checked per runtime against eager PyTorch on the same inputs:
   eager PyTorch gave them): max |difference| relative to max |PyTorch output|;
 * det, end to end (the runtime's four graphs, detectron2's NMS and pasting between): every detection
   matched by one of the same class with box IoU >= 0.99, the score difference, the mask IoU of matched
-  pairs -- a detection may go unmatched only when its score lies within SCORE_TOL of the threshold;
+  pairs -- a detection may go unmatched only when its score lies within SCORE_TOL of where the other side
+  cut: the score threshold, or, when the other side kept its full top-k, its lowest kept score;
 * seg, end to end: the share of pixels given the same class."""
 from typing import Dict, List, Optional
 
@@ -40,8 +41,14 @@ def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return box_iou(a, b) if len(a) and len(b) else torch.zeros(len(a), len(b))
 
 
-def det_rows(ref: list, got: list, thresh: float) -> Dict[str, float]:
-    """Instances per image (eager vs runtime) -> matched share, worst score difference, worst mask IoU."""
+def _cut(inst, thresh: float, topk: int) -> float:
+    """The score below which `inst` dropped detections: the threshold, or its top-k's lowest when it is full."""
+    return max(thresh, float(inst.scores.min())) if topk > 0 and len(inst) >= topk else thresh
+
+
+def det_rows(ref: list, got: list, thresh: float, topk: int) -> Dict[str, float]:
+    """Instances per image (eager vs runtime) -> matched share, worst score difference, worst mask IoU.
+    thresh, topk: the box predictor's test score threshold and detections per image."""
     total = matched = 0
     score_diff, mask_iou, unmatched_far = 0.0, 1.0, 0
     for r, g in zip(ref, got):
@@ -59,9 +66,10 @@ def det_rows(ref: list, got: list, thresh: float) -> Dict[str, float]:
                     a, b = r.pred_masks[i].bool(), g.pred_masks[j].bool()
                     union = int((a | b).sum())
                     mask_iou = min(mask_iou, int((a & b).sum()) / union if union else 1.0)
-            elif float(r.scores[i]) - thresh > SCORE_TOL:
+            elif float(r.scores[i]) - _cut(g, thresh, topk) > SCORE_TOL:
                 unmatched_far += 1
-        unmatched_far += sum(1 for j in range(len(g)) if j not in used and float(g.scores[j]) - thresh > SCORE_TOL)
+        unmatched_far += sum(1 for j in range(len(g))
+                             if j not in used and float(g.scores[j]) - _cut(r, thresh, topk) > SCORE_TOL)
     rows = {"detections": float(total), "matched share": matched / total if total else 1.0,
             "unmatched clear of the threshold": float(unmatched_far), "max score difference": score_diff}
     if ref and ref[0].has("pred_masks"):

@@ -11,6 +11,7 @@ allow-list (the `argparse.Namespace` that official training checkpoints carry); 
 refused with `CheckpointError` instead of being executed.
 """
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -59,7 +60,7 @@ def load_file(path) -> Dict[str, Any]:
     # only the types not allowed already: leaving the context removes what it added, even types that
     # host glue had allowed globally before (mmengine's, for its own resume)
     allowed = torch.serialization.get_safe_globals()
-    ours = [t for t in SAFE_GLOBALS + extra_safe_globals() if t not in allowed]
+    ours = [t for t in SAFE_GLOBALS + _host_types() if t not in allowed]
     try:
         with torch.serialization.safe_globals(ours), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Detected pickle protocol 4": the refusal below says what matters
@@ -71,7 +72,7 @@ def load_file(path) -> Dict[str, Any]:
         if "Unsupported operand" in msg and pickled:
             raise CheckpointError(f"{path}: a plain pickle, not a torch checkpoint: refused (unpickling it could run "
                                   f"code). Re-save the weights with torch.save or as .safetensors.") from None
-        bad = re.search(r"(?:Unsupported global|GLOBAL)[:\s]+([\w.]+)", msg)
+        bad = re.search(r"(?:Unsupported global:\s*|GLOBAL\s+)(?:GLOBAL\s+)?([\w.]+)", msg)  # torch: "...: GLOBAL a.B"
         if bad:
             raise CheckpointError(
                 f"{path}: refused to unpickle '{bad.group(1)}' -- a checkpoint that needs it could run "
@@ -95,16 +96,13 @@ def _load_safetensors(path: Path):
     return {"model": sd, "model_args": model_args} if model_args else sd
 
 
-_extra: List[Any] = []
-
-
-def extra_safe_globals() -> List[Any]:
-    return list(_extra)
-
-
-def allow_globals(*types) -> None:
-    """Host glue (e.g. mmengine's HistoryBuffer) adds the exact data types its checkpoints need."""
-    _extra.extend(t for t in types if t not in _extra)
+def _host_types() -> List[Any]:
+    """The data types a host library's own checkpoints hold, where that library is installed: mmengine's
+    message hub in a segmentation run's iter_N.pth (see seg/compat.py)."""
+    if importlib.util.find_spec("mmengine") is None:
+        return []
+    from .seg.compat import mmengine_checkpoint_types
+    return mmengine_checkpoint_types()
 
 
 def unwrap(obj: Dict[str, Any]) -> StateDict:

@@ -28,6 +28,31 @@ def test_mmseg_models_imports_on_mmcv_lite():
     assert "MAEViT" in r.stdout
 
 
+def test_mmengine_checkpoint_types_allowed_around_the_runner_only(tmp_path):
+    """mmengine's own checkpoints (message hub: HistoryBuffer, numpy) load weights-only inside the block the
+    seg runner and predictor run in; nothing stays allowed process-wide, yet the toolkit's reader takes a
+    seg run's checkpoint in any process (a fresh `convert`, `evaluate`)."""
+    from mmengine.logging import HistoryBuffer
+
+    import mae_transfer.seg  # noqa: F401
+    from mae_transfer.seg.compat import mmengine_checkpoint_types, mmengine_checkpoints
+
+    if not mmengine_checkpoint_types():
+        pytest.skip("this torch / mmengine needs no allowing")
+    before, hub = list(torch.serialization.get_safe_globals()), HistoryBuffer()
+    hub.update(1.5)
+    with mmengine_checkpoints():
+        torch.save({"hub": hub}, tmp_path / "ours.pth")  # saved without the class's statistics registry
+        assert torch.load(tmp_path / "ours.pth", weights_only=True)["hub"].current() == 1.5
+    assert torch.serialization.get_safe_globals() == before
+    with pytest.raises(Exception, match="HistoryBuffer"):
+        torch.load(tmp_path / "ours.pth", weights_only=True)
+    assert checkpoints.load_file(tmp_path / "ours.pth")["hub"].current() == 1.5
+    torch.save({"hub": hub}, tmp_path / "stock.pth")  # outside the block: mmengine's pickling, with `getattr`
+    with pytest.raises(checkpoints.CheckpointError, match="refused to unpickle 'getattr'"):
+        checkpoints.load_file(tmp_path / "stock.pth")
+
+
 def test_mmseg_mae_equals_our_encoder_after_conversion():
     from mmseg.registry import MODELS
 

@@ -43,10 +43,8 @@ def main(argv: List[str], prog: str = "mae-transfer seg"):
     a.launcher = a.launcher or ("pytorch" if "RANK" in os.environ else "none")
 
     from ..checkpoints import load_file, read_state_dict, unwrap
-    from ..seg.compat import allow_mmengine_checkpoints
     from ..seg.train import main as seg_main
 
-    allow_mmengine_checkpoints()  # a trained model (--eval-only) is an mmengine checkpoint
     if a.backbone:
         read_state_dict(a.backbone)  # a clear error now rather than inside the runner
     if a.eval_only:

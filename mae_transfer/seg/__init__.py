@@ -5,7 +5,7 @@ Importing this module makes mmseg importable on mmcv-lite (see compat.py), regis
 `custom_imports = dict(imports=['mae_transfer.seg'])`."""
 from .compat import ensure_mmcv_ops
 
-ensure_mmcv_ops()  # mmseg does not import without it; the checkpoint patch is applied by train.main
+ensure_mmcv_ops()  # mmseg does not import without it; its checkpoints: compat.mmengine_checkpoints
 
 from .backbone import MAEViT  # noqa: E402,F401
 from .metric import PerClassIoUMetric  # noqa: E402,F401

@@ -10,12 +10,13 @@ mmcv (with compiled ops) is installed. Each patch checks the versions it was wri
    a config actually uses it. Nothing on the MAE -> UperNet -> CE -> mIoU path needs a compiled op.
 2. mmengine 0.10.7 loads checkpoints with `torch.load` defaults, i.e. `weights_only=True` on
    torch >= 2.6, which refuses the `HistoryBuffer` and numpy scalars that mmengine itself saves
-   (message hub). We allow-list exactly those types; safe loading stays on.
+   (message hub). We allow exactly those types around the runner; safe loading stays on.
 """
 import importlib
 import importlib.util
 import sys
 import types
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..env import log_patch, version_tuple
@@ -54,31 +55,50 @@ def ensure_mmcv_ops() -> None:
     log_patch("mmcv-lite 2.1 has no mmcv.ops: a stand-in loads its pure-torch parts (point_sample)")
 
 
-def allow_mmengine_checkpoints() -> None:
-    """Applied by mae-transfer seg before the runner saves or loads. Allow-list the data types in
-    mmengine's own checkpoints for weights_only loading: the message hub's HistoryBuffer and the
-    numpy arrays/scalars it holds. A HistoryBuffer also pickles
-    its class's registry of statistics functions, which would need `getattr` on load (not a type:
-    it could reach anything); that registry lives on the class anyway, so it is left out when
-    saving. Checkpoints written by a stock mmengine still carry it and are refused by torch."""
+def mmengine_checkpoint_types() -> list:
+    """The data types mmengine 0.10 puts in its own checkpoints besides tensors: the message hub's
+    HistoryBuffer and the numpy arrays/scalars it holds; none of them can run code when loaded. [] where
+    they need no allowing (torch < 2.6 does not load weights-only by default; another mmengine may differ)."""
     if version_tuple("torch") < (2, 6) or version_tuple("mmengine")[:2] != (0, 10):
-        return  # torch < 2.6 does not default to weights-only loading; another mmengine may differ
+        return []
     import numpy as np
+    from mmengine.logging import HistoryBuffer
+
+    core = np._core if hasattr(np, "_core") else np.core
+    types_ = [HistoryBuffer, np.ndarray, np.dtype, core.multiarray._reconstruct, core.multiarray.scalar]
+    return types_ + [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)]
+
+
+@contextmanager
+def mmengine_checkpoints():
+    """Around mmengine's own saves and loads (the seg runner, mmseg's init_model): mmengine 0.10 loads
+    with torch's defaults, i.e. weights-only on torch >= 2.6, which refuses the types above -- they are
+    allowed within this block only, not process-wide. A HistoryBuffer also pickles its class's registry of
+    statistics functions, which would need `getattr` on load (not a type: it could reach anything); that
+    registry lives on the class anyway, so it is left out when saving within the block. Checkpoints written
+    by a stock mmengine still carry it and are refused by torch."""
+    types_ = mmengine_checkpoint_types()
+    if not types_:
+        yield
+        return
     import torch
     from mmengine.logging import HistoryBuffer
 
-    from .. import checkpoints
-
     def _getstate(self):
         return {k: v for k, v in self.__dict__.items() if k != "statistics_methods"}
+    before = HistoryBuffer.__dict__.get("__getstate__")
     HistoryBuffer.__getstate__ = _getstate
-    core = np._core if hasattr(np, "_core") else np.core
-    types_ = [HistoryBuffer, np.ndarray, np.dtype, core.multiarray._reconstruct, core.multiarray.scalar]
-    types_ += [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)]
-    torch.serialization.add_safe_globals(types_)
-    checkpoints.allow_globals(*types_)
-    log_patch("mmengine 0.10 checkpoints on torch >= 2.6: HistoryBuffer and numpy types allow-listed for "
-              "weights_only loading; HistoryBuffer pickles without its statistics registry")
+    log_patch("mmengine 0.10 checkpoints on torch >= 2.6: HistoryBuffer and numpy types allowed for weights_only "
+              "loading around the runner; HistoryBuffer pickles without its statistics registry")
+    allowed = torch.serialization.get_safe_globals()  # leaving the block removes only what it added
+    try:
+        with torch.serialization.safe_globals([t for t in types_ if t not in allowed]):
+            yield
+    finally:
+        if before is None:
+            del HistoryBuffer.__getstate__
+        else:
+            HistoryBuffer.__getstate__ = before
 
 
 def cpu_distributed(cfg) -> None:

@@ -20,15 +20,15 @@ class SegPredictor:
         from mmengine.config import Config
         from mmseg.apis import init_model
 
-        from .compat import allow_mmengine_checkpoints
+        from .compat import mmengine_checkpoints
         from .data import plain_bn
 
-        allow_mmengine_checkpoints()  # the runner's checkpoint holds mmengine's message-hub types
         checkpoints.unwrap(checkpoints.load_file(weights))  # the safe reader first: a bad file is one line
         cfg = Config.fromfile(config)
         if not str(device).startswith("cuda"):
             plain_bn(cfg.model)
-        self.model = init_model(cfg, weights, device=device)
+        with mmengine_checkpoints():  # the runner's checkpoint holds mmengine's message-hub types
+            self.model = init_model(cfg, weights, device=device)
         self.classes = list(self.model.dataset_meta["classes"])
 
     @torch.no_grad()

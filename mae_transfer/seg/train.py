@@ -80,10 +80,9 @@ def main(args) -> dict:
     import mae_transfer.seg  # noqa: F401  (compat + registry entries)
 
     from ..engine.logger import setup_logging
-    from .compat import allow_mmengine_checkpoints
+    from .compat import mmengine_checkpoints
 
     setup_logging(None, is_main=True)  # the toolkit's own lines (compat patches) on stdout, beside mmengine's
-    allow_mmengine_checkpoints()  # before the runner saves (and on resume, loads) a checkpoint
     cfg = build_config(args)
     check_data(cfg, ("val",) if args.eval_only else ("train", "val"))
     if cfg.launcher == "pytorch" and not torch.cuda.is_available():
@@ -97,7 +96,8 @@ def main(args) -> dict:
     data = [args.data_root] + [getattr(args, f"{s}_{k}", None) for s in ("train", "val") for k in ("images", "masks")]
     run = results.settings(args.config, seed, None, ckpt, data + [getattr(args, "classes", None)])
     with results.claim(cfg.work_dir, args.resume, run, getattr(args, "allow_changes", False)):
-        with results.recorded("seg", cfg.work_dir, args.config, seed, ckpt) as rec:
+        # mmengine's own saves and loads (resume, --eval-only) need its message-hub types allowed
+        with results.recorded("seg", cfg.work_dir, args.config, seed, ckpt) as rec, mmengine_checkpoints():
             runner = Runner.from_cfg(cfg)
             keep = _KeepMetrics()
             runner.register_hook(keep, priority="LOWEST")

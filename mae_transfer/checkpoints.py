@@ -57,8 +57,8 @@ def load_file(path) -> Dict[str, Any]:
         raise CheckpointError(f"{path}: an empty file (0 bytes), not a checkpoint")
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
-    # only the types not allowed already: leaving the context removes what it added, even types that
-    # host glue had allowed globally before (mmengine's, for its own resume)
+    # only the types not allowed already: leaving the context removes what it added, so an enclosing block
+    # (seg's mmengine_checkpoints, around the runner) keeps what it allowed
     allowed = torch.serialization.get_safe_globals()
     ours = [t for t in SAFE_GLOBALS + _host_types() if t not in allowed]
     try:

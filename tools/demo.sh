@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The demo, on embedded data only (nothing is downloaded), 20-35 minutes on 2 CPU cores (20.2 min measured
+# The demo, on embedded data only (nothing is downloaded), 20-40 minutes on 2 CPU cores (20.2 min measured
 # 2026-12-02 on an idle 2-core Intel Xeon: scenes + pretraining 3, detection 12.5, segmentation 4, prediction 0.5 min;
 # 33.8 min the same evening on the same shared machine when its host was slower: detection 1.16 s/iter instead
-# of 0.75, segmentation 2.9 instead of 1.6; the same numbers, 4.5 box / 4.0 mask AP, 9.1 mIoU):
+# of 0.75, segmentation 2.9 instead of 1.6; 38.8 min on 2026-12-03 from a fresh clone: pretraining 4.3,
+# detection 25 at 1.34 s/iter, segmentation 8.3; each time the same numbers, 4.5 box / 4.0 mask AP, 9.1 mIoU):
 #   1. Fashion-MNIST scenes (vendored items on scikit-image photos), then a tiny MAE pretrained
 #      on the training scenes without their labels                      (mae-transfer pretrain)
 #   2. ViTDet Mask R-CNN from that checkpoint on the scenes (COCO json) (mae-transfer det)

@@ -18,6 +18,7 @@ import os
 import re
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Tuple
 
@@ -57,12 +58,8 @@ def load_file(path) -> Dict[str, Any]:
         raise CheckpointError(f"{path}: an empty file (0 bytes), not a checkpoint")
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
-    # only the types not allowed already: leaving the context removes what it added, so an enclosing block
-    # (seg's mmengine_checkpoints, around the runner) keeps what it allowed
-    allowed = torch.serialization.get_safe_globals()
-    ours = [t for t in SAFE_GLOBALS + _host_types() if t not in allowed]
     try:
-        with torch.serialization.safe_globals(ours), warnings.catch_warnings():
+        with allowing(SAFE_GLOBALS + _host_types()), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Detected pickle protocol 4": the refusal below says what matters
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, or a truncated/corrupt archive
@@ -94,6 +91,15 @@ def _load_safetensors(path: Path):
     except (SafetensorError, OSError, ValueError) as e:  # bad, huge or empty header; truncated data
         raise CheckpointError(f"{path}: not a readable .safetensors file ({str(e).splitlines()[0]})") from None
     return {"model": sd, "model_args": model_args} if model_args else sd
+
+
+@contextmanager
+def allowing(types: List[Any]):
+    """torch's `safe_globals` block for those of `types` not allowed already: leaving torch's block removes
+    what it added, so an enclosing block (seg's mmengine_checkpoints, around the runner) keeps its own."""
+    allowed = torch.serialization.get_safe_globals()
+    with torch.serialization.safe_globals([t for t in types if t not in allowed]):
+        yield
 
 
 def _host_types() -> List[Any]:

@@ -52,6 +52,7 @@ def det_rows(ref: list, got: list, thresh: float, topk: int) -> Dict[str, float]
     total = matched = 0
     score_diff, mask_iou, unmatched_far = 0.0, 1.0, 0
     for r, g in zip(ref, got):
+        cut_r, cut_g = _cut(r, thresh, topk), _cut(g, thresh, topk)
         iou = _iou(r.pred_boxes.tensor, g.pred_boxes.tensor)
         same = iou * (r.pred_classes[:, None] == g.pred_classes[None, :])
         used = set()
@@ -66,10 +67,9 @@ def det_rows(ref: list, got: list, thresh: float, topk: int) -> Dict[str, float]
                     a, b = r.pred_masks[i].bool(), g.pred_masks[j].bool()
                     union = int((a | b).sum())
                     mask_iou = min(mask_iou, int((a & b).sum()) / union if union else 1.0)
-            elif float(r.scores[i]) - _cut(g, thresh, topk) > SCORE_TOL:
+            elif float(r.scores[i]) - cut_g > SCORE_TOL:
                 unmatched_far += 1
-        unmatched_far += sum(1 for j in range(len(g))
-                             if j not in used and float(g.scores[j]) - _cut(r, thresh, topk) > SCORE_TOL)
+        unmatched_far += sum(1 for j in range(len(g)) if j not in used and float(g.scores[j]) - cut_r > SCORE_TOL)
     rows = {"detections": float(total), "matched share": matched / total if total else 1.0,
             "unmatched clear of the threshold": float(unmatched_far), "max score difference": score_diff}
     if ref and ref[0].has("pred_masks"):

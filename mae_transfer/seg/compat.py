@@ -81,8 +81,9 @@ def mmengine_checkpoints():
     if not types_:
         yield
         return
-    import torch
     from mmengine.logging import HistoryBuffer
+
+    from ..checkpoints import allowing
 
     def _getstate(self):
         return {k: v for k, v in self.__dict__.items() if k != "statistics_methods"}
@@ -90,9 +91,8 @@ def mmengine_checkpoints():
     HistoryBuffer.__getstate__ = _getstate
     log_patch("mmengine 0.10 checkpoints on torch >= 2.6: HistoryBuffer and numpy types allowed for weights_only "
               "loading around the runner; HistoryBuffer pickles without its statistics registry")
-    allowed = torch.serialization.get_safe_globals()  # leaving the block removes only what it added
     try:
-        with torch.serialization.safe_globals([t for t in types_ if t not in allowed]):
+        with allowing(types_):
             yield
     finally:
         if before is None:

@@ -16,16 +16,16 @@ import json
 import logging
 import os
 import re
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from . import beit
+from . import beit, outputs
+from .errors import CheckpointError  # noqa: F401  (re-exported)
 
 _logger = logging.getLogger("mae_transfer")
 
@@ -33,10 +33,6 @@ StateDict = Dict[str, torch.Tensor]
 
 # Types that official checkpoints pickle besides tensors; nothing here can run code when loaded.
 SAFE_GLOBALS: List[Any] = [argparse.Namespace]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit; the message is meant for the user."""
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -209,32 +205,6 @@ def load_into(module: torch.nn.Module, sd: StateDict, source, fresh_ok: str = No
 
 
 # ----------------------------------------------------------------------------------------- writing
-def _atomic(path: Path, write: Callable[[str], None]) -> Path:
-    """Write to a temporary file beside `path`, fsync, then rename: a crash never leaves a
-    truncated file under the final name. A folder that cannot be written (read-only, full, a file in
-    its place) is one CheckpointError naming what is still intact."""
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-        if isinstance(e, RuntimeError) and "write" not in str(e).lower():
-            raise
-        kept = f"; {path} is the last good one, intact" if path.is_file() else ""
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
-        raise CheckpointError(f"cannot write {path} ({reason}){kept}") from None
-    finally:
-        if tmp and os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def save(path, obj: Dict[str, Any]) -> Path:
     """Atomically save a checkpoint dict (`.pth`) or a flat state dict (`.safetensors`)."""
     path = Path(path)
@@ -244,8 +214,9 @@ def save(path, obj: Dict[str, Any]) -> Path:
         sd, meta = unwrap(obj), {"format": "pt", "layout": "official-mae"}
         if isinstance(obj.get("model_args"), dict):  # the architecture travels in the header
             meta["model_args"] = json.dumps(obj["model_args"])
-        return _atomic(path, lambda tmp: save_file({k: v.contiguous() for k, v in sd.items()}, tmp, metadata=meta))
-    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+        return outputs.write_with(path, lambda tmp: save_file({k: v.contiguous() for k, v in sd.items()}, tmp,
+                                                              metadata=meta))
+    return outputs.write_with(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_official(path, state_dict: StateDict, **extra) -> Path:

@@ -11,7 +11,6 @@ its own event log under that name.)"""
 import contextlib
 import datetime
 import hashlib
-import json
 import math
 import os
 import sys
@@ -20,11 +19,10 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 
+from . import outputs, schemas
+
 NAME = "result.json"
-TASKS = ("pretrain", "finetune", "linprobe", "det", "seg")
-_FIELDS = {"task": str, "status": str, "error": (str, type(None)), "metrics": dict, "seed": (int, type(None)),
-           "threads": int, "world_size": int, "config": (str, type(None)), "checkpoint": (dict, type(None)),
-           "output_dir": str, "argv": list, "started": str, "ended": str}
+TASKS = schemas.TASKS
 
 
 def sha256(path) -> str:
@@ -93,12 +91,7 @@ def write(record: Record, error: Optional[str] = None) -> Optional[Path]:
     """Write result.json atomically (main process only); returns its path."""
     if _rank() != 0:
         return None
-    out = Path(record.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{NAME}.tmp"
-    tmp.write_text(json.dumps(record.as_dict(error), indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, out / NAME)
-    return out / NAME
+    return outputs.write_json(Path(record.output_dir) / NAME, record.as_dict(error))
 
 
 @contextlib.contextmanager
@@ -116,28 +109,6 @@ def recorded(task: str, output_dir, config=None, seed=None, checkpoint=None) -> 
     write(rec)
 
 
-# files by which a folder is known to hold a run: the toolkit's, detectron2's and mmengine's
-RUN_MARKERS = (NAME, "checkpoint-last.pth", "last_checkpoint")
-
-
-def check_fresh(output_dir, resume: bool) -> None:
-    """An output directory holds one run: starting afresh where a run already wrote is refused (its
-    results would be overwritten); `resume` continues it instead."""
-    from .engine.config import ConfigError
-
-    found = [m for m in RUN_MARKERS if (Path(output_dir) / m).is_file()]
-    if found and not resume:
-        raise ConfigError(f"{output_dir} already holds a run ({found[0]}): pass --resume to continue it, "
-                          f"or choose another --output-dir")
-
-
-_LOCK = ".lock"
-LOCK_ENV = "MAE_TRANSFER_LOCKED"  # given by a launcher holding the lock to the processes it starts
-
-
-SETTINGS = "settings.json"
-
-
 def settings(config, seed, model=None, backbone=None, data=()) -> Dict[str, Optional[str]]:
     """What a resumed run must share with its first start (`check_settings`), as text; paths absolute."""
     def where(x):
@@ -146,96 +117,22 @@ def settings(config, seed, model=None, backbone=None, data=()) -> Dict[str, Opti
             "backbone": where(backbone), "data": ", ".join(where(d) for d in data if d) or None}
 
 
-def check_settings(output_dir, resume: bool, run: Optional[Dict[str, Optional[str]]],
-                   allow_changes: bool) -> None:
-    """A run is continued with the settings it was started with: `run` (seed, model, data, ...) is
-    written to <dir>/settings.json when the run starts; a `--resume` with other values is refused (naming
-    them) unless `allow_changes`, which records the new values as the run's. `run`: from `settings`."""
-    from .engine.config import ConfigError
-
-    if run is None:
-        return
-    path, now = Path(output_dir) / SETTINGS, dict(run)
-    then = {}
-    if resume and path.is_file():
-        with contextlib.suppress(ValueError):
-            then = json.loads(path.read_text())
-    if then and now.get("backbone") is None:  # left out on resume: the run continues from its own checkpoint
-        now["backbone"] = then.get("backbone")
-    changed = [f"{k} {then[k]} -> {v}" for k, v in now.items() if k in then and then[k] != v]
-    if changed and not allow_changes:
-        raise ConfigError(f"{output_dir} holds a run started with other settings ({'; '.join(changed)}): "
-                          f"resume it with its own, or add --allow-changes to go on with the new ones")
-    tmp = path.with_name(f".{SETTINGS}.tmp")
-    tmp.write_text(json.dumps(now, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def claim(output_dir, resume: bool, run: Optional[Dict[str, Optional[str]]] = None,
-          allow_changes: bool = False) -> Iterator[None]:
-    """Make `output_dir` this run's for the block: an exclusive lock (lockf on <dir>/.lock, released by the
-    OS when the process dies, so a killed run can be resumed at once), then `check_fresh`. A second run on
-    the same directory is one error naming the holder; a resumed run must keep its settings
-    (`check_settings`). One process of a job locks: rank 0 under torchrun,
-    or the launcher that starts the others (torchrun processes it starts get MAE_TRANSFER_LOCKED)."""
-    import fcntl
-
-    from .engine.config import ConfigError
-
-    out = Path(output_dir)
-    if os.environ.get(LOCK_ENV) == str(out.resolve()) or os.environ.get("RANK", "0") != "0":
-        check_fresh(out, resume)
-        yield
-        return
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        f = open(out / _LOCK, "a+")
-    except OSError as e:
-        raise ConfigError(f"cannot write to the output directory {out}: {e.strerror}") from None
-    with f:
-        try:  # a POSIX record lock: not inherited by forked loader workers, gone when this process dies
-            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            raise ConfigError(f"{out} is in use by another run ({f.read().strip() or 'another process'}); wait "
-                              f"for it to end, or choose another --output-dir") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {os.uname().nodename}: {' '.join(sys.argv)}\n")
-        f.flush()
-        check_fresh(out, resume)
-        for stale in out.glob(".*.tmp"):  # half-written files of a run killed mid-write (we hold the lock)
-            stale.unlink()
-        check_settings(out, resume, run, allow_changes)
-        yield  # the lock goes with the file, closed here or by the OS
-
-
 def validate(obj: Any) -> List[str]:
     """What keeps `obj` from being a result.json of the one schema ([] when it is one)."""
-    if not isinstance(obj, dict):
-        return ["not a JSON object"]
-    problems = [f"missing {k}" for k in _FIELDS if k not in obj]
-    problems += [f"{k}: {type(obj[k]).__name__}" for k, t in _FIELDS.items() if k in obj and not isinstance(obj[k], t)]
-    if obj.get("task") not in TASKS:
-        problems.append(f"task {obj.get('task')!r} not one of {TASKS}")
-    if obj.get("status") not in ("ok", "failed"):
-        problems.append(f"status {obj.get('status')!r}")
-    if obj.get("status") == "failed" and not obj.get("error"):
-        problems.append("failed without an error line")
-    for k, v in (obj.get("metrics") or {}).items():
-        if not (v is None or (isinstance(v, (int, float)) and math.isfinite(v))):
-            problems.append(f"metric {k}: {v!r}")
-    ck = obj.get("checkpoint")
-    if isinstance(ck, dict) and set(ck) != {"path", "sha256"}:
-        problems.append(f"checkpoint: keys {sorted(ck)}")
-    return problems
+    try:
+        schemas.validate(obj, schemas.Result, ValueError, "result")
+    except ValueError as e:
+        return [str(e).split(": ", 1)[1]]
+    return []
 
 
 def read(output_dir) -> Dict[str, Any]:
     """A run's result.json, checked against the schema; ValueError says what is wrong."""
     path = Path(output_dir) / NAME
-    obj = json.loads(path.read_text())
+    try:
+        obj = schemas.parse_json(path.read_bytes(), "result")
+    except ValueError as e:
+        raise ValueError(f"{path}: not a result file: {e}") from None
     problems = validate(obj)
     if problems:
         raise ValueError(f"{path}: not a result file: {'; '.join(problems)}")

@@ -126,10 +126,10 @@ def test_data_mistakes_are_one_line(tmp_path):
 
 
 def test_stale_temporary_files_are_removed_on_the_next_start(tmp_path):
-    from mae_transfer import results
+    from mae_transfer import outputs
 
     (tmp_path / ".checkpoint-last.pth.x1y2.tmp").write_bytes(b"")
-    with results.claim(tmp_path, resume=True):
+    with outputs.claim(tmp_path, resume=True):
         assert not list(tmp_path.glob(".*.tmp"))
 
 
@@ -141,7 +141,7 @@ def test_unwritable_output_paths_are_one_line(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["pretrain", "--output-dir", str(shadow), "epochs=1"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and len(err) == 1 and "cannot write to the output directory" in err[0]
+    assert e.value.code == 2 and len(err) == 1 and "is a file, not a folder" in err[0]
     with pytest.raises(checkpoints.CheckpointError, match="cannot write"):
         checkpoints.save(shadow / "checkpoint-last.pth", {"model": {"w": torch.zeros(1)}})
     assert shadow.read_text().startswith("a file")  # nothing of it was changed

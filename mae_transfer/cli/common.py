@@ -82,7 +82,7 @@ def relaunch_under_torchrun(command: str, argv: List[str], num_gpus: int, locked
            "-m", "mae_transfer", command, *rest]
     import subprocess
 
-    from ..results import LOCK_ENV
+    from ..outputs import LOCK_ENV
 
     env = {**os.environ, **({LOCK_ENV: str(Path(locked).resolve())} if locked else {})}
     sys.exit(subprocess.run(cmd, env=env).returncode)

@@ -1,7 +1,7 @@
 """`mae-transfer det`: ViTDet Mask R-CNN (detectron2) from any MAE checkpoint."""
 from typing import List
 
-from .. import results
+from .. import outputs, results
 from ..engine.config import resolve_config
 from . import common
 
@@ -54,6 +54,6 @@ def main(argv: List[str], prog: str = "mae-transfer det"):
     run = results.settings(a.config, a.seed if a.seed is not None else cfg.train.get("seed"), None,
                           a.eval_only or a.backbone or cfg.train.get("init_checkpoint"),
                           [a.train_json, a.train_images, a.val_json, a.val_images])
-    with results.claim(a.output_dir or cfg.train.output_dir, a.resume, run, a.allow_changes):  # held for launch's
+    with outputs.claim(a.output_dir or cfg.train.output_dir, a.resume, run, a.allow_changes):  # held for launch's
         launch(det_main, a.num_gpus, num_machines=a.num_machines, machine_rank=a.machine_rank, dist_url=a.dist_url,
                args=(a,))

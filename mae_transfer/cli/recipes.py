@@ -2,7 +2,7 @@
 from pathlib import Path
 from typing import List
 
-from .. import results
+from .. import outputs, results
 from ..engine.config import ConfigError, apply_overrides, load_config, resolve_config
 from . import common
 
@@ -49,14 +49,14 @@ def pretrain(argv: List[str], prog: str = "mae-transfer pretrain"):
 
         read_state_dict(a.eval_only)  # unreadable, unsafe or foreign: one line before anything is written
         run = results.settings(path, cfg.seed, _model(cfg), a.eval_only, [cfg.data_path])
-        with results.claim(out, a.resume, run, a.allow_changes), \
+        with outputs.claim(out, a.resume, run, a.allow_changes), \
                 results.recorded("pretrain", out, path, cfg.seed, a.eval_only) as rec:
             rec.metrics.update(evaluate_checkpoint(cfg, a.eval_only))
         print(f"masked-patch loss {rec.metrics['loss']:.4f} over {int(rec.metrics['images'])} images "
               f"(result: {out / results.NAME})")
         return rec.metrics
     run = results.settings(path, cfg.seed, _model(cfg), data=[cfg.data_path])
-    with results.claim(out, a.resume or cfg.resume != "none", run, a.allow_changes):
+    with outputs.claim(out, a.resume or cfg.resume != "none", run, a.allow_changes):
         common.relaunch_under_torchrun("pretrain", argv, a.num_gpus, out)
         with results.recorded("pretrain", out, path, cfg.seed) as rec:
             train(cfg, metrics=rec.metrics)
@@ -91,7 +91,7 @@ def classify(mode: str, argv: List[str], prog: str):
         read_state_dict(ckpt)  # unreadable, unsafe or foreign: one line now, before data and model
     out = Path(cfg.output_dir)
     run = results.settings(path, cfg.seed, _model(cfg), cfg.eval_only or cfg.finetune, [cfg.data_path])
-    with results.claim(out, a.resume or cfg.resume != "none", run, a.allow_changes):
+    with outputs.claim(out, a.resume or cfg.resume != "none", run, a.allow_changes):
         common.relaunch_under_torchrun(mode, argv, a.num_gpus, out)
         with results.recorded(mode, out, path, cfg.seed, cfg.eval_only or cfg.finetune) as rec:
             stats = train(cfg)
@@ -128,6 +128,6 @@ def submit_pretrain(argv: List[str], prog: str = "mae-transfer submit-pretrain")
     cfg = load_config(resolve_config(a.config or "mae_vit_large", "pretrain"), PretrainConfig)
     cfg = apply_overrides(cfg, common.flag_overrides(a, ("data_path", "output_dir", "seed"))
                           + (["resume=auto"] if a.resume else []) + a.overrides)
-    results.check_fresh(cfg.output_dir, a.resume)
+    outputs.check_fresh(cfg.output_dir, a.resume)
     job = submit(train, cfg, a.nodes, a.gpus, a.partition, a.timeout_min)
     print(f"submitted job {job.job_id}; logs in {cfg.output_dir}/slurm/{job.job_id}")

@@ -17,14 +17,12 @@ import torch
 from PIL import Image, ImageFile
 from torchvision import transforms
 
+from ..errors import DataError  # noqa: F401  (re-exported)
+
 _logger = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is skipped and counted, not half-decoded
-
-
-class DataError(ValueError):
-    """A dataset problem the user must fix; the message is one clear line."""
 
 
 def pretrain_transform(img_size: int = 224, scale=(0.2, 1.0)) -> Callable:

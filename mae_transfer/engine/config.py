@@ -18,12 +18,10 @@ import typing
 from pathlib import Path
 from typing import Any, List, Mapping, Sequence
 
+from ..errors import ConfigError  # noqa: F401  (re-exported)
+
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
 _HELPERS = {"__init__", "coco_loader_lsj"}  # files under configs/ that are parts, not configs
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def config_names(kind: str) -> List[str]:

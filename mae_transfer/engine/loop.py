@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from tqdm import tqdm
 
+from ..errors import RunFailed
 from . import state as ckpt
 from .distributed import DistInfo, all_reduce_sum, barrier
 from .logger import RunLogger
@@ -25,7 +26,7 @@ from .trainer import seed_micro_batch
 _logger = logging.getLogger("mae_transfer")
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(RunFailed):
     pass
 
 

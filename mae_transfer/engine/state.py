@@ -51,7 +51,7 @@ def find_resume(output_dir: Path, resume: str) -> Optional[Path]:
     last = Path(output_dir) / "checkpoint-last.pth"
     if resume in ("", "none", None):
         if last.is_file():
-            from ..results import check_fresh
+            from ..outputs import check_fresh
             check_fresh(output_dir, resume=False)
         return None
     if resume == "auto":

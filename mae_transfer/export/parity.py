@@ -13,6 +13,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from ..errors import RunFailed
+
 REL_TOL = 1e-3       # graph outputs: max|ort - torch| <= REL_TOL * max|torch|
 BOX_IOU = 0.99       # a detection is the same detection
 SCORE_TOL = 1e-2     # |score difference| of matched detections
@@ -20,7 +22,7 @@ MASK_IOU = 0.99      # matched detections' masks
 PIXELS = 0.999       # seg: share of pixels with the same class
 
 
-class ParityError(RuntimeError):
+class ParityError(RunFailed):
     """The exported file does not compute what PyTorch computes (the report says where)."""
 
 

@@ -3,6 +3,7 @@
 (fine-tuning encoder). Adding a size is one `@register_model` entry in mae.py and one in vit.py."""
 import timm
 
+from ..errors import ConfigError
 from .mae import (  # noqa: F401
     MaskedAutoencoderViT,
     mae_vit_base_patch16,
@@ -29,7 +30,7 @@ from .vit import (  # noqa: F401
 )
 
 
-class UnknownModel(ValueError):
+class UnknownModel(ConfigError):
     """A model name this toolkit does not register; the message lists the ones it does."""
 
 

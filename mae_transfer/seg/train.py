@@ -7,7 +7,7 @@ import torch
 from mmengine.config import Config, DictAction
 from mmengine.hooks import Hook
 
-from .. import results
+from .. import outputs, results
 from ..engine.config import check_key_path, check_value_type, split_override
 from .data import check_data, configure_paths, plain_bn
 
@@ -95,7 +95,7 @@ def main(args) -> dict:
         checkpoints.load_file(last.read_text().strip())
     data = [args.data_root] + [getattr(args, f"{s}_{k}", None) for s in ("train", "val") for k in ("images", "masks")]
     run = results.settings(args.config, seed, None, ckpt, data + [getattr(args, "classes", None)])
-    with results.claim(cfg.work_dir, args.resume, run, getattr(args, "allow_changes", False)):
+    with outputs.claim(cfg.work_dir, args.resume, run, getattr(args, "allow_changes", False)):
         # mmengine's own saves and loads (resume, --eval-only) need its message-hub types allowed
         with results.recorded("seg", cfg.work_dir, args.config, seed, ckpt) as rec, mmengine_checkpoints():
             runner = Runner.from_cfg(cfg)

@@ -1,0 +1,372 @@
+"""One schema per file the toolkit reads or writes, declared once (pydantic v2), and one reader for them.
+
+    coco = read_json("train.json", CocoInstances, DataError)      # any malformed variant: one DataError line
+    names = read_lines("classes.txt", "classes file", DataError)  # UTF-8 (BOM or not) or UTF-16 with a BOM
+
+A file that does not fit its schema is one line naming the file, the field (`annotations[3].bbox`) and
+what is wrong, raised as the caller's error type -- by construction, not by a list of cases: types are
+strict (a `true` is not an id, `"5"` is not a width), numbers finite, paths relative and inside their root,
+ids unique, references resolved. What the toolkit writes is built from the same classes, so what it
+writes is what it can read back."""
+import json
+import math
+import re
+import typing
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Dict, List, Literal, Optional, Type, TypeVar, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from typing_extensions import Annotated
+
+from .errors import UserError
+
+M = TypeVar("M", bound=BaseModel)
+
+# seeds: one rule for every host (numpy's and detectron2's seeding take [0, 2**32))
+SEED_MAX = 2**32 - 1
+Seed = Annotated[StrictInt, Field(ge=0, le=SEED_MAX)]
+Number = Union[StrictInt, StrictFloat]
+Id = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
+Name = Annotated[StrictStr, Field(min_length=1, max_length=4096)]
+Sha256 = Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class _Strict(BaseModel):
+    """A file the toolkit owns: no unknown keys (a typo is an error, not ignored)."""
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Open(BaseModel):
+    """A file a third-party tool writes (COCO): its extra keys (info, licenses, area...) pass through."""
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+def _finite(v: float, what: str = "value") -> float:
+    if not math.isfinite(v):
+        raise ValueError(f"{what} must be a finite number (got {v})")
+    return v
+
+
+def relative_path(name: str) -> str:
+    """A file name inside a root folder: relative, no `..`, no drive: never a way out of the root."""
+    if "\x00" in name:
+        raise ValueError("a file name with a NUL character")
+    for pure in (PurePosixPath(name), PureWindowsPath(name)):
+        if pure.is_absolute() or pure.drive or pure.anchor:
+            raise ValueError(f"{name!r} is an absolute path; file names are relative to the image folder")
+        if ".." in pure.parts:
+            raise ValueError(f"{name!r} leads out of the image folder ('..')")
+    return name
+
+
+# --------------------------------------------------------------------------------------------- COCO
+class CocoImage(_Open):
+    id: Id
+    file_name: Annotated[Name, Field(max_length=1024)]
+    width: Annotated[StrictInt, Field(gt=0, le=1 << 20)]
+    height: Annotated[StrictInt, Field(gt=0, le=1 << 20)]
+
+    @field_validator("file_name")
+    @classmethod
+    def _inside(cls, v):
+        return relative_path(v)
+
+
+class Rle(_Strict):
+    size: Annotated[List[Annotated[StrictInt, Field(gt=0)]], Field(min_length=2, max_length=2)]
+    counts: Union[StrictStr, List[Annotated[StrictInt, Field(ge=0)]]]
+
+
+Polygon = Annotated[List[Number], Field(min_length=6)]
+
+
+class CocoAnnotation(_Open):
+    id: Id
+    image_id: Id
+    category_id: Id
+    bbox: Annotated[List[Number], Field(min_length=4, max_length=4)]
+    segmentation: Optional[Union[List[Polygon], Rle]] = None
+    iscrowd: Literal[0, 1] = 0
+    area: Optional[Number] = None
+
+    @field_validator("bbox")
+    @classmethod
+    def _box(cls, v):
+        x, y, w, h = (_finite(float(t), "a box value") for t in v)
+        if w <= 0 or h <= 0:
+            raise ValueError(f"width and height must be > 0 (got {w} x {h})")
+        return v
+
+    @field_validator("segmentation")
+    @classmethod
+    def _polygons(cls, v):
+        for poly in v if isinstance(v, list) else []:
+            if len(poly) % 2:
+                raise ValueError(f"a polygon of {len(poly)} numbers (x, y pairs expected)")
+            for t in poly:
+                _finite(float(t), "a polygon coordinate")
+        return v
+
+    @field_validator("area")
+    @classmethod
+    def _area(cls, v):
+        return v if v is None else _finite(v, "area")
+
+
+class CocoCategory(_Open):
+    id: Id
+    name: Name
+
+
+def _unique(items, key: str, where: str) -> None:
+    seen = set()
+    for i, x in enumerate(items):
+        v = getattr(x, key)
+        if v in seen:
+            raise ValueError(f"{where}[{i}].{key}: {v!r} appears more than once")
+        seen.add(v)
+
+
+class CocoInstances(_Open):
+    """A COCO instances file: every id unique, every reference resolved, masks on all or none."""
+    images: List[CocoImage]
+    annotations: List[CocoAnnotation]
+    categories: Annotated[List[CocoCategory], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _references(self):
+        _unique(self.images, "id", "images")
+        _unique(self.images, "file_name", "images")
+        _unique(self.annotations, "id", "annotations")
+        _unique(self.categories, "id", "categories")
+        _unique(self.categories, "name", "categories")
+        images, cats = {im.id for im in self.images}, {c.id for c in self.categories}
+        for i, a in enumerate(self.annotations):
+            if a.image_id not in images:
+                raise ValueError(f"annotations[{i}].image_id: {a.image_id} is not the id of an image in 'images'")
+            if a.category_id not in cats:
+                raise ValueError(f"annotations[{i}].category_id: {a.category_id} is not in 'categories'")
+        masks = [bool(a.segmentation) for a in self.annotations]
+        if any(masks) and not all(masks):
+            i = masks.index(False)
+            raise ValueError(f"annotations[{i}].segmentation: {masks.count(False)} of {len(masks)} annotations have "
+                             f"no mask; give every annotation a mask, or drop all masks for box-only training")
+        return self
+
+    @property
+    def has_masks(self) -> bool:
+        return any(a.segmentation for a in self.annotations)
+
+
+# ------------------------------------------------------------------------------- the toolkit's own files
+class ModelArgs(_Strict):
+    """The architecture a checkpoint records: a registered name (None: the table of sizes decides) and the
+    keyword arguments of MaskedAutoencoderViT / the ViT."""
+    name: Optional[Name] = None
+    kwargs: Dict[Annotated[StrictStr, Field(pattern=r"^[A-Za-z_]\w*$")],
+                 Union[StrictBool, StrictInt, StrictFloat, StrictStr, None]] = {}
+
+    @field_validator("kwargs")
+    @classmethod
+    def _sizes(cls, v):
+        for k, x in v.items():
+            if isinstance(x, float):
+                _finite(x, k)
+            if isinstance(x, int) and not isinstance(x, bool) and not 0 <= x <= 1 << 20:
+                raise ValueError(f"{k}={x}: outside [0, {1 << 20}]")
+        return v
+
+
+class Settings(_Strict):
+    """settings.json: what a resumed run must share with its first start (text; paths absolute)."""
+    config: Optional[StrictStr] = None
+    seed: Optional[StrictStr] = None
+    model: Optional[StrictStr] = None
+    backbone: Optional[StrictStr] = None
+    data: Optional[StrictStr] = None
+
+
+class CheckpointRef(_Strict):
+    path: StrictStr
+    sha256: Optional[Sha256]
+
+
+Task = Literal["pretrain", "finetune", "linprobe", "det", "seg"]
+TASKS = typing.get_args(Task)
+
+
+class Result(_Strict):
+    """result.json: one schema for every task (see results.py)."""
+    task: Task
+    status: Literal["ok", "failed"]
+    error: Optional[StrictStr] = None
+    metrics: Dict[StrictStr, Optional[Number]]
+    seed: Optional[Seed]
+    threads: Annotated[StrictInt, Field(ge=1)]
+    world_size: Annotated[StrictInt, Field(ge=1)]
+    config: Optional[StrictStr]
+    checkpoint: Optional[CheckpointRef]
+    output_dir: StrictStr
+    argv: List[StrictStr]
+    started: StrictStr
+    ended: StrictStr
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        for k, v in self.metrics.items():
+            if v is not None:
+                _finite(v, f"metric {k}")
+        if self.status == "failed" and not self.error:
+            raise ValueError("status failed without an error line")
+        return self
+
+
+GraphName = Annotated[StrictStr, Field(pattern=r"^[A-Za-z_][\w]*$", max_length=64)]
+FileName = Annotated[StrictStr, Field(pattern=r"^[\w][\w.-]*$", max_length=255)]  # a name in the folder, no path
+
+
+class GraphSpec(_Strict):
+    inputs: Dict[StrictStr, List[Union[StrictStr, Annotated[StrictInt, Field(ge=0)]]]]
+    outputs: List[StrictStr]
+
+
+class ExportMeta(_Strict):
+    """export.json: everything `predict --runtime` needs, every file named in the folder and hashed."""
+    kind: Literal["det", "seg", "encoder"]
+    config: Optional[FileName]             # the config snapshot inside the folder
+    weights: FileName                      # the trained weights the Python parts use, inside the folder
+    size: Annotated[StrictInt, Field(gt=0, le=1 << 16)]
+    graphs: Dict[GraphName, GraphSpec]
+    files: Dict[Literal["onnx", "pt2"], Dict[GraphName, FileName]]
+    sha256: Dict[FileName, Sha256]
+    opset: StrictInt
+    torch: StrictStr
+    model_args: Optional[ModelArgs] = None
+    classes: Optional[List[StrictStr]] = None
+
+    @model_validator(mode="after")
+    def _complete(self):
+        named = [self.weights] + ([self.config] if self.config else [])
+        named += [f for per in self.files.values() for f in per.values()]
+        unhashed = [f for f in named if f not in self.sha256]
+        if unhashed:
+            raise ValueError(f"sha256: no hash for {unhashed[0]}")
+        for fmt, per in self.files.items():
+            if set(per) != set(self.graphs):
+                raise ValueError(f"files.{fmt}: graphs {sorted(per)} differ from 'graphs' {sorted(self.graphs)}")
+        return self
+
+
+# ------------------------------------------------------------------------------------------- reading
+def _where(loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def describe(e: ValidationError) -> str:
+    """The first problem of a ValidationError as `field: what is wrong (got X)`, plus how many more."""
+    errs = e.errors(include_url=False)
+    first = errs[0]
+    where = _where(first["loc"]) or "the top level"
+    msg = re.sub(r"^Value error, ", "", first["msg"])
+    plain = first["type"] in ("missing", "value_error") or "input" not in first
+    got = "" if plain else f" (got {_short(first['input'])})"
+    more = f" (and {len(errs) - 1} more problem{'s' * (len(errs) > 2)})" if len(errs) > 1 else ""
+    return f"{where}: {msg}{got}{more}"
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(data: bytes, what: str) -> Any:
+    """JSON from bytes in any encoding JSON allows (UTF-8, -16, -32; a BOM is fine); NaN/Infinity refused.
+    ValueError says what is wrong, in one line."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return json.loads(data, parse_constant=_reject_constant)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not text in a JSON encoding (UTF-8/16/32): {e.reason} at byte {e.start}") from None
+    except RecursionError:
+        raise ValueError("nested too deeply to be a real file") from None
+
+
+def _read_bytes(path: Path, what: str, error: Type[UserError]) -> bytes:
+    if not path.exists():
+        raise error(f"{what} not found: {path}")
+    if not path.is_file():
+        raise error(f"{path}: a folder, not a {what}")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise error(f"{path}: cannot read the {what} ({e.strerror})") from None
+
+
+def read_json(path, schema: Optional[Type[M]], error: Type[UserError], what: str = "json file") -> Any:
+    """A JSON file through its schema -> the validated model (or the parsed object when schema is None).
+    Every way it can be wrong is one `error` naming the file and the field."""
+    path = Path(path)
+    try:
+        obj = parse_json(_read_bytes(path, what, error), what)
+    except ValueError as e:
+        raise error(f"{path}: {e}") from None
+    return obj if schema is None else validate(obj, schema, error, f"{path}")
+
+
+def validate(obj: Any, schema: Type[M], error: Type[UserError], where: str) -> M:
+    if schema is not None and issubclass(schema, BaseModel) and not isinstance(obj, dict):
+        raise error(f"{where}: a JSON {type(obj).__name__}, not the object a {schema.__name__} file holds")
+    try:
+        return schema.model_validate(obj)
+    except ValidationError as e:
+        raise error(f"{where}: {describe(e)}") from None
+    except RecursionError:
+        raise error(f"{where}: nested too deeply") from None
+
+
+def decode_text(data: bytes) -> str:
+    """Text in UTF-8 (a BOM is fine) or UTF-16/32 with a BOM; ValueError otherwise."""
+    for bom, codec in ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
+                       (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):
+        if data.startswith(bom):
+            break
+    else:
+        codec = "utf-8"
+    try:
+        text = data.decode(codec)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    if "\x00" in text:
+        raise ValueError("holds NUL characters: a binary file, not text")
+    return text
+
+
+def read_lines(path, what: str, error: Type[UserError]) -> List[str]:
+    """The non-blank lines of a text file, stripped, in any encoding `decode_text` reads."""
+    path = Path(path)
+    try:
+        text = decode_text(_read_bytes(path, what, error))
+    except ValueError as e:
+        raise error(f"{path}: {e}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]

@@ -14,7 +14,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 from torchvision import transforms
 
 from ..errors import DataError  # noqa: F401  (re-exported)
@@ -45,20 +45,37 @@ def _folder(root) -> Path:
 
 
 def find_images(root) -> List[str]:
-    """All images under `root`: an ImageFolder tree (labels ignored) or a flat folder."""
+    """All images under `root`: an ImageFolder tree (labels ignored) or a flat folder. Symlinked subfolders
+    are followed (a set assembled from links is common), each real folder once (a link loop ends)."""
     root = _folder(root)
-    files = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
+    files, seen = [], set()
+    for top, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        files += [os.path.join(top, n) for n in names
+                  if os.path.splitext(n)[1].lower() in IMG_EXTENSIONS and os.path.isfile(os.path.join(top, n))]
+    files.sort()
     if not files:
         raise DataError(f"no images ({', '.join(IMG_EXTENSIONS)}) found under {root}")
     return files
 
 
+EXIF_ORIENTATION = 0x0112  # 5-8 turn the picture by 90 degrees: width and height swap
+
+
 def load_rgb(path, min_size: int = 2) -> Optional[Image.Image]:
-    """Decode a file (path or file object) to RGB (grey, CMYK, palette and RGBA are converted); None
-    for unreadable, truncated or degenerate (< `min_size` px) images."""
+    """The one image reader: decode a file (path or file object) to RGB (grey, CMYK, palette and RGBA are
+    converted) turned upright by its EXIF orientation, as detectron2's `read_image` and mmcv's decode do, so
+    an image, its boxes and its mask always agree; None for unreadable, truncated or degenerate (< `min_size`
+    px) images."""
     try:
         with Image.open(path) as im:
             im.load()
+            im = ImageOps.exif_transpose(im) if im.getexif().get(EXIF_ORIENTATION, 1) != 1 else im
             im = im if im.mode == "RGB" else im.convert("RGB")  # no copy when already RGB
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
         _logger.debug("skipping %s: %s", path, e)
@@ -66,28 +83,40 @@ def load_rgb(path, min_size: int = 2) -> Optional[Image.Image]:
     return im if min(im.size) >= min_size else None
 
 
-def _decode_problem(path) -> Optional[str]:
+def upright_size(im: Image.Image) -> Tuple[int, int]:
+    """(width, height) of an opened image once its EXIF orientation is applied."""
+    w, h = im.size
+    return (h, w) if im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8) else (w, h)
+
+
+def probe(path) -> Tuple[Optional[Tuple[int, int]], Optional[str]]:
+    """(upright size, None) for a file that decodes (checked at 1/8 size where JPEG allows), or (None, why)."""
     try:
         if os.path.getsize(path) == 0:
-            return "0 bytes"
+            return None, "0 bytes"
         with Image.open(path) as im:
+            size = upright_size(im)
             im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))  # JPEG: an 8x smaller decode
             im.load()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        return str(e) or type(e).__name__
-    return None
+        return None, str(e) or type(e).__name__
+    return size, None
+
+
+def probe_all(paths: Sequence) -> List[Tuple[Optional[Tuple[int, int]], Optional[str]]]:
+    """`probe` over many files in threads: PIL decodes without the GIL (COCO train, 118k images, takes
+    seconds on a many-core node)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(32, os.cpu_count() or 1)) as pool:
+        return list(pool.map(probe, paths, chunksize=64))
 
 
 def undecodable(paths: Sequence) -> List[Tuple[str, str]]:
     """(path, why) for every file PIL cannot decode (0 bytes, not an image, truncated): a labelled set
     is checked in full before training, so a bad file is one line there instead of a crash in a loader
-    worker at iteration N. Threads: PIL decodes without the GIL (COCO train, 118k images, takes seconds
-    on a many-core node)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(min(32, os.cpu_count() or 1)) as pool:
-        why = list(pool.map(_decode_problem, paths, chunksize=64))
-    return [(str(p), w) for p, w in zip(paths, why) if w]
+    worker at iteration N."""
+    return [(str(p), why) for p, (_, why) in zip(paths, probe_all(paths)) if why]
 
 
 class ImageDataset(torch.utils.data.Dataset):

@@ -1,60 +1,43 @@
 """COCO-format datasets for detectron2: COCO's own names, or any set given by paths, checked before
 training starts (a missing image or a malformed json is one clear error, not a crash at iteration N)."""
-import json
 from pathlib import Path
 
-from ..data import DataError
-from ..data.images import undecodable
+from ..data.images import probe_all
+from ..errors import DataError
+from ..schemas import CocoInstances, read_json, validate
 
 
 def check_coco_json(json_file, image_root) -> dict:
+    """A COCO instances file through its schema (`schemas.CocoInstances`: types, ids, references, finite
+    positive boxes, file names inside `image_root`), then every image: present, decodable, and of the size the
+    json says once its EXIF orientation is applied (detectron2's reader turns it upright and checks the same).
+    Returns the parsed json; every problem is one DataError line."""
     path = Path(json_file)
-    if not path.is_file():
-        raise DataError(f"annotation file not found: {path}")
-    try:
-        js = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: malformed json ({e.msg} at line {e.lineno}, column {e.colno})") from None
-    for field in ("images", "annotations", "categories"):
-        if not isinstance(js.get(field), list):
-            raise DataError(f"{path}: not a COCO instances file (no '{field}' list)")
-    missing = [im.get("file_name") for im in js["images"]
-               if not (Path(image_root) / str(im.get("file_name"))).is_file()]
+    js = read_json(path, None, DataError, "annotation file")
+    validate(js, CocoInstances, DataError, str(path))
+    root = Path(image_root)
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    files = [root / im["file_name"] for im in js["images"]]
+    missing = [f for f in files if not f.is_file()]
     if missing:
-        raise DataError(f"{path}: {len(missing)} image(s) missing under {image_root}, e.g. {missing[0]}")
-    bad = undecodable([Path(image_root) / str(im["file_name"]) for im in js["images"]])
+        raise DataError(f"{path}: {len(missing)} image(s) missing under {root}, e.g. {missing[0].relative_to(root)}")
+    probes = probe_all(files)
+    bad = [(f, why) for f, (_, why) in zip(files, probes) if why]
     if bad:
-        raise DataError(f"{path}: {len(bad)} image(s) under {image_root} cannot be decoded, e.g. "
-                        f"{Path(bad[0][0]).name} ({bad[0][1]})")
-    image_ids = {im.get("id") for im in js["images"]}
-    orphan = [a.get("id") for a in js["annotations"] if a.get("image_id") not in image_ids]
-    if orphan:
-        raise DataError(f"{path}: annotation {orphan[0]} (and {len(orphan) - 1} more) points at an image_id not in "
-                        f"'images'")
-    for a in js["annotations"]:
-        box = a.get("bbox")
-        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
-            raise DataError(f"{path}: annotation {a.get('id')} has no [x, y, width, height] bbox (got {box!r})")
-        if box[2] <= 0 or box[3] <= 0:
-            raise DataError(f"{path}: annotation {a.get('id')} has a box of width {box[2]} and height {box[3]} "
-                            f"(both must be > 0)")
-    ids = {c["id"] for c in js["categories"]}
-    bad = [a["id"] for a in js["annotations"] if a.get("category_id") not in ids]
-    if bad:
-        raise DataError(f"{path}: annotation {bad[0]} has a category_id not in 'categories'")
-    has_mask(js, path)  # a mixed set is an error here, not in a loader worker
+        raise DataError(f"{path}: {len(bad)} image(s) under {root} cannot be decoded, e.g. {bad[0][0].name} "
+                        f"({bad[0][1]})")
+    for im, (size, _) in zip(js["images"], probes):
+        if size != (im["width"], im["height"]):
+            raise DataError(f"{path}: image {im['id']} ({im['file_name']}) is {size[0]}x{size[1]} upright (EXIF "
+                            f"orientation applied), but the json says {im['width']}x{im['height']}")
     return js
 
 
 def has_mask(js: dict, path="annotations") -> bool:
-    """True if every annotation has a `segmentation` (polygons or RLE), False if none has one (a
-    box-only set: ViTDet runs without its mask head). Some with and some without is a DataError."""
-    with_mask = [bool(a.get("segmentation")) for a in js["annotations"]]
-    if any(with_mask) and not all(with_mask):
-        first = next(a["id"] for a, m in zip(js["annotations"], with_mask) if not m)
-        raise DataError(f"{path}: {with_mask.count(False)} of {len(with_mask)} annotations have no 'segmentation' "
-                        f"(e.g. id {first}); give every annotation a mask, or drop all masks for box-only training")
-    return any(with_mask)
+    """True if the annotations carry masks (polygons or RLE), False for a box-only set (ViTDet then runs
+    without its mask head). The schema has made sure it is all or none."""
+    return any(a.get("segmentation") for a in js["annotations"])
 
 
 def boxes_only(cfg) -> None:

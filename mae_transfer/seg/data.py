@@ -14,22 +14,21 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from ..data import DataError
-from ..data.images import IMG_EXTENSIONS, undecodable
+from ..data.images import EXIF_ORIENTATION, IMG_EXTENSIONS, undecodable, upright_size
+from ..errors import DataError
+from ..schemas import read_lines
 
 MASK_MODES = ("1", "L", "P", "I", "I;16")  # one channel of class indices (palette PNGs: the index, not the colour)
 
 
 def read_classes(path) -> List[str]:
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"classes file not found: {p}")
-    names = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    """A classes file: one name per line (UTF-8, or UTF-16 with a BOM; blank lines skipped), names unique."""
+    names = read_lines(path, "classes file", DataError)
     if not names:
-        raise DataError(f"{p} lists no classes (one name per line)")
+        raise DataError(f"{path} lists no classes (one name per line)")
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise DataError(f"{p} lists {dup[0]!r} more than once: class names must be unique (per-class results are "
+        raise DataError(f"{path} lists {dup[0]!r} more than once: class names must be unique (per-class results are "
                         f"keyed by name)")
     return names
 
@@ -108,7 +107,7 @@ def _items(ds) -> List[tuple]:
         ann = root / ds.ann_file
         if not ann.is_file():
             raise DataError(f"split file not found: {ann}")
-        stems = [s.strip() for s in ann.read_text().splitlines() if s.strip()]
+        stems = read_lines(ann, "split file", DataError)
         imgs = [img_dir / (s + img_suffix) for s in stems]
         missing = [p for p in imgs if not p.is_file()]
         if missing:
@@ -139,9 +138,12 @@ def check_data(cfg, splits: Sequence[str] = ("train", "val")) -> None:
             raise DataError(f"{len(bad)} {split} file(s) cannot be decoded, e.g. {bad[0][0]} ({bad[0][1]})")
         for img, ann in items:
             with Image.open(img) as im, Image.open(ann) as m:
-                if im.size != m.size:
-                    raise DataError(f"{ann}: mask is {m.size[0]}x{m.size[1]}, "
-                                    f"its image {im.size[0]}x{im.size[1]}")
+                size = upright_size(im)  # mmseg's decoder turns the image upright; the mask is read as stored
+                if size != m.size or m.getexif().get(EXIF_ORIENTATION, 1) != 1:
+                    turned = " upright (EXIF orientation applied)" if size != im.size else ""
+                    tagged = " with an EXIF orientation" if size == m.size else ""
+                    raise DataError(f"{ann}: mask is {m.size[0]}x{m.size[1]}{tagged}, its image {size[0]}x{size[1]}"
+                                    f"{turned}: a mask is drawn on the upright image, and stored as drawn")
                 if m.mode not in MASK_MODES:
                     raise DataError(f"{ann}: a {m.mode} image ({len(m.getbands())} channels); a mask holds one class "
                                     f"index per pixel (a grey or palette PNG)")

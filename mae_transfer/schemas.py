@@ -129,6 +129,17 @@ class CocoCategory(_Open):
     name: Name
 
 
+class CocoCategories(_Open):
+    """A json whose `categories` name (and number) a detector's classes: any COCO file will do."""
+    categories: Annotated[List[CocoCategory], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _distinct(self):
+        _unique(self.categories, "id", "categories")
+        _unique(self.categories, "name", "categories")
+        return self
+
+
 def _unique(items, key: str, where: str) -> None:
     seen = set()
     for i, x in enumerate(items):
@@ -252,8 +263,9 @@ class ExportMeta(_Strict):
     sha256: Dict[FileName, Sha256]
     opset: StrictInt
     torch: StrictStr
-    model_args: Optional[ModelArgs] = None
     classes: Optional[List[StrictStr]] = None
+    mask_head: Optional[StrictBool] = None
+    patch_size: Optional[Annotated[StrictInt, Field(gt=0, le=1 << 10)]] = None
 
     @model_validator(mode="after")
     def _complete(self):
@@ -266,6 +278,18 @@ class ExportMeta(_Strict):
             if set(per) != set(self.graphs):
                 raise ValueError(f"files.{fmt}: graphs {sorted(per)} differ from 'graphs' {sorted(self.graphs)}")
         return self
+
+
+class Pt2Payload(_Strict):
+    """One entry of a .pt2 archive's weights or constants config: a plain tensor file, never a pickle."""
+    model_config = ConfigDict(extra="allow", strict=True)
+    path_name: Annotated[StrictStr, Field(pattern=r"^(weight|tensor)_\d+$")]
+    use_pickle: Literal[False]
+    tensor_meta: Dict[StrictStr, Any]
+
+
+class Pt2Config(_Strict):
+    config: Dict[StrictStr, Pt2Payload]
 
 
 # ------------------------------------------------------------------------------------------- reading

@@ -2,7 +2,7 @@
 parity gate."""
 from typing import List
 
-from .tools import _parser, expand
+from .tools import _number, _parser, expand
 
 DOC = """Export a trained model to ONNX (opset 18, ONNX Runtime) and to a torch.export program (.pt2), then
 check on real images that each file computes what PyTorch computes (the parity gate; exit 1 if not).
@@ -28,25 +28,26 @@ def main(argv: List[str], prog: str = "mae-transfer export"):
     p = _parser(prog, DOC)
     p.add_argument("kind", choices=["det", "seg", "encoder"])
     p.add_argument("--config", metavar="NAME|PATH", help="det/seg: the config the model was trained with")
-    p.add_argument("--weights", required=True, help="det: model_final.pth; seg: iter_N.pth; encoder: any MAE "
-                   "checkpoint the toolkit reads")
+    p.add_argument("--weights", help="det: model_final.pth; seg: iter_N.pth; encoder: any MAE checkpoint the "
+                   "toolkit reads (not with --check-only: the folder's own copy is checked)")
     p.add_argument("--output-dir", "--out", dest="output_dir", default="output/export", metavar="DIR")
     p.add_argument("--to", default="onnx,pt2", help="comma-separated: onnx, pt2")
     p.add_argument("--images", nargs="+", help="the gate's images (files, folders, globs; default: the embedded "
                    "demo photos) -- your validation images are the better test")
-    p.add_argument("--max-images", type=int, default=8, help="at most this many gate images")
-    p.add_argument("--img-size", type=int, help="encoder: input size (default: the checkpoint's)")
-    p.add_argument("--check-only", action="store_true", help="re-run the gate on the files in --output-dir")
+    p.add_argument("--max-images", type=_number(1, 10_000, int), default=8, help="at most this many gate images")
+    p.add_argument("--img-size", type=_number(16, 8192, int), help="encoder: input size (default: the checkpoint's)")
+    p.add_argument("--check-only", action="store_true", help="re-run the gate on the files in --output-dir, from "
+                   "the config and weights the folder carries")
     a = p.parse_args(argv)
     formats = [f.strip() for f in a.to.split(",") if f.strip()]
     bad = [f for f in formats if f not in ("onnx", "pt2")]
     if bad or not formats:
         raise ConfigError(f"--to {a.to}: choose from onnx, pt2 (comma-separated)")
-    if a.kind != "encoder" and not a.config:
+    if not a.check_only and not a.weights:
+        raise ConfigError(f"export {a.kind} needs --weights (the trained model)")
+    if not a.check_only and a.kind != "encoder" and not a.config:
         raise ConfigError(f"export {a.kind} needs --config (the config the model was trained with)")
-    if a.max_images < 1:
-        raise ConfigError(f"--max-images {a.max_images}: must be >= 1")
-    config = str(resolve_config(a.config, a.kind)) if a.kind != "encoder" else None
+    config = str(resolve_config(a.config, a.kind)) if a.kind != "encoder" and not a.check_only else None
     from ..data import demo_photos
 
     images = demo_photos()[: a.max_images]

@@ -46,7 +46,9 @@ def pretrain(argv: List[str], prog: str = "mae-transfer pretrain"):
     out = Path(cfg.output_dir)
     if a.eval_only:
         from ..checkpoints import read_state_dict
+        from ..identify import expect
 
+        expect(a.eval_only, ("mae",), "pretrain --eval-only")  # the masked loss needs the decoder
         read_state_dict(a.eval_only)  # unreadable, unsafe or foreign: one line before anything is written
         run = results.settings(path, cfg.seed, _model(cfg), a.eval_only, [cfg.data_path])
         with outputs.claim(out, a.resume, run, a.allow_changes), \
@@ -86,7 +88,12 @@ def classify(mode: str, argv: List[str], prog: str):
         raise ConfigError(f"{path} is a {cfg.mode} config (mode={cfg.mode}); use `mae-transfer {cfg.mode}` "
                           f"or a {mode} config")
     from ..checkpoints import read_state_dict
+    from ..identify import BACKBONES, expect
 
+    if cfg.finetune:
+        expect(cfg.finetune, BACKBONES[:-2], f"{mode} --backbone")
+    if cfg.eval_only:
+        expect(cfg.eval_only, ("classifier",), f"{mode} --eval-only")
     for ckpt in filter(None, (cfg.finetune, cfg.eval_only)):
         read_state_dict(ckpt)  # unreadable, unsafe or foreign: one line now, before data and model
     out = Path(cfg.output_dir)

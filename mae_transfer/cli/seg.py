@@ -42,13 +42,15 @@ def main(argv: List[str], prog: str = "mae-transfer seg"):
     a.eval_only = a.eval_only or ""
     a.launcher = a.launcher or ("pytorch" if "RANK" in os.environ else "none")
 
-    from ..checkpoints import load_file, read_state_dict, unwrap
+    from ..checkpoints import read_state_dict
+    from ..identify import BACKBONES, expect
     from ..seg.train import main as seg_main
 
-    if a.backbone:
-        read_state_dict(a.backbone)  # a clear error now rather than inside the runner
+    if a.backbone:  # a clear error now rather than inside the runner
+        expect(a.backbone, BACKBONES[:-1], "seg --backbone")
+        read_state_dict(a.backbone)
     if a.eval_only:
-        unwrap(load_file(a.eval_only))  # a trained UperNet: readable and safe (its layout is mmseg's)
+        expect(a.eval_only, ("segmentor",), "seg --eval-only")  # a trained UperNet, read safely
     common.relaunch_under_torchrun("seg", argv, a.num_gpus)
     return seg_main(a)  # checks the output directory and the data before the runner starts
 

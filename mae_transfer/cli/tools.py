@@ -1,8 +1,9 @@
 """`mae-transfer predict | convert | visualize`: the commands around training."""
 import argparse
 import glob
-import json
+import math
 import os
+import sys
 from pathlib import Path
 from typing import List
 
@@ -43,32 +44,50 @@ def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
     return Parser(prog, doc)
 
 
+def _number(lo: float, hi: float = float("inf"), kind=float):
+    """An argparse type: a finite number in [lo, hi] (NaN, Inf and out-of-range values are one error line)."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        if not (math.isfinite(v) and lo <= v <= hi):
+            raise argparse.ArgumentTypeError(f"{text}: must be in [{lo:g}, {hi:g}]")
+        return v
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def predict(argv: List[str], prog: str = "mae-transfer predict"):
+    from .. import identify, outputs
     from ..engine.config import resolve_config
 
     p = _parser(prog, PREDICT_DOC)
     p.add_argument("task", choices=["det", "seg"])
     p.add_argument("inputs", nargs="+", help="images, folders or globs")
-    p.add_argument("--config", metavar="NAME|PATH", help="the config the model was trained with (with --runtime "
-                   "onnxruntime|torch-export: the one export.json names)")
+    p.add_argument("--config", metavar="NAME|PATH", help="the config the model was trained with (not with --runtime "
+                   "onnxruntime|torch-export: the export folder carries its own)")
     p.add_argument("--weights", required=True, help="a trained model (detectron2 model_final.pth / mmseg iter_N.pth); "
                    "with --runtime onnxruntime|torch-export, the folder `mae-transfer export` wrote")
     p.add_argument("--runtime", choices=["torch", "onnxruntime", "torch-export"], default="torch",
                    help="what runs the network: PyTorch, ONNX Runtime (the .onnx files) or the torch.export programs")
     p.add_argument("--output-dir", "--out", dest="output_dir", default="output/predict", metavar="DIR")
     p.add_argument("--device", default="auto", help="auto (cuda where available) | cpu | cuda[:N]")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--score-thresh", type=float, default=0.5, help="det: keep detections above this score")
-    p.add_argument("--min-draw", type=int, default=0, metavar="K",
+    p.add_argument("--batch-size", type=_number(1, 4096, int), default=4)
+    p.add_argument("--score-thresh", type=_number(0, 1), default=0.5, help="det: keep detections above this score")
+    p.add_argument("--min-draw", type=_number(0, 10_000, int), default=0, metavar="K",
                    help="det: draw at least the K best detections of each image, whatever their score")
     p.add_argument("--classes-json", help="det: a COCO json whose categories name (and number) the classes")
     a = p.parse_args(argv)
     files, out = expand(a.inputs), Path(a.output_dir)
+    names = outputs.unique_names(files)  # two inputs never write one output
+    outputs.refuse_inputs([out], [*files, a.weights, a.config, a.classes_json])
     import numpy as np
     import torch
     from PIL import Image
     from tqdm import tqdm
 
+    from ..data.images import load_rgb
     from ..export.graphs import run_with
 
     if a.device == "auto":
@@ -77,47 +96,71 @@ def predict(argv: List[str], prog: str = "mae-transfer predict"):
     if a.runtime != "torch":
         from ..export import exported
 
-        a.weights, a.config, graphs = exported(a.weights, a.task, a.runtime, a.config, a.device)
+        if a.config:
+            p.error(f"--config with --runtime {a.runtime}: the export folder carries the config its graphs were "
+                    f"made with; leave --config out")
+        a.weights, a.config, graphs = exported(a.weights, a.task, a.runtime, a.device)
     elif not a.config:
         p.error("--config is required (the config the model was trained with)")
-    config = str(resolve_config(a.config, a.task))
-    out.mkdir(parents=True, exist_ok=True)
-    batches = [files[i:i + a.batch_size] for i in range(0, len(files), a.batch_size)]
-    if a.task == "det":
-        from ..det.predict import DetPredictor
-
-        cats = json.loads(Path(a.classes_json).read_text())["categories"] if a.classes_json else None
-        thresh = 0.0 if a.min_draw else a.score_thresh  # the model keeps everything; drawn/written below
-        pred = DetPredictor(config, a.weights, a.device, thresh, [c["name"] for c in cats] if cats else None)
-        if graphs:
-            run_with(pred, "det", graphs)
-        results, images, drawn = [], [], 0
-        for batch in tqdm(batches, desc="predict", unit="batch"):
-            arrays = [np.asarray(Image.open(f).convert("RGB")) for f in batch]
-            for f, img, inst in zip(batch, arrays, pred(arrays)):
-                image_id = len(images)
-                images.append({"id": image_id, "file_name": str(f)})
-                keep = inst[inst.scores >= a.score_thresh]
-                results += pred.to_coco(keep, image_id, [c["id"] for c in cats] if cats else None)
-                show = keep if len(keep) >= a.min_draw else inst[: a.min_draw]  # sorted by score
-                drawn += len(show)
-                Image.fromarray(pred.draw(img, show)).save(out / f"{f.stem}_overlay.png")
-        (out / "coco_results.json").write_text(json.dumps(results))
-        (out / "images.json").write_text(json.dumps(images, indent=1))
-        print(f"{len(results)} detections >= {a.score_thresh} in {len(files)} images ({drawn} drawn) -> "
-              f"{out}/coco_results.json, *_overlay.png")
     else:
-        from ..seg.predict import SegPredictor
+        identify.expect(a.weights, ("detector",) if a.task == "det" else ("segmentor",), f"predict {a.task}")
+    config = str(resolve_config(a.config, a.task))
+    cats = None
+    if a.task == "det" and a.classes_json:
+        from ..errors import ConfigError
+        from ..schemas import CocoCategories, read_json
 
-        pred = SegPredictor(config, a.weights, a.device)
-        if graphs:
-            run_with(pred, "seg", graphs)
-        for batch in tqdm(batches, desc="predict", unit="batch"):
-            for f, res in zip(batch, pred([str(f) for f in batch])):
-                Image.fromarray(pred.class_map(res)).save(out / f"{f.stem}_classes.png")
-                pred.draw(str(f), res, str(out / f"{f.stem}_overlay.png"))
-        (out / "classes.json").write_text(json.dumps(pred.classes))
-        print(f"{len(files)} images -> {out}/*_classes.png (class index per pixel), *_overlay.png")
+        cats = [c.model_dump() for c in read_json(a.classes_json, CocoCategories, ConfigError).categories]
+    batches = [list(range(len(files)))[i:i + a.batch_size] for i in range(0, len(files), a.batch_size)]
+    unreadable = []
+
+    def images(batch):  # the one image reader: upright by EXIF, RGB; an unreadable file is skipped and named
+        got = [(i, load_rgb(files[i])) for i in batch]
+        unreadable.extend(str(files[i]) for i, im in got if im is None)
+        return [(i, np.asarray(im)) for i, im in got if im is not None]
+
+    with outputs.claim(out, markers_ok=True):
+        if a.task == "det":
+            from ..det.predict import DetPredictor
+
+            thresh = 0.0 if a.min_draw else a.score_thresh  # the model keeps everything; drawn/written below
+            pred = DetPredictor(config, a.weights, a.device, thresh, [c["name"] for c in cats] if cats else None)
+            if graphs:
+                run_with(pred, "det", graphs)
+            results, table, drawn = [], [], 0
+            for batch in tqdm(batches, desc="predict", unit="batch"):
+                loaded = images(batch)
+                for (i, img), inst in zip(loaded, pred([img for _, img in loaded]) if loaded else []):
+                    table.append({"id": i, "file_name": str(files[i]), "output": f"{names[i]}_overlay.png"})
+                    keep = inst[inst.scores >= a.score_thresh]
+                    results += pred.to_coco(keep, i, [c["id"] for c in cats] if cats else None)
+                    show = keep if len(keep) >= a.min_draw else inst[: a.min_draw]  # sorted by score
+                    drawn += len(show)
+                    outputs.write_with(out / f"{names[i]}_overlay.png",
+                                       lambda tmp: Image.fromarray(pred.draw(img, show)).save(tmp, format="PNG"))
+            outputs.write_json(out / "coco_results.json", results, indent=None)
+            outputs.write_json(out / "images.json", table)
+            print(f"{len(results)} detections >= {a.score_thresh} in {len(table)} images ({drawn} drawn) -> "
+                  f"{out}/coco_results.json, *_overlay.png")
+        else:
+            from ..seg.predict import SegPredictor
+
+            pred = SegPredictor(config, a.weights, a.device)
+            if graphs:
+                run_with(pred, "seg", graphs)
+            done = 0
+            for batch in tqdm(batches, desc="predict", unit="batch"):
+                loaded = images(batch)
+                bgr = [img[:, :, ::-1].copy() for _, img in loaded]  # mmseg's pipeline takes BGR arrays
+                for (i, img), res in zip(loaded, pred(bgr) if bgr else []):
+                    outputs.write_with(out / f"{names[i]}_classes.png",
+                                       lambda tmp: Image.fromarray(pred.class_map(res)).save(tmp, format="PNG"))
+                    outputs.write_with(out / f"{names[i]}_overlay.png", lambda tmp: pred.draw(img, res, tmp))
+                    done += 1
+            outputs.write_json(out / "classes.json", pred.classes, indent=None)
+            print(f"{done} images -> {out}/*_classes.png (class index per pixel), *_overlay.png")
+    if unreadable:
+        print(f"skipped {len(unreadable)} unreadable image(s), e.g. {unreadable[0]}", file=sys.stderr)
 
 
 CONVERT_DOC = """Convert an MAE checkpoint to what another codebase loads directly.

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .. import checkpoints
+from ..identify import expect
 from .data import boxes_only
 
 
@@ -20,17 +21,20 @@ class DetPredictor:
         import detectron2.data.transforms as T
         from detectron2.config import LazyConfig, instantiate
 
-        from .checkpoint import SafeCheckpointer, has_mask_head
+        from .checkpoint import has_mask_head
 
         cfg = LazyConfig.load(config)
-        sd = checkpoints.unwrap(checkpoints.load_file(weights))
+        sd = expect(weights, ("detector",), "predict det")
         if not has_mask_head(sd):
             boxes_only(cfg)
-        n = sd["roi_heads.box_predictor.cls_score.weight"].shape[0] - 1  # + background
+        n = sd["roi_heads.box_predictor.cls_score.weight"].shape[0] - 1  # + background: sized from the weights
         cfg.model.roi_heads.num_classes = n
         cfg.model.roi_heads.box_predictor.test_score_thresh = score_thresh
-        self.model = instantiate(cfg.model).to(device).eval()
-        SafeCheckpointer(self.model).load(weights)
+        self.model = instantiate(cfg.model).eval()
+        # every weight of the model from the file, every tensor of the file in the model, shapes equal: a config
+        # that does not fit the weights is one error, never a model with random parts
+        checkpoints.load_into(self.model, sd, f"{weights} with {config}")
+        self.model.to(device)
         self.augment = T.AugmentationList([instantiate(a) for a in cfg.dataloader.test.mapper.augmentations])
         self.class_names = list(class_names) if class_names else [f"class {i}" for i in range(n)]
         if len(self.class_names) != n:

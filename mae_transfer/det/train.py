@@ -13,7 +13,8 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from .. import results
+from .. import checkpoints, results
+from ..checkpoints import load_file, unwrap
 from ..data import DataError
 from ..engine.config import ConfigError, check_key_path, check_value_type, split_override
 from ..engine.logger import log_lr_table
@@ -200,8 +201,10 @@ def main(args) -> dict:
     ckpt = args.eval_only or args.backbone or cfg.train.get("init_checkpoint") or None
     with results.recorded("det", cfg.train.output_dir, args.config, cfg.train.get("seed"), ckpt) as rec:
         if args.eval_only:
-            model = instantiate(cfg.model).to(cfg.train.device)
-            SafeCheckpointer(model).load(args.eval_only)
+            model = instantiate(cfg.model)
+            # strict: a config that does not fit the weights is one error, never a model with random parts
+            checkpoints.load_into(model, unwrap(load_file(args.eval_only)), f"{args.eval_only} with {args.config}")
+            model.to(cfg.train.device)
             res = do_test(cfg, create_ddp_model(model))
         else:
             res = do_train(args, cfg)

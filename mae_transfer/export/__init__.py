@@ -7,15 +7,17 @@ files only if they compute what PyTorch computes (`parity`). What each graph hol
 The folder gets one .onnx and one .pt2 per graph (model.* for an encoder or a segmenter; backbone, rpn,
 box_head, mask_head for a detector), export.json (what `predict --runtime` needs to run them) and
 export_report.json (the parity table, per runtime)."""
-import json
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .. import checkpoints
-from . import graphs, parity
+from .. import checkpoints, outputs, schemas
+from ..identify import expect
+from . import folder, graphs, parity
 from .graphs import KINDS, Exportable  # noqa: F401
 from .parity import ParityError  # noqa: F401
 
@@ -54,30 +56,54 @@ def load_runtime(path, device: str = "cpu") -> graphs.Graph:
     return run_program
 
 
-def _load_program(path: Path):
-    """A .pt2 program with tensors only. torch.export.load reads tensors with torch.load (retrying with a
-    full unpickler when the safe read fails) and unpickles custom / opaque constant objects: the latter
-    are refused from the archive's listing, and every torch.load inside is held to the safe reader."""
-    import os
-    import zipfile
+# every member a tensors-only torch.export archive may hold (as torch.export.save writes it); anything else
+# (custom or opaque objects, AOTInductor libraries, pickled files) is refused before torch sees the file
+_PT2_MEMBERS = re.compile(r"^(archive_format|archive_version|byteorder|version|\.data/version|\.data/serialization_id"
+                          r"|models/[\w.-]+\.json|extra/[\w.-]+\.json|data/sample_inputs/[\w.-]+\.pt"
+                          r"|data/weights/(weight_\d+|[\w.-]+_weights_config\.json|[\w.-]+_model_param_config\.json)"
+                          r"|data/constants/(tensor_\d+|[\w.-]+_constants_config\.json"
+                          r"|[\w.-]+_model_constants_config\.json))$")
 
-    from torch.export.pt2_archive import constants as pt2
+
+def check_pt2(path: Path) -> None:
+    """Refuse a .pt2 that could run code when loaded. Read with torch's own archive reader (what
+    torch.export.load reads, so no second opinion on member names), every member must be one a tensors-only
+    program has, and every entry of every weights and constants config -- which is what decides what
+    torch.export.load unpickles -- must name a plain tensor file (`schemas.Pt2Payload`: `weight_N`/`tensor_N`,
+    no pickle)."""
+    from torch.export.pt2_archive._package import PT2ArchiveReader
 
     try:
-        names = zipfile.ZipFile(path).namelist()
-    except (OSError, zipfile.BadZipFile) as e:
-        raise checkpoints.CheckpointError(f"{path}: not a torch.export program ({e})") from None
-    objects = [n for n in names if pt2.CONSTANTS_DIR in n and (
-        n.rsplit("/", 1)[-1].startswith((pt2.CUSTOM_OBJ_FILENAME_PREFIX, pt2.OPAQUE_OBJ_FILENAME_PREFIX))
-        or n.endswith(".pt"))]  # pickled objects (and the legacy pickled constants file)
-    if objects:
-        raise checkpoints.CheckpointError(f"{path}: holds pickled objects ({objects[0]}), which would run code "
-                                          f"when loaded; refused (the toolkit's exports hold tensors only)")
+        reader = PT2ArchiveReader(str(path))
+        names = reader.get_file_names()
+    except Exception as e:  # not a zip, not a pt2 archive
+        raise checkpoints.CheckpointError(f"{path}: not a torch.export program ({str(e).splitlines()[0]})") from None
+    odd = [n for n in names if not _PT2_MEMBERS.match(n)]
+    if odd:
+        raise checkpoints.CheckpointError(f"{path}: holds {odd[0]!r}, which a tensors-only program does not "
+                                          f"(objects or libraries that would run code when loaded); refused")
+    for name in names:
+        if name.endswith(("_weights_config.json", "_constants_config.json")):
+            try:
+                obj = schemas.parse_json(reader.read_bytes(name), name)
+            except ValueError as e:
+                raise checkpoints.CheckpointError(f"{path}: {name}: {e}") from None
+            cfg = schemas.validate(obj, schemas.Pt2Config, checkpoints.CheckpointError, f"{path}: {name}")
+            absent = [m.path_name for m in cfg.config.values()
+                      if f"{name.rsplit('/', 1)[0]}/{m.path_name}" not in names]
+            if absent:
+                raise checkpoints.CheckpointError(f"{path}: {name} names {absent[0]}, which the archive lacks")
+
+
+def _load_program(path: Path):
+    """A .pt2 program with tensors only (`check_pt2` first); every torch.load inside is held to the safe
+    reader as a second guard."""
+    check_pt2(path)
     flag, before = "TORCH_FORCE_WEIGHTS_ONLY_LOAD", os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
     os.environ[flag] = "1"  # torch.load reads it at each call: for the duration of this load only
     try:
         return torch.export.load(str(path)).module()
-    except Exception as e:  # a damaged, foreign or pickle-bearing archive: one line
+    except Exception as e:  # a damaged or foreign archive: one line
         raise checkpoints.CheckpointError(f"{path}: not a tensors-only torch.export program "
                                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     finally:
@@ -167,95 +193,70 @@ def gate(ex: Exportable, files: Dict[str, Dict[str, Path]], images: Sequence, ba
     return report
 
 
-def export(kind: str, config: Optional[str], weights: str, out, formats: Sequence[str] = FORMATS,
+NEEDS = {"det": ("detector",), "seg": ("segmentor",), "encoder": ("mae", "encoder", "classifier")}
+
+
+def export(kind: str, config: Optional[str], weights: Optional[str], out, formats: Sequence[str] = FORMATS,
            images: Optional[Sequence] = None, img_size: Optional[int] = None, check_only: bool = False) -> dict:
-    """Export (or with `check_only`, re-check files already exported into `out`), run the parity gate on
-    `images` (PIL; default: the embedded demo photos), write export.json and export_report.json.
-    ParityError (after writing the report) when parity does not hold."""
+    """Export into `out` (or with `check_only`, re-check the files exported there, from the folder's own config
+    and weights), run the parity gate on `images` (PIL; default: the embedded demo photos), write
+    export_report.json and, when parity holds, export.json. ParityError (after writing the report) when it
+    does not. The folder is claimed like a run's (a lock; a folder holding an export is not overwritten)."""
     from ..data import demo_photos
 
     out = Path(out)
-    ex = graphs.build(kind, config, weights, img_size)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {f: {name: out / f"{name}.{f}" for name in ex.parts} for f in formats}
-    missing = [p for f in files.values() for p in f.values() if not p.is_file()]
-    if check_only and missing:
-        raise checkpoints.CheckpointError(f"--check-only: {missing[0]} not found (export it first)")
-    if check_only:
-        for path in files.get("pt2", {}).values():
-            _trusted(out, path)  # the gate re-checks what it passed before, not a file put there since
+    if check_only:  # the folder's own snapshot: what its graphs were made from, unchanged since
+        meta = folder.read_meta(out, kind)
+        folder.verify(out, meta, [meta.weights, *([meta.config] if meta.config else [])])
+        config, weights = (str(out / meta.config) if meta.config else None), str(out / meta.weights)
+        formats = [f for f in formats if f in meta.files] or list(meta.files)
+        img_size = img_size or meta.size
     else:
-        for name, part in ex.parts.items():
-            print(f"tracing {kind} {name} ({', '.join(part.input_names)}; dynamic batch) with torch.export ...",
-                  file=sys.stderr)
-            program = trace(part)
-            for fmt in formats:
-                print(f"writing {files[fmt][name]} ...", file=sys.stderr)
-                write(program, part, files[fmt][name], fmt)
-    images = list(images) if images else demo_photos()
-    report = gate(ex, files, images)
-    meta = {"kind": kind, "config": str(Path(config).resolve()) if config else None,
-            "weights": str(Path(weights).resolve()), "weights_sha256": _sha(weights), "size": ex.size,
-            "graphs": {name: {"inputs": p.shapes(), "outputs": p.outputs} for name, p in ex.parts.items()},
-            "files": {f: {name: p.name for name, p in paths.items()} for f, paths in files.items()},
-            "sha256": {p.name: _sha(p) for paths in files.values() for p in paths.values()},
-            "opset": OPSET, "torch": torch.__version__, **ex.meta}
-    full = {**meta, "images": len(images), "runtimes": report,
-            "tolerances": {"relative max difference": parity.REL_TOL, "box IoU": parity.BOX_IOU,
-                           "score": parity.SCORE_TOL, "mask IoU": parity.MASK_IOU, "pixels": parity.PIXELS},
-            "parity": not any(r["failed"] for r in report.values())}
-    (out / "export_report.json").write_text(json.dumps(full, indent=1) + "\n")
-    print(parity.table(report))
-    if full["parity"]:  # what predict --runtime trusts: only files that passed the gate
-        (out / "export.json").write_text(json.dumps(meta, indent=1) + "\n")
+        expect(weights, NEEDS[kind], f"export {kind}")
+        outputs.refuse_inputs([out], [weights, config])
+    with outputs.claim(out, resume=check_only):
+        ex = graphs.build(kind, config, weights, img_size)
+        files = {f: {name: out / f"{name}.{f}" for name in ex.parts} for f in formats}
+        missing = [p for f in files.values() for p in f.values() if not p.is_file()]
+        if check_only and missing:
+            raise checkpoints.CheckpointError(f"--check-only: {missing[0]} not found (export it first)")
+        if not check_only:
+            weights, config = folder.snapshot_weights(weights, out), folder.snapshot_config(kind, config, out)
+            for name, part in ex.parts.items():
+                print(f"tracing {kind} {name} ({', '.join(part.input_names)}; dynamic batch) with torch.export ...",
+                      file=sys.stderr)
+                program = trace(part)
+                for fmt in formats:
+                    print(f"writing {files[fmt][name]} ...", file=sys.stderr)
+                    write(program, part, files[fmt][name], fmt)
+        images = list(images) if images else demo_photos()
+        report = gate(ex, files, images)
+        meta = {"kind": kind, "config": Path(config).name if config else None, "weights": Path(weights).name,
+                "size": ex.size, "graphs": {name: {"inputs": p.shapes(), "outputs": p.outputs}
+                                            for name, p in ex.parts.items()},
+                "files": {f: {name: p.name for name, p in paths.items()} for f, paths in files.items()},
+                "sha256": folder.hashes(out), "opset": OPSET, "torch": torch.__version__, **ex.meta}
+        full = {**meta, "images": len(images), "runtimes": report,
+                "tolerances": {"relative max difference": parity.REL_TOL, "box IoU": parity.BOX_IOU,
+                               "score": parity.SCORE_TOL, "mask IoU": parity.MASK_IOU, "pixels": parity.PIXELS},
+                "parity": not any(r["failed"] for r in report.values())}
+        outputs.write_json(out / folder.REPORT, full)
+        print(parity.table(report))
+        if full["parity"]:  # what predict --runtime trusts: only files that passed the gate
+            schemas.validate(meta, schemas.ExportMeta, checkpoints.CheckpointError, "export.json")  # writes what reads
+            outputs.write_json(out / folder.META, meta)
     failed = [f"{name}: {f}" for name, r in report.items() for f in r["failed"]]
     if failed:
-        raise ParityError(f"parity does not hold ({'; '.join(failed[:3])}); see {out / 'export_report.json'}")
+        raise ParityError(f"parity does not hold ({'; '.join(failed[:3])}); see {out / folder.REPORT}")
     return full
 
 
-def exported(where, kind: str, runtime: str, config: Optional[str] = None, device: str = "cpu"):
-    """A folder `export` wrote (or a file in it) -> (trained weights, config, {part: graph} of `runtime`):
-    what `predict --runtime` runs. The folder's export.json names the config and weights it was made from."""
+def exported(where, kind: str, runtime: str, device: str = "cpu"):
+    """A folder `export` wrote (or a file in it) -> (its weights, its config, {part: graph} of `runtime`): what
+    `predict --runtime` runs, every file read from the folder and checked against export.json's hashes."""
     where = Path(where)
-    folder = where if where.is_dir() else where.parent
-    try:
-        meta = json.loads((folder / "export.json").read_text())
-    except (OSError, ValueError):
-        raise checkpoints.CheckpointError(f"{where}: no export.json (pass the folder `mae-transfer export` "
-                                          f"wrote)") from None
-    if meta.get("kind") != kind:
-        raise checkpoints.CheckpointError(f"{folder} holds an exported {meta.get('kind')}, not a {kind} model")
-    fmt, files = RUNTIMES[runtime], meta.get("files", {})
-    if fmt not in files:
-        raise checkpoints.CheckpointError(f"{folder} has no {fmt} file (exported: {', '.join(files)}); "
-                                          f"export with --to {fmt}")
-    if not isinstance(files[fmt], dict):
-        raise checkpoints.CheckpointError(f"{folder} was exported by an older mae-transfer (one graph per file "
-                                          f"format); export again")
-    paths = {name: folder / f for name, f in files[fmt].items()}
-    for path in paths.values():
-        _trusted(folder, path, meta)
-    w = Path(meta["weights"])  # the trained model around the graph (det heads, mmseg's model config)
-    if not w.is_file() or _sha(w) != meta.get("weights_sha256"):
-        raise checkpoints.CheckpointError(f"{w}: {'not found' if not w.is_file() else 'changed since the export'}; "
-                                          f"the exported graph runs with the trained model it came from")
-    return meta["weights"], config or meta["config"], {name: load_runtime(p, device) for name, p in paths.items()}
-
-
-def _trusted(folder: Path, path: Path, meta: Optional[dict] = None) -> None:
-    """`path` is the file that passed the gate: export.json records its SHA-256 (so predict never runs a
-    graph that was changed, or never checked, after the export)."""
-    if meta is None:
-        try:
-            meta = json.loads((folder / "export.json").read_text())
-        except (OSError, ValueError):
-            meta = {}
-    if not path.is_file() or meta.get("sha256", {}).get(path.name) != _sha(path):
-        raise checkpoints.CheckpointError(f"{path} is not a file `mae-transfer export` wrote and checked (no "
-                                          f"SHA-256 match in {folder / 'export.json'}); export again")
-
-
-def _sha(path) -> str:
-    from ..results import sha256
-    return sha256(path)
+    out = where if where.is_dir() else where.parent
+    meta = folder.read_meta(out, kind)
+    paths = folder.runtime_files(out, meta, RUNTIMES[runtime])
+    config = str(out / meta.config) if meta.config else None
+    return str(out / meta.weights), config, {name: load_runtime(p, device) for name, p in paths.items()}

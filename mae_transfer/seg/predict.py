@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 from .. import checkpoints
+from ..data.images import load_rgb
+from ..identify import expect
 
 
 class SegPredictor:
@@ -23,12 +25,14 @@ class SegPredictor:
         from .compat import mmengine_checkpoints
         from .data import plain_bn
 
-        checkpoints.unwrap(checkpoints.load_file(weights))  # the safe reader first: a bad file is one line
+        sd = expect(weights, ("segmentor",), "predict seg")  # the safe reader first: a bad file is one line
         cfg = Config.fromfile(config)
         if not str(device).startswith("cuda"):
             plain_bn(cfg.model)
         with mmengine_checkpoints():  # the runner's checkpoint holds mmengine's message-hub types
             self.model = init_model(cfg, weights, device=device)
+        # mmengine loads leniently (a head of another size starts random, with a warning): held to the weights
+        checkpoints.load_into(self.model, {k: v.to(device) for k, v in sd.items()}, f"{weights} with {config}")
         self.classes = list(self.model.dataset_meta["classes"])
 
     @torch.no_grad()
@@ -51,12 +55,5 @@ class SegPredictor:
         vis = (SegLocalVisualizer.get_instance(name) if Visualizer.check_instance_created(name)
                else SegLocalVisualizer(name=name, alpha=opacity))
         vis.dataset_meta = self.model.dataset_meta
-        img = image if isinstance(image, np.ndarray) else _read_rgb(image)
+        img = image if isinstance(image, np.ndarray) else np.asarray(load_rgb(image))
         vis.add_datasample("prediction", img, result, draw_gt=False, show=False, out_file=out_file, with_labels=True)
-
-
-def _read_rgb(path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))

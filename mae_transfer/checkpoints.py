@@ -138,21 +138,45 @@ def _strip(sd: StateDict, prefix: str, layout: str, dropped: str) -> StateDict:
 def read_state_dict(path_or_sd) -> StateDict:
     """Any supported checkpoint (file or dict) -> canonical (official MAE / timm) names."""
     obj = load_file(path_or_sd) if isinstance(path_or_sd, (str, os.PathLike)) else path_or_sd
+    where = path_or_sd if isinstance(path_or_sd, (str, os.PathLike)) else "the checkpoint"
     sd = unwrap(obj)
     fmt = detect_format(sd)
-    if fmt == "hf":
-        sd = from_hf(sd)
-    elif fmt == "detectron2":
-        sd = {k[len("backbone.net."):]: v for k, v in sd.items() if k.startswith("backbone.net.")}
-    elif fmt == "mmseg":
-        sd = from_mmseg(sd)
-    if beit.is_beit(sd):
-        sd = beit.canonical(sd)
+    try:  # a layout with a tensor missing or of an odd shape (a truncated or hand-edited file): one line
+        if fmt == "hf":
+            sd = from_hf(sd)
+        elif fmt == "detectron2":
+            sd = {k[len("backbone.net."):]: v for k, v in sd.items() if k.startswith("backbone.net.")}
+        elif fmt == "mmseg":
+            sd = from_mmseg(sd)
+        sd = _without_distillation(sd)
+        if beit.is_beit(sd):
+            sd = beit.canonical(sd)
+    except CheckpointError:
+        raise
+    except (KeyError, IndexError, ValueError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"{where}: a {fmt} checkpoint with a tensor missing or of an odd shape "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); is the file "
+                              f"complete?") from None
     bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise CheckpointError(f"{len(bad)} tensor(s) hold NaN or Inf, e.g. {bad[0]}: a run that diverged? "
                               f"Use an earlier checkpoint")
     return sd
+
+
+def _without_distillation(sd: StateDict) -> StateDict:
+    """A distilled DeiT: its distillation token, the head reading it, and the token's row of the position
+    table ([cls, dist, patches]) dropped -- the rest is a plain ViT encoder."""
+    if "dist_token" not in sd:
+        return sd
+    out = {k: v for k, v in sd.items() if k != "dist_token" and not k.startswith("head_dist.")}
+    pe = out.get("pos_embed")
+    if pe is not None:
+        if pe.dim() != 3 or pe.shape[1] < 3 or int((pe.shape[1] - 2) ** 0.5) ** 2 != pe.shape[1] - 2:
+            raise CheckpointError(f"a distilled DeiT whose position table {tuple(pe.shape)} is not [1, 2 + side^2, D]")
+        out["pos_embed"] = torch.cat([pe[:, :1], pe[:, 2:]], dim=1)
+    _logger.info("distilled DeiT: dropped the distillation token, its head and its position-table row")
+    return out
 
 
 def detect_format(sd: StateDict) -> str:

@@ -9,11 +9,10 @@
     safetensors  the official names, flat
     official     `{'model': ...}`, the official MAE layout
 Each returns a report of what was written, dropped and renamed."""
-import json
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from . import beit, checkpoints
+from . import beit, checkpoints, outputs
 from .models.mae import architecture, training_args
 from .models.pos_embed import resample_pos_embed
 
@@ -48,6 +47,7 @@ def export(src_path, target: str, out, det_patch_size: Optional[int] = None, det
     """Convert the checkpoint at `src_path` (any format `read_state_dict` takes) to `target` at `out`."""
     if target not in TARGETS:
         raise checkpoints.CheckpointError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    outputs.refuse_inputs([out], [src_path])  # e.g. `convert X.pth --to timm X.pth` would replace X with its encoder
     obj = checkpoints.load_file(src_path)
     sd, notes = checkpoints.read_state_dict(obj), []
     if target == "hf" and beit.is_beit(sd):
@@ -67,7 +67,7 @@ def export(src_path, target: str, out, det_patch_size: Optional[int] = None, det
             config = hf_config(obj, sd)
         except ValueError as e:
             raise checkpoints.CheckpointError(f"{src_path}: {e}") from None
-        (out / "config.json").write_text(json.dumps(config, indent=2))
+        outputs.write_json(out / "config.json", config, indent=2)
         checkpoints.save(out / "model.safetensors", {"model": hf})
         return _report(sd, hf, out, renamed=[k for k in sd])
     if target in ("safetensors", "official"):

@@ -51,8 +51,16 @@ def plan(tasks: Sequence[Task], backbones: Dict[str, str], seeds: Sequence[int],
             for name, ckpt in backbones.items():
                 d = out / "runs" / folders[name] / task.name / f"seed{seed}"
                 runs.append({"backbone": name, "task": task.name, "seed": seed, "dir": d, "metrics": task.metrics,
-                             "argv": task.command(ckpt, seed, d)})
+                             "argv": task.command(ckpt, seed, d), "checkpoint": ckpt})
     return runs
+
+
+def _error_line(log: Path) -> Optional[str]:
+    try:
+        lines = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return None
+    return next((x for x in reversed(lines) if x.startswith(("error:", "internal error:"))), None)
 
 
 def _run(r: dict, env: Dict[str, str]) -> Optional[str]:
@@ -63,8 +71,8 @@ def _run(r: dict, env: Dict[str, str]) -> Optional[str]:
         f.flush()
         rc = subprocess.run(r["argv"], stdout=f, stderr=subprocess.STDOUT, env=env).returncode
     if rc != 0:
-        lines = (r["dir"] / "run.log").read_text().strip().splitlines() or [""]
-        line = next((x for x in reversed(lines) if x.startswith("error:")), lines[-1])  # the command's own line
+        lines = (r["dir"] / "run.log").read_text(errors="replace").strip().splitlines() or [""]
+        line = _error_line(r["dir"] / "run.log") or lines[-1]  # the command's own line
         return f"failed ({rc}): {r['backbone']} / {r['task']} / seed {r['seed']}: {line} (log: {f.name})"
     return None
 
@@ -74,6 +82,28 @@ def done(run: dict) -> bool:
         return results.read(run["dir"])["status"] == "ok"
     except (OSError, ValueError):
         return False
+
+
+def stale(run: dict) -> bool:
+    """The run's folder holds a run of another checkpoint than the row's now (a file replaced under the same
+    name): its numbers are not this checkpoint's, so the run starts again."""
+    ckpt = run.get("checkpoint")
+    try:
+        started = results.read(run["dir"])["checkpoint"]
+    except (OSError, ValueError):
+        return False
+    if not ckpt or not Path(ckpt).is_file() or started is None or not started.get("sha256"):
+        return False
+    return started["sha256"] != results.sha256(ckpt)
+
+
+def retire(run: dict) -> None:
+    """Move a stale run's folder aside (kept, renamed) so the row runs afresh."""
+    d = run["dir"]
+    aside = d.with_name(f"{d.name}.replaced-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    d.rename(aside)
+    print(f"{run['backbone']} / {run['task']} / seed {run['seed']}: its checkpoint changed since that run; "
+          f"running again (the old run: {aside})", file=sys.stderr)
 
 
 def execute(runs: List[dict], jobs: int = 1) -> List[dict]:
@@ -88,6 +118,9 @@ def execute(runs: List[dict], jobs: int = 1) -> List[dict]:
 
     one_thread = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if jobs > 1 else {}
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **one_thread}
+    for r in runs:
+        if stale(r):
+            retire(r)
     todo = [r for r in runs if not done(r)]
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), unit="run", dynamic_ncols=True)
     with ThreadPoolExecutor(max(1, jobs)) as pool:
@@ -109,8 +142,9 @@ def _result(run: dict) -> dict:
     row = {"backbone": run["backbone"], "task": run["task"], "seed": run["seed"]}
     try:
         res = results.read(run["dir"])
-    except FileNotFoundError:
-        return {**row, "status": "failed", "error": f"no {results.NAME} (see {run['dir'] / 'run.log'})"}
+    except FileNotFoundError:  # a refused run leaves no result.json: its error line is in its log
+        return {**row, "status": "failed", "error": _error_line(run["dir"] / "run.log")
+                or f"no {results.NAME} (see {run['dir'] / 'run.log'})"}
     except ValueError as e:
         return {**row, "status": "failed", "error": str(e)}
     if res["status"] != "ok":

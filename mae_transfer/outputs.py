@@ -93,7 +93,8 @@ def refuse_inputs(outputs: Iterable, inputs: Iterable) -> None:
     ins = [Path(i) for i in inputs if i]
     for o in (Path(o) for o in outputs if o):
         for i in ins:
-            if _same(o, i) or (o.resolve() in i.resolve().parents):
+            inside = i.is_dir() and i.resolve() in o.resolve().parents  # a file of an input folder
+            if _same(o, i) or o.resolve() in i.resolve().parents or inside:
                 raise ConfigError(f"{o} is the input {i} (or holds it): writing there would replace what is read; "
                                   f"choose another output")
 

@@ -44,7 +44,7 @@ def test_a_device_that_does_not_exist(capsys, tmp_path):
     (["finetune", "--finetune-last-k", "99"], "has 12 blocks"),
     (["finetune", "finetune_last_k=4", "--finetune-last-k", "4"], "given twice"),
     (["pretrain", "--data-path", "a", "data_path=b"], "given twice"),
-    (["pretrain", "--resume", "--allow-changes", "--seed", "x"], "invalid int value"),
+    (["pretrain", "--resume", "--allow-changes", "--seed", "x"], "a seed is an integer in [0, 4294967295]"),
     (["linprobe", "--config", "configs/finetune/vit_base.py"], "is a finetune config"),
     (["finetune", "smoothing=2"], "[0, 1]"),
     (["pretrain", "--config", "mae_vit_lage"], "did you mean 'mae_vit_large'"),

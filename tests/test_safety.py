@@ -3,6 +3,7 @@ option of any command that takes weights is one `error:` line, and nothing in it
 and non-dict files are one line too."""
 import os
 import pickle
+import re
 
 import pytest
 import torch
@@ -107,14 +108,17 @@ def test_data_mistakes_are_one_line(tmp_path):
 
     coco = make_coco_shapes(tmp_path / "coco", n_train=3, n_val=1)
     js = json.loads(open(coco["train_json"]).read())
-    cases = {"width -4": lambda j: j["annotations"][0]["bbox"].__setitem__(2, -4),
-             "image_id not in 'images'": lambda j: j["annotations"][0].__setitem__("image_id", 999),
-             "no [x, y, width, height] bbox": lambda j: j["annotations"][0].__setitem__("bbox", "10 10 5 5")}
+    cases = {"annotations[0].bbox: width and height must be > 0 (got -4.0": lambda j: j["annotations"][0]["bbox"]
+             .__setitem__(2, -4),
+             "annotations[0].image_id: 999 is not the id of an image": lambda j: j["annotations"][0]
+             .__setitem__("image_id", 999),
+             "annotations[0].bbox: Input should be a valid list": lambda j: j["annotations"][0]
+             .__setitem__("bbox", "10 10 5 5")}
     for says, spoil in cases.items():
         bad = json.loads(json.dumps(js))
         spoil(bad)
         (tmp_path / "bad.json").write_text(json.dumps(bad))
-        with pytest.raises(DataError, match=says.replace("[", r"\[").replace("]", r"\]")):
+        with pytest.raises(DataError, match=re.escape(says)):
             check_coco_json(tmp_path / "bad.json", coco["train_images"])
     first = tmp_path / "coco" / "train" / js["images"][0]["file_name"]
     data = first.read_bytes()

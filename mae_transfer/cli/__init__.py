@@ -2,8 +2,10 @@
 for every tool; each command's logic lives in the package, `tools/*.py` are shims for the same calls."""
 import difflib
 import importlib
+import os
 import sys
 import warnings
+from pathlib import Path
 from typing import List, Optional
 
 # command -> (module, function, one line for the overview)
@@ -37,29 +39,53 @@ def usage() -> str:
 
 
 def run_cli(fn, *args):
-    """Call fn(*args); a user mistake prints one `error:` line (exit 2) instead of a traceback."""
-    from ..checkpoints import CheckpointError
-    from ..data import DataError
-    from ..engine.config import ConfigError
-    from ..engine.loop import NonFiniteLoss
-    from ..export.parity import ParityError
-    from ..models import UnknownModel
+    """Call fn(*args). A user mistake prints one `error:` line (exit 2); a run that could not finish (a
+    diverging loss, a failed parity gate) one `error:` line (exit 1); anything else is a bug, printed as one
+    `internal error:` line naming a log that holds the traceback (exit 1)."""
+    from ..errors import RunFailed, UserError
 
     try:
         return fn(*args)
-    except (NonFiniteLoss, ParityError) as e:
+    except RunFailed as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    except (CheckpointError, DataError, ConfigError, UnknownModel) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:  # an unwritable, full or missing path is the user's to fix, not a traceback
+        if e.errno is None:
+            _internal(e)
         where = f"{e.filename}: " if e.filename else ""
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is intact", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:
+        _internal(e)
+
+
+def _internal(e: BaseException) -> None:
+    """An unexpected exception: its traceback goes to a log file, the terminal gets one line (exit 1)."""
+    import tempfile
+    import time
+    import traceback
+
+    log_dir = Path(os.environ.get("MAE_TRANSFER_LOG_DIR") or Path(tempfile.gettempdir()) / "mae-transfer")
+    text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        fd, log = tempfile.mkstemp(prefix=time.strftime("crash-%Y%m%d-%H%M%S-"), suffix=".log", dir=log_dir)
+        with os.fdopen(fd, "w") as f:
+            f.write(" ".join(sys.argv) + "\n" + text)
+        where = f"traceback: {log}"
+    except OSError:
+        where = "traceback below"
+        print(text, file=sys.stderr)
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    print(f"internal error: {type(e).__name__}: {first} (a bug in mae-transfer or a host library; {where})",
+          file=sys.stderr)
+    sys.exit(1)
 
 
 def command(name: str):

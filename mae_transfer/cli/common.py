@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from ..engine.config import config_names
+from ..engine.config import check_unique_keys, config_names, seed_arg
 
 
 class Parser(argparse.ArgumentParser):
@@ -41,7 +41,8 @@ def parser(prog: str, doc: str, kind: Optional[str], default_config: Optional[st
     g.add_argument("--config", metavar="NAME|PATH",
                    help=f"a shipped config ({names}) or a config file (default: {default_config})")
     g.add_argument("--output-dir", metavar="DIR", help="where the run writes (default: the config's)")
-    g.add_argument("--seed", type=int, help="seeds model init, sampling, augmentation and masks")
+    g.add_argument("--seed", type=seed_arg, help="seeds model init, sampling, augmentation and masks: an integer in "
+                   "[0, 2**32) (default: the config's, else 0)")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --output-dir from its last checkpoint (without it, a directory "
                         "that already holds a run is refused)")
@@ -57,6 +58,7 @@ def parser(prog: str, doc: str, kind: Optional[str], default_config: Optional[st
 
 def parse(p: argparse.ArgumentParser, argv: List[str]) -> argparse.Namespace:
     a = p.parse_intermixed_args(argv)
+    check_unique_keys(a.overrides)  # `lr=1 lr=2`: which was meant? one error, not "the last wins"
     if a.num_gpus < 1:
         p.error(f"--num-gpus {a.num_gpus}: must be >= 1")
     return a

@@ -2,7 +2,7 @@
 from typing import List
 
 from .. import outputs, results
-from ..engine.config import resolve_config
+from ..engine.config import check_seed, resolve_config
 from . import common
 
 DOC = """ViTDet Mask R-CNN (detectron2) from any MAE checkpoint (configs: mask_rcnn_vitdet_{b,l}_100ep,
@@ -53,7 +53,8 @@ def main(argv: List[str], prog: str = "mae-transfer det"):
         read_state_dict(a.backbone)
     if a.eval_only:  # a trained detector: readable and safe (its layout is detectron2's); box-only or not
         a.facts["mask_head"] = has_mask_head(expect(a.eval_only, ("detector",), "det --eval-only"))
-    run = results.settings(a.config, a.seed if a.seed is not None else cfg.train.get("seed"), None,
+    seed = check_seed(a.seed if a.seed is not None else cfg.train.get("seed"), "train.seed")
+    run = results.settings(a.config, seed, None,
                           a.eval_only or a.backbone or cfg.train.get("init_checkpoint"),
                           [a.train_json, a.train_images, a.val_json, a.val_images])
     with outputs.claim(a.output_dir or cfg.train.output_dir, a.resume, run, a.allow_changes):  # held for launch's

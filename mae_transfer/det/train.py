@@ -16,7 +16,7 @@ from detectron2.utils.logger import setup_logger
 from .. import checkpoints, results
 from ..checkpoints import load_file, unwrap
 from ..data import DataError
-from ..engine.config import ConfigError, check_key_path, check_value_type, split_override
+from ..engine.config import ConfigError, check_key_path, check_seed, check_value_type, split_override
 from ..engine.logger import log_lr_table
 from .checkpoint import SafeCheckpointer, has_mask_head, load_backbone
 from .data import boxes_only, check_coco_json, has_mask, json_safe, register_coco_from_paths
@@ -83,8 +83,10 @@ def setup(args):
     cfg = apply_overrides(LazyConfig.load(args.config), args.opts)
     if args.output_dir:
         cfg.train.output_dir = args.output_dir
-    if getattr(args, "seed", None) is not None:
-        cfg.train.seed = args.seed  # default_setup seeds every generator with seed + rank
+    # default_setup seeds every generator with seed + rank; one rule for every host: [0, 2**32), default 0
+    # (detectron2's -1, "draw one at random", would leave the run's seed unknown)
+    cfg.train.seed = check_seed(cfg.train.get("seed") if getattr(args, "seed", None) is None else args.seed,
+                                "train.seed")
     facts = getattr(args, "facts", None) or data_facts(args)
     if args.train_json:
         register_coco_from_paths("mae_det_train", args.train_json, args.train_images)

@@ -163,6 +163,40 @@ def apply_overrides(cfg, overrides: List[str]):
 
 
 # ------------------------------------------------------------------------------------- value checks
+SEED_MAX = 2**32 - 1  # one rule for every host: numpy's and detectron2's seeding take [0, 2**32)
+
+
+def check_seed(seed, where: str = "seed") -> int:
+    """A seed in [0, 2**32): anything else (negative -- detectron2's "draw one at random" --, too large, not an
+    integer) is one ConfigError. None (not given anywhere) is 0: every run is reproducible by default."""
+    if seed is None:
+        return 0
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"{where}={seed!r}: a seed is an integer in [0, {SEED_MAX}]")
+    return seed
+
+
+def seed_arg(text: str) -> int:
+    """argparse type of --seed."""
+    import argparse
+
+    try:
+        return check_seed(int(text), "--seed")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a seed is an integer in [0, {SEED_MAX}]") from None
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def check_unique_keys(overrides: Sequence[str]) -> None:
+    """A key given twice is a mistake (which one was meant?), not "the last one wins"."""
+    seen = {}
+    for item in overrides:
+        key = split_override(item)[0].replace("-", "_")
+        if key in seen:
+            raise ConfigError(f"{key} is given twice ({seen[key]} and {item}): give it once")
+        seen[key] = item
+
 def require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)

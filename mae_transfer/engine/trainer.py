@@ -46,11 +46,12 @@ class TrainConfig:
 
     def check(self) -> None:
         """Every value in its range, before any work starts (one ConfigError line otherwise)."""
-        from .config import at_least, one_of, positive, require
+        from .config import at_least, check_seed, one_of, positive, require
 
         at_least(self, 1, "epochs", "batch_size", "effective_batch_size", "accum_iter", "save_freq",
                  "ckpt_every_steps", "max_steps")
-        at_least(self, 0, "warmup_epochs", "num_workers", "seed", "max_rollbacks", "min_lr", "weight_decay")
+        at_least(self, 0, "warmup_epochs", "num_workers", "max_rollbacks", "min_lr", "weight_decay")
+        check_seed(self.seed)
         positive(self, "blr", "lr", "ckpt_every_minutes")
         one_of(self, "amp", ("auto", "bf16", "fp16", "none"))
         one_of(self, "on_nonfinite", ("stop", "rollback"))

@@ -206,6 +206,8 @@ def export(kind: str, config: Optional[str], weights: Optional[str], out, format
 
     out = Path(out)
     if check_only:  # the folder's own snapshot: what its graphs were made from, unchanged since
+        if not (out / folder.META).is_file():
+            raise checkpoints.CheckpointError(f"--check-only: {out} holds no {folder.META} (export it first)")
         meta = folder.read_meta(out, kind)
         folder.verify(out, meta, [meta.weights, *([meta.config] if meta.config else [])])
         config, weights = (str(out / meta.config) if meta.config else None), str(out / meta.weights)

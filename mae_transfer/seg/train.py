@@ -8,7 +8,7 @@ from mmengine.config import Config, DictAction
 from mmengine.hooks import Hook
 
 from .. import outputs, results
-from ..engine.config import check_key_path, check_value_type, split_override
+from ..engine.config import check_key_path, check_seed, check_value_type, split_override
 from .data import check_data, configure_paths, plain_bn
 
 _logger = logging.getLogger("mae_transfer")
@@ -39,8 +39,9 @@ def build_config(args) -> Config:
     if args.output_dir:
         cfg.work_dir = args.output_dir
     cfg.launcher = args.launcher
-    if getattr(args, "seed", None) is not None:
-        cfg.randomness = dict(cfg.get("randomness") or {}, seed=args.seed)  # Runner.set_randomness
+    seed = getattr(args, "seed", None)  # Runner.set_randomness; one rule for every host: [0, 2**32), default 0
+    seed = check_seed(cfg.get("randomness", {}).get("seed") if seed is None else seed, "randomness.seed")
+    cfg.randomness = dict(cfg.get("randomness") or {}, seed=seed)
     cfg.resume = bool(args.resume)
     if args.eval_only:
         cfg.load_from = args.eval_only

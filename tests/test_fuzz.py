@@ -1,0 +1,462 @@
+"""Property-based tests (hypothesis): valid inputs -- a COCO json, a classes file, settings.json, export.json,
+checkpoints of each layout, command lines -- mutated (types, missing keys, extra nesting, NaN/Inf, huge values,
+encodings, paths), then given to the commands as users type them. For every example: exit 2, one `error:` line,
+no traceback, no file created or changed. Seeded (derandomize) and bounded, so the fast tier stays fast."""
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mae_transfer import checkpoints
+from mae_transfer.cli import main
+
+FUZZ = settings(max_examples=25, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def tree(root: Path) -> dict:
+    """Every file under root (links included, not followed) -> its content hash."""
+    out = {}
+    for top, dirs, files in os.walk(root):
+        for n in files + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+            p = Path(top) / n
+            out[str(p.relative_to(root))] = "link" if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def refused(capsys, argv, code: int = 2) -> str:
+    """`mae-transfer argv` exits `code` with exactly one line on stderr, an `error:` line, no traceback."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == code and len(err) == 1 and err[0].startswith("error: "), (e.value.code, err, argv)
+    return err[0]
+
+
+# ------------------------------------------------------------------------------------------------ COCO
+BAD_ID = st.sampled_from([None, "1", 1.5, True, -1, [1], {}, 2**70])
+BAD_SIZE = st.sampled_from([None, "128", 0, -5, 1.5, True, [128], 10**9])
+BAD_NAME = st.sampled_from([None, 5, "", "../train/x.jpg", "/etc/hostname", "a/../../b.jpg", "nope.jpg", "C:\\x.jpg",
+                            ["x.jpg"]])
+BAD_BOX = st.sampled_from([None, "1,2,3,4", [1, 2, 3], [1, 2, 3, 4, 5], ["a", 0, 1, 1], [0, 0, 0, 5], [0, 0, 5, -1],
+                           [0, 0, 1e400, 5], [[0, 0, 5, 5]], {"x": 0}])
+BAD_SEG = st.sampled_from(["abc", [[1, 2, 3]], [[1, 2, "a", 4, 5, 6]], [[1, 2, 3, 4, 5, 6, 7]], {"counts": 5},
+                           [[1, 2, 3, 4, 5, 1e400]], 7])
+
+
+@st.composite
+def broken_coco(draw, js: dict) -> bytes:
+    """One mutation of a valid COCO instances file that makes it invalid, as the bytes of the file."""
+    js = copy.deepcopy(js)
+    im, an, ca = (draw(st.integers(0, len(js[k]) - 1)) for k in ("images", "annotations", "categories"))
+    how = draw(st.sampled_from(["image id", "width", "height", "file_name", "ann id", "image_id", "category_id",
+                                "bbox", "segmentation", "cat id", "cat name", "drop key", "top", "duplicate id",
+                                "dangling", "mixed masks", "size mismatch", "bytes", "nesting", "no categories"]))
+    if how == "image id":
+        js["images"][im]["id"] = draw(BAD_ID)
+    elif how in ("width", "height"):
+        js["images"][im][how] = draw(BAD_SIZE)
+    elif how == "file_name":
+        js["images"][im]["file_name"] = draw(BAD_NAME)
+    elif how == "ann id":
+        js["annotations"][an]["id"] = draw(BAD_ID)
+    elif how in ("image_id", "category_id"):
+        js["annotations"][an][how] = draw(BAD_ID)
+    elif how == "bbox":
+        js["annotations"][an]["bbox"] = draw(BAD_BOX)
+    elif how == "segmentation":
+        js["annotations"][an]["segmentation"] = draw(BAD_SEG)
+    elif how == "cat id":
+        js["categories"][ca]["id"] = draw(BAD_ID)
+    elif how == "cat name":
+        js["categories"][ca]["name"] = draw(st.sampled_from([None, "", 3, ["a"]]))
+    elif how == "drop key":
+        part, i = draw(st.sampled_from([("images", im), ("annotations", an), ("categories", ca)]))
+        need = {"images": ["id", "file_name", "width", "height"], "annotations": ["id", "image_id", "category_id",
+                                                                                  "bbox"], "categories": ["id", "name"]}
+        del js[part][i][draw(st.sampled_from(need[part]))]
+    elif how == "top":
+        key = draw(st.sampled_from(["images", "annotations", "categories"]))
+        change = draw(st.sampled_from(["delete", "dict", "str", "null", "wrap all"]))
+        if change == "wrap all":
+            js = [js]
+        elif change == "delete":
+            del js[key]
+        else:
+            js[key] = {"dict": {}, "str": "x", "null": None}[change]
+    elif how == "duplicate id":
+        part = draw(st.sampled_from(["images", "annotations", "categories"]))
+        js[part].append(copy.deepcopy(js[part][0]))
+        if part == "images":
+            js[part][-1]["file_name"] = js["images"][-2]["file_name"] if len(js["images"]) > 1 else "dup.jpg"
+    elif how == "dangling":
+        js["annotations"][an][draw(st.sampled_from(["image_id", "category_id"]))] = 999_999
+    elif how == "mixed masks":
+        js["annotations"][an].pop("segmentation", None)
+        if len(js["annotations"]) == 1:
+            js["annotations"].append({**copy.deepcopy(js["annotations"][0]), "id": 999_998,
+                                      "segmentation": [[0, 0, 5, 0, 5, 5]]})
+    elif how == "size mismatch":
+        js["images"][im]["width"] += draw(st.integers(1, 50))
+    elif how == "no categories":
+        js["categories"] = []
+    if how == "nesting":
+        return b'{"images": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    data = json.dumps(js).encode()
+    if how == "bytes":
+        change = draw(st.sampled_from(["truncate", "latin-1", "nan", "garbage", "empty"]))
+        if change == "truncate":
+            data = data[: draw(st.integers(0, data.rindex(b"}") - 1))]
+        elif change == "latin-1":
+            data = data.replace(b'"name": "', b'"name": "caf\xe9 ', 1)
+        elif change == "nan":
+            data = data.replace(b'"bbox": [', b'"bbox": [NaN, ', 1)
+        elif change == "garbage":
+            data = bytes(draw(st.binary(min_size=1, max_size=64))) + data
+        else:
+            data = b""
+    return data
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    pytest.importorskip("detectron2")
+    from mae_transfer.data.synthetic import make_coco_shapes
+
+    return make_coco_shapes(tmp_path_factory.mktemp("coco"), n_train=3, n_val=1)
+
+
+def test_every_broken_coco_json_is_one_line_before_anything_is_written(coco, tmp_path_factory, capsys):
+    base = json.loads(Path(coco["train_json"]).read_text())
+    root = Path(coco["train_images"]).parent
+
+    @FUZZ
+    @given(data=broken_coco(base))
+    def check(data):
+        work = tmp_path_factory.mktemp("case")
+        (work / "train.json").write_bytes(data)
+        before, out = tree(root), work / "out"
+        line = refused(capsys, ["det", "--config", "tiny_cpu", "--train-json", str(work / "train.json"),
+                                "--train-images", coco["train_images"], "--val-json", coco["val_json"],
+                                "--val-images", coco["val_images"], "--output-dir", str(out)])
+        assert "train.json" in line
+        assert not out.exists() and tree(root) == before
+    check()
+
+
+# ------------------------------------------------------------------------------------------- classes
+@st.composite
+def broken_classes(draw) -> bytes:
+    names = draw(st.lists(st.sampled_from(["cat", "dog", "car", "sky"]), min_size=1, max_size=4, unique=True))
+    how = draw(st.sampled_from(["empty", "blank", "duplicate", "nul", "latin-1", "utf-16 no bom", "binary"]))
+    text = "\n".join(names) + "\n"
+    if how == "empty":
+        return b""
+    if how == "blank":
+        return b" \n\n\t\n" * draw(st.integers(1, 3))
+    if how == "duplicate":
+        return (text + draw(st.sampled_from(names)) + "\n").encode()
+    if how == "nul":
+        return text.encode() + b"\x00bad\n"
+    if how == "latin-1":
+        return (text + "caf\xe9\n").encode("latin-1")
+    if how == "utf-16 no bom":
+        return text.encode("utf-16-le")
+    return bytes([0xff, 0xfe, 0xfd]) + draw(st.binary(min_size=1, max_size=32)) + b"\xff"
+
+
+@pytest.fixture(scope="module")
+def seg_set(tmp_path_factory):
+    pytest.importorskip("mmseg")
+    from mae_transfer.data.synthetic import make_ade_shapes
+
+    root = Path(make_ade_shapes(tmp_path_factory.mktemp("ade"), n_train=2, n_val=1)["data_root"])
+    return {"--train-images": root / "images/training", "--train-masks": root / "annotations/training",
+            "--val-images": root / "images/validation", "--val-masks": root / "annotations/validation"}
+
+
+def test_every_broken_classes_file_is_one_line(seg_set, tmp_path_factory, capsys):
+    @FUZZ
+    @given(data=broken_classes())
+    def check(data):
+        work = tmp_path_factory.mktemp("case")
+        (work / "classes.txt").write_bytes(data)
+        out = work / "out"
+        argv = ["seg", "--config", "tiny_cpu", "--classes", str(work / "classes.txt"), "--output-dir", str(out)]
+        refused(capsys, argv + [str(x) for kv in seg_set.items() for x in kv])
+        assert not out.exists()
+    check()
+
+
+@given(names=st.lists(st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc", "Zs", "Zl", "Zp"]),
+                              min_size=1, max_size=8), min_size=1, max_size=5, unique=True),
+       codec=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-32"]),
+       newline=st.sampled_from(["\n", "\r\n"]))
+@FUZZ
+def test_classes_files_in_any_encoding_with_a_bom_read_the_same(tmp_path_factory, names, codec, newline):
+    from mae_transfer.seg.data import read_classes
+
+    names = [n.strip() for n in names]
+    if len(set(names)) < len(names) or not all(names) or any(c in n for n in names for c in "\x85\x1c\x1d\x1e"):
+        return  # not a list of distinct one-line names
+    p = tmp_path_factory.mktemp("c") / "classes.txt"
+    p.write_bytes(("\n" + newline.join(names) + newline + "\n").encode(codec))
+    assert read_classes(p) == names
+
+
+# ----------------------------------------------------------------------------- settings.json (resume)
+@pytest.fixture(scope="module")
+def held_run(tmp_path_factory):
+    """A folder holding a (pretend) finished pretraining run and the settings it was started with."""
+    from mae_transfer import outputs, results
+
+    d = tmp_path_factory.mktemp("run")
+    config = Path(__file__).parents[1] / "mae_transfer/configs/pretrain/demo_tiny.py"
+    run = results.settings(config.resolve(), 0, "mae_vit_tiny_patch8", data=[None])
+    outputs.write_json(d / "settings.json", run)
+    (d / "result.json").write_text("{}")
+    torch.save({"model": {}}, d / "checkpoint-last.pth")
+    return d, run
+
+
+@st.composite
+def damaged_settings(draw, run: dict) -> bytes:
+    how = draw(st.sampled_from(["truncate", "garbage", "list", "unknown key", "type", "nan", "null value", "utf-16"]))
+    obj = dict(run)
+    key = draw(st.sampled_from([k for k, v in run.items() if v is not None]))
+    if how == "list":
+        obj = [obj]
+    elif how == "unknown key":
+        obj[draw(st.sampled_from(["sed", "Seed", "extra", ""]))] = "0"
+    elif how == "type":
+        obj[key] = draw(st.sampled_from([0, 1.5, True, ["x"], {"a": 1}]))
+    elif how == "null value":
+        obj[key] = None
+    data = json.dumps(obj).encode()
+    if how == "truncate":
+        data = data[: draw(st.integers(0, len(data) - 2))]
+    elif how == "garbage":
+        data = draw(st.binary(min_size=1, max_size=40)) + b"\xff"
+    elif how == "nan":
+        data = data.replace(b'"seed": "0"', b'"seed": NaN')
+    elif how == "utf-16":
+        obj[key] = "changed"
+        data = json.dumps(obj).encode("utf-16")
+    return data
+
+
+def test_a_damaged_settings_file_refuses_resume_and_changes_nothing(held_run, capsys):
+    d, run = held_run
+    original = (d / "settings.json").read_bytes()
+
+    @FUZZ
+    @given(data=damaged_settings(run))
+    def check(data):
+        (d / "settings.json").write_bytes(data)
+        before = {k: v for k, v in tree(d).items() if k != ".lock"}
+        line = refused(capsys, ["pretrain", "--config", "demo_tiny", "--output-dir", str(d), "--resume"])
+        assert "settings" in line and "--allow-changes" in line, line
+        assert {k: v for k, v in tree(d).items() if k != ".lock"} == before
+    try:
+        check()
+    finally:
+        (d / "settings.json").write_bytes(original)
+    (d / "settings.json").unlink()
+    assert "is missing" in refused(capsys, ["pretrain", "--config", "demo_tiny", "--output-dir", str(d), "--resume"])
+    assert not (d / "settings.json").exists()
+    (d / "settings.json").write_bytes(original)
+
+
+# -------------------------------------------------------------------------------------- command lines
+FIELDS = ["epochs", "blr", "mask_ratio", "batch_size", "norm_pix_loss", "seed", "warmup_epochs", "amp"]
+
+
+@st.composite
+def bad_command_line(draw):
+    how = draw(st.sampled_from(["typo key", "bad value", "twice", "seed flag", "unknown flag", "bad bool"]))
+    if how == "typo key":
+        key = draw(st.sampled_from(FIELDS))
+        i = draw(st.integers(0, len(key) - 1))
+        return [f"{key[:i] + key[i + 1:] + 'x'}=1"]
+    if how == "bad value":
+        key, value = draw(st.sampled_from([("epochs", "1.5"), ("epochs", "0"), ("blr", "nan"), ("blr", "-1"),
+                                           ("mask_ratio", "1"), ("mask_ratio", "inf"), ("batch_size", "abc"),
+                                           ("seed", "-1"), ("seed", str(2**32)), ("seed", "1e3"), ("amp", "fp8"),
+                                           ("warmup_epochs", "-3"), ("mask_ratio", "(0.5,)")]))
+        return [f"{key}={value}"]
+    if how == "twice":
+        key = draw(st.sampled_from(FIELDS[:4]))
+        return [f"{key}=1", f"{key}=2"]
+    if how == "seed flag":
+        return ["--seed", draw(st.sampled_from(["-1", str(2**32), "1.5", "x", str(2**70), ""]))]
+    if how == "unknown flag":
+        return [draw(st.sampled_from(["--epochs", "--seeds", "--output", "--resum", "--num-gpu"])), "1"]
+    return [f"norm_pix_loss={draw(st.sampled_from(['Ture', 'yes', '2', 'none', '']))}"]
+
+
+def test_every_mistyped_command_line_is_one_line_and_writes_nothing(tmp_path_factory, capsys):
+    @FUZZ
+    @given(extra=bad_command_line(), command=st.sampled_from(["pretrain", "finetune", "linprobe"]))
+    def check(extra, command):
+        out = tmp_path_factory.mktemp("case") / "out"
+        refused(capsys, [command, "--output-dir", str(out), *extra])
+        assert not out.exists()
+    check()
+
+
+# ------------------------------------------------------------------------------------ checkpoint files
+def _layouts(tmp: Path) -> dict:
+    """A seeded tiny checkpoint in each layout the toolkit reads, as files."""
+    from mae_transfer.models.mae import mae_vit_tiny_patch8
+
+    torch.manual_seed(0)
+    sd = mae_vit_tiny_patch8().state_dict()
+    enc = {k: v for k, v in sd.items() if not k.startswith(("decoder", "mask_token"))}
+    files = {"official": {"model": sd}, "encoder": {"model": enc},
+             "moco": {"state_dict": {f"module.base_encoder.{k}": v for k, v in enc.items()}},
+             "dino": {"teacher": {f"backbone.{k}": v for k, v in enc.items()}},
+             "deit": {"model": {**enc, "dist_token": torch.zeros(1, 1, 192), "head.weight": torch.zeros(3, 192),
+                                "head_dist.weight": torch.zeros(3, 192),
+                                "pos_embed": torch.zeros(1, 2 + 16, 192)}}}
+    out = {}
+    for name, obj in files.items():
+        torch.save(obj, tmp / f"{name}.pth")
+        out[name] = tmp / f"{name}.pth"
+    return out
+
+
+@st.composite
+def damaged_checkpoint(draw, obj: dict):
+    """(bytes of a damaged checkpoint, whether a reader must refuse it outright)."""
+    import io
+
+    obj = copy.deepcopy(obj)
+    key = next(k for k in ("model", "state_dict", "teacher") if k in obj)
+    sd = obj[key]
+    name = draw(st.sampled_from(sorted(sd)))
+    how = draw(st.sampled_from(["drop", "reshape", "nan", "junk value", "rename all", "bytes", "empty", "not a dict"]))
+    must = how in ("nan", "bytes", "empty", "not a dict", "rename all")
+    if how == "drop":
+        del sd[name]
+    elif how == "reshape":
+        sd[name] = torch.zeros(3, 5, 7)
+    elif how == "nan":
+        sd[name] = torch.full((4,), float("nan"))
+    elif how == "junk value":
+        sd[name] = draw(st.sampled_from(["x", 3, None, [1, 2]]))
+    elif how == "rename all":
+        obj[key] = {f"zz{i}.w": v for i, v in enumerate(sd.values())}
+    elif how == "not a dict":
+        obj = [torch.zeros(2)]
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    if how == "bytes":
+        data = data[: draw(st.integers(1, len(data) - 1))]
+    elif how == "empty":
+        data = b""
+    return data, must
+
+
+@pytest.mark.parametrize("layout", ["official", "encoder", "moco", "dino", "deit"])
+def test_damaged_checkpoints_of_each_layout_are_one_line_never_a_traceback(layout, tmp_path_factory, capsys):
+    src = _layouts(tmp_path_factory.mktemp("layouts"))[layout]
+    obj = torch.load(src, weights_only=True)
+
+    @FUZZ
+    @given(case=damaged_checkpoint(obj))
+    def check(case):
+        data, must_refuse = case
+        work = tmp_path_factory.mktemp("case")
+        (work / "x.pth").write_bytes(data)
+        capsys.readouterr()
+        try:
+            main(["convert", str(work / "x.pth"), "--to", "timm", str(work / "out.pth")])
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        err = capsys.readouterr().err.strip().splitlines()
+        assert (work / "x.pth").read_bytes() == data  # the input is never touched
+        if code == 0:  # a damage convert can carry through (a dropped decoder tensor): what it wrote reads back
+            assert not must_refuse
+            checkpoints.read_state_dict(work / "out.pth")
+        else:
+            assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+            assert not (work / "out.pth").exists()
+    check()
+
+
+def test_a_distilled_deit_loads_as_its_encoder(tmp_path):
+    sd = checkpoints.read_state_dict(_layouts(tmp_path)["deit"])
+    assert "dist_token" not in sd and not any(k.startswith("head_dist") for k in sd)
+    assert sd["pos_embed"].shape == (1, 1 + 16, 192)
+
+
+# ------------------------------------------------------------------------------------------ export.json
+@pytest.fixture(scope="module")
+def encoder_export(tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    from mae_transfer.cli import command
+    from mae_transfer.models.mae import mae_vit_tiny_patch8
+
+    d = tmp_path_factory.mktemp("exp")
+    torch.manual_seed(0)
+    checkpoints.save_official(d / "mae.pth", mae_vit_tiny_patch8(img_size=32).state_dict())
+    command("export")(["encoder", "--weights", str(d / "mae.pth"), "--output-dir", str(d / "enc"), "--max-images",
+                       "1", "--img-size", "32", "--to", "pt2"])
+    return d / "enc"
+
+
+@st.composite
+def broken_export_meta(draw, meta: dict) -> bytes:
+    obj = copy.deepcopy(meta)
+    how = draw(st.sampled_from(["drop", "type", "path", "kind", "sha", "graphs", "bytes", "list", "extra"]))
+    if how == "drop":
+        del obj[draw(st.sampled_from(["kind", "weights", "size", "graphs", "files", "sha256"]))]
+    elif how == "type":
+        obj[draw(st.sampled_from(["size", "opset", "files", "graphs", "sha256"]))] = draw(
+            st.sampled_from(["x", None, [1], 1.5, -3]))
+    elif how == "path":
+        obj[draw(st.sampled_from(["weights", "config"]))] = draw(st.sampled_from(["../mae.pth", "/etc/hostname",
+                                                                                  "sub/x.pth", ""]))
+    elif how == "kind":
+        obj["kind"] = draw(st.sampled_from(["classifier", "", None, 3]))
+    elif how == "sha":
+        obj["sha256"] = {k: draw(st.sampled_from(["0" * 63, "x" * 64, None])) for k in obj["sha256"]}
+    elif how == "graphs":
+        obj["files"]["pt2"] = {"other": "model.pt2"}
+    elif how == "list":
+        obj = [obj]
+    elif how == "extra":
+        obj["unknown"] = 1
+    data = json.dumps(obj).encode()
+    if how == "bytes":
+        data = data[: draw(st.integers(0, len(data) - 2))]
+    return data
+
+
+def test_every_broken_export_json_is_one_line(encoder_export, capsys):
+    meta_file = encoder_export / "export.json"
+    original = meta_file.read_bytes()
+
+    @FUZZ
+    @given(data=broken_export_meta(json.loads(original)))
+    def check(data):
+        meta_file.write_bytes(data)
+        before = {k: v for k, v in tree(encoder_export).items() if k != ".lock"}
+        refused(capsys, ["export", "encoder", "--output-dir", str(encoder_export), "--check-only", "--max-images", "1"])
+        refused(capsys, ["predict", "seg", str(Path(__file__)), "--runtime", "torch-export", "--weights",
+                         str(encoder_export), "--output-dir", str(encoder_export.parent / "p")])
+        assert {k: v for k, v in tree(encoder_export).items() if k != ".lock"} == before
+        assert not (encoder_export.parent / "p").exists()
+    try:
+        check()
+    finally:
+        meta_file.write_bytes(original)

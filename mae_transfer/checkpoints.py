@@ -135,10 +135,11 @@ def _strip(sd: StateDict, prefix: str, layout: str, dropped: str) -> StateDict:
     return out
 
 
-def read_state_dict(path_or_sd) -> StateDict:
-    """Any supported checkpoint (file or dict) -> canonical (official MAE / timm) names."""
+def read_state_dict(path_or_sd, source=None) -> StateDict:
+    """Any supported checkpoint (file or dict; `source`: the dict's file, for messages) -> canonical (official
+    MAE / timm) names."""
     obj = load_file(path_or_sd) if isinstance(path_or_sd, (str, os.PathLike)) else path_or_sd
-    where = path_or_sd if isinstance(path_or_sd, (str, os.PathLike)) else "the checkpoint"
+    where = path_or_sd if isinstance(path_or_sd, (str, os.PathLike)) else source or "the checkpoint"
     sd = unwrap(obj)
     fmt = detect_format(sd)
     try:  # a layout with a tensor missing or of an odd shape (a truncated or hand-edited file): one line

@@ -9,7 +9,7 @@ DeiT / MoCo v3 / DINO / BEiT layouts), a fine-tuned classifier, a trained detect
 R-CNN), a trained segmenter (mmseg), an export folder. Decided from the tensor names alone, after the safe
 reader (`checkpoints.load_file`), so nothing is unpickled to find out."""
 from pathlib import Path
-from typing import Dict, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 from . import checkpoints
 from .errors import CheckpointError
@@ -42,12 +42,19 @@ def kind_of(sd: checkpoints.StateDict) -> str:
     return "encoder"
 
 
-def identify(path) -> str:
-    """The kind of the file or folder at `path`."""
+def read(path) -> Tuple[str, Any, checkpoints.StateDict]:
+    """(kind, the file's object, its state dict) of the file or folder at `path`, read once."""
     p = Path(path)
     if p.is_dir() and (p / "export.json").is_file():
-        return "export"
-    return kind_of(checkpoints.unwrap(checkpoints.load_file(p)))
+        return "export", None, {}
+    obj = checkpoints.load_file(p)
+    sd = checkpoints.unwrap(obj)
+    return kind_of(sd), obj, sd
+
+
+def identify(path) -> str:
+    """The kind of the file or folder at `path`."""
+    return read(path)[0]
 
 
 def describe(kind: str) -> str:
@@ -55,12 +62,18 @@ def describe(kind: str) -> str:
     return f"{what} (made by {maker})"
 
 
-def expect(path, kinds: Sequence[str], command: str) -> checkpoints.StateDict:
-    """The state dict at `path` if it is one of `kinds`; else one CheckpointError saying what it is and
-    which command makes what `command` needs."""
-    p = Path(path)
-    got = identify(p)
+def expect(path, kinds: Sequence[str], command: str, whole: bool = False):
+    """The state dict at `path` (with `whole`: the file's object and its state dict) if it is one of `kinds`;
+    else one CheckpointError saying what it is and which command makes what `command` needs."""
+    got, obj, sd = read(path)
     if got not in kinds:
         need = " or ".join(describe(k) for k in kinds)
         raise CheckpointError(f"{path} is {describe(got)}; `{command}` needs {need}")
-    return checkpoints.unwrap(checkpoints.load_file(p)) if got != "export" else {}
+    return (obj, sd) if whole else sd
+
+
+def read_backbone(path, kinds: Sequence[str], command: str) -> checkpoints.StateDict:
+    """The canonical (official MAE) state dict of a file that is one of `kinds`, read once: what a command
+    checks before it claims its folder or starts processes."""
+    obj, _ = expect(path, kinds, command, whole=True)
+    return checkpoints.read_state_dict(obj, path)

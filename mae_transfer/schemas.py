@@ -394,3 +394,19 @@ def read_lines(path, what: str, error: Type[UserError]) -> List[str]:
     except ValueError as e:
         raise error(f"{path}: {e}") from None
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_classes(path, error: Type[UserError] = None) -> List[str]:
+    """A classes file: one name per line (UTF-8, or UTF-16/32 with a BOM; blank lines skipped), names unique
+    (per-class results are keyed by name)."""
+    from .errors import DataError
+
+    error = error or DataError
+    names = read_lines(path, "classes file", error)
+    if not names:
+        raise error(f"{path} lists no classes (one name per line)")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise error(f"{path} lists {dup[0]!r} more than once: class names must be unique (per-class results are "
+                    f"keyed by name)")
+    return names

@@ -239,6 +239,7 @@ def custom_suite(data: CustomData, recipe: str = "cpu", cls_epochs: Optional[int
     from .data import DataError
     from .engine.classify import ClassifyConfig
     from .engine.config import load_config
+    from .schemas import read_classes
 
     r = RECIPES[recipe]
     if gpus:
@@ -259,12 +260,13 @@ def custom_suite(data: CustomData, recipe: str = "cpu", cls_epochs: Optional[int
             tasks.append(t)
     det = _group(data, "det_")
     if det:
-        try:  # (a missing file is reported with the other inputs; its contents are checked by the det command)
-            n = len(json.loads(Path(det["train_json"]).read_text()).get("images", []))
-        except FileNotFoundError:
-            n = 0
-        except (ValueError, AttributeError) as e:
-            raise DataError(f"--det-train-json {det['train_json']}: not a COCO json ({e})") from None
+        from .det.data import check_coco_json
+
+        n = 0  # (a missing file is reported with the other inputs; the contents are checked now, also by
+        for split in ("train", "val"):  # --dry-run, rather than after minutes of pretraining)
+            if Path(det[f"{split}_json"]).is_file():
+                js = check_coco_json(det[f"{split}_json"], det[f"{split}_images"])
+                n = len(js["images"]) if split == "train" else n
         e = r.det_epochs if det_epochs is None else det_epochs
         extra = det_schedule(n, e, r)
         t = det_task(f"{cfg}/{r.det}", det, extra, r.gpus)
@@ -272,6 +274,8 @@ def custom_suite(data: CustomData, recipe: str = "cpu", cls_epochs: Optional[int
         tasks.append(t)
     seg = _group(data, "seg_")
     if seg:
+        if Path(seg["classes"]).is_file():
+            read_classes(seg["classes"])  # a duplicate name is found now, not after the pretraining
         n = _count(seg["train_images"], "--seg-train-images")
         e = r.seg_epochs if seg_epochs is None else seg_epochs
         extra = seg_schedule(n, e, r)

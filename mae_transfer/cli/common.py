@@ -13,6 +13,7 @@
 and each host receives the overrides in its own mechanism (dataclass fields, LazyConfig overrides,
 mmengine cfg-options)."""
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -30,6 +31,20 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         print(f"error: {self.prog}: {message} (--help lists the options)", file=sys.stderr)
         sys.exit(2)
+
+
+def number(lo: float, hi: float = float("inf"), kind=float):
+    """An argparse type: a finite number in [lo, hi] (NaN, Inf and out-of-range values are one error line)."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        if not (math.isfinite(v) and lo <= v <= hi):
+            raise argparse.ArgumentTypeError(f"{text}: must be in [{lo:g}, {hi:g}]")
+        return v
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def parser(prog: str, doc: str, kind: Optional[str], default_config: Optional[str] = None,

@@ -39,18 +39,16 @@ def main(argv: List[str], prog: str = "mae-transfer det"):
     from detectron2.config import LazyConfig
     from detectron2.engine import launch
 
-    from ..checkpoints import read_state_dict
     from ..det.checkpoint import has_mask_head
     from ..det.train import apply_overrides, data_facts
     from ..det.train import main as det_main
-    from ..identify import BACKBONES, expect
+    from ..identify import BACKBONES, expect, read_backbone
 
     # everything a user can get wrong is checked here, once, before processes start
     cfg = apply_overrides(LazyConfig.load(a.config), a.opts)
     a.facts = data_facts(a)
     if a.backbone:
-        expect(a.backbone, BACKBONES[:-1], "det --backbone")
-        read_state_dict(a.backbone)
+        read_backbone(a.backbone, BACKBONES[:-1], "det --backbone")
     if a.eval_only:  # a trained detector: readable and safe (its layout is detectron2's); box-only or not
         a.facts["mask_head"] = has_mask_head(expect(a.eval_only, ("detector",), "det --eval-only"))
     seed = check_seed(a.seed if a.seed is not None else cfg.train.get("seed"), "train.seed")

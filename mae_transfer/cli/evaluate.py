@@ -28,20 +28,21 @@ failed and the suite goes on.
 
 
 def main(argv: List[str], prog: str = "mae-transfer evaluate"):
-    from .common import Parser
+    from .common import Parser, number
 
     p = Parser(prog, DOC)
     p.add_argument("backbones", nargs="+", help="checkpoints (PATH or NAME=PATH), or 'random' for random init")
     p.add_argument("--suite", choices=["cpu", "paper", "custom"], default="cpu")
     p.add_argument("--tasks", default="linprobe,finetune,det,seg", help="comma-separated subset")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for every task and backbone")
+    p.add_argument("--seeds", type=number(1, 1000, int), default=3, help="seeds 0..N-1 for every task and backbone")
     p.add_argument("--output-dir", default="output/evaluate")
     p.add_argument("--data", default="output/scenes", help="cpu suite: the scene set (made here if missing)")
     p.add_argument("--quick", action="store_true", help="cpu suite: a smoke budget (a few iterations a task)")
     p.add_argument("--arch", choices=["base", "large", "huge"], default="base", help="paper suite: ViT size")
     p.add_argument("--imagenet", default="data/imagenet", help="paper suite: {train,val}/<class>/*")
     p.add_argument("--ade", default="data/ade/ADEChallengeData2016", help="paper suite: ADE20K root")
-    p.add_argument("--gpus", type=int, help="paper suite and custom --recipe paper: GPUs a run (default 8)")
+    p.add_argument("--gpus", type=number(1, 4096, int),
+                   help="paper suite and custom --recipe paper: GPUs a run (default 8)")
     c = p.add_argument_group("custom suite: your sets by path (a task whose set is not given is left out)")
     for split in ("train", "val"):
         c.add_argument(f"--det-{split}-json", metavar="FILE", help=f"COCO {split} annotations (box-only or masks)")
@@ -53,13 +54,16 @@ def main(argv: List[str], prog: str = "mae-transfer evaluate"):
     c.add_argument("--cls-data", metavar="DIR", help="train/<class>/* and val/<class>/*")
     c.add_argument("--recipe", choices=["cpu", "paper"], default="cpu", help="the cpu suite's recipes (ViT-Ti/8) "
                    "or the paper's (ViT-B)")
-    c.add_argument("--det-epochs", type=float, help="passes over the train images (cpu 2, paper 100)")
-    c.add_argument("--seg-epochs", type=float, help="passes over the train images (cpu 0.6, paper 126.7)")
-    c.add_argument("--cls-epochs", type=int, help="fine-tuning and linear-probe epochs (default: the recipe's)")
+    c.add_argument("--det-epochs", type=number(1e-3, 1e4), help="passes over the train images (cpu 2, paper 100)")
+    c.add_argument("--seg-epochs", type=number(1e-3, 1e4), help="passes over the train images (cpu 0.6, paper 126.7)")
+    c.add_argument("--cls-epochs", type=number(1, 1e5, int),
+                   help="fine-tuning and linear-probe epochs (default: the recipe's)")
     c.add_argument("--pretrain-on", metavar="DIR", help="pretrain an MAE on these unlabelled images first and "
                    "score it too")
-    c.add_argument("--pretrain-epochs", type=int, help="with --pretrain-on (default: the recipe's, cpu 100)")
-    p.add_argument("--jobs", type=int, help="runs at once, 1 thread each when > 1 (default: 2 for the cpu suite "
+    c.add_argument("--pretrain-epochs", type=number(1, 1e5, int),
+                   help="with --pretrain-on (default: the recipe's, cpu 100)")
+    p.add_argument("--jobs", type=number(1, 256, int),
+                   help="runs at once, 1 thread each when > 1 (default: 2 for the cpu suite "
                    "on 2 cores, 1 for the paper suite); numbers are reproducible for a given --jobs")
     p.add_argument("--dry-run", action="store_true",
                    help="check the checkpoints and data paths, print every command (and its config) and exit")

@@ -2,7 +2,8 @@
 parity gate."""
 from typing import List
 
-from .tools import _number, _parser, expand
+from .common import number
+from .tools import _parser, expand
 
 DOC = """Export a trained model to ONNX (opset 18, ONNX Runtime) and to a torch.export program (.pt2), then
 check on real images that each file computes what PyTorch computes (the parity gate; exit 1 if not).
@@ -34,8 +35,8 @@ def main(argv: List[str], prog: str = "mae-transfer export"):
     p.add_argument("--to", default="onnx,pt2", help="comma-separated: onnx, pt2")
     p.add_argument("--images", nargs="+", help="the gate's images (files, folders, globs; default: the embedded "
                    "demo photos) -- your validation images are the better test")
-    p.add_argument("--max-images", type=_number(1, 10_000, int), default=8, help="at most this many gate images")
-    p.add_argument("--img-size", type=_number(16, 8192, int), help="encoder: input size (default: the checkpoint's)")
+    p.add_argument("--max-images", type=number(1, 10_000, int), default=8, help="at most this many gate images")
+    p.add_argument("--img-size", type=number(16, 8192, int), help="encoder: input size (default: the checkpoint's)")
     p.add_argument("--check-only", action="store_true", help="re-run the gate on the files in --output-dir, from "
                    "the config and weights the folder carries")
     a = p.parse_args(argv)

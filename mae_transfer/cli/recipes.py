@@ -45,11 +45,10 @@ def pretrain(argv: List[str], prog: str = "mae-transfer pretrain"):
                           + (["resume=auto"] if a.resume else []) + a.overrides)
     out = Path(cfg.output_dir)
     if a.eval_only:
-        from ..checkpoints import read_state_dict
-        from ..identify import expect
+        from ..identify import read_backbone
 
-        expect(a.eval_only, ("mae",), "pretrain --eval-only")  # the masked loss needs the decoder
-        read_state_dict(a.eval_only)  # unreadable, unsafe or foreign: one line before anything is written
+        # unreadable, unsafe, foreign or without the decoder the masked loss needs: one line before anything is written
+        read_backbone(a.eval_only, ("mae",), "pretrain --eval-only")
         run = results.settings(path, cfg.seed, _model(cfg), a.eval_only, [cfg.data_path])
         with outputs.claim(out, a.resume, run, a.allow_changes), \
                 results.recorded("pretrain", out, path, cfg.seed, a.eval_only) as rec:
@@ -87,15 +86,13 @@ def classify(mode: str, argv: List[str], prog: str):
     if cfg.mode != mode:
         raise ConfigError(f"{path} is a {cfg.mode} config (mode={cfg.mode}); use `mae-transfer {cfg.mode}` "
                           f"or a {mode} config")
-    from ..checkpoints import read_state_dict
-    from ..identify import BACKBONES, expect
+    from ..identify import BACKBONES, read_backbone
 
+    # unreadable, unsafe, foreign or the wrong kind: one line now, before data and model
     if cfg.finetune:
-        expect(cfg.finetune, BACKBONES[:-2], f"{mode} --backbone")
+        read_backbone(cfg.finetune, BACKBONES[:-2], f"{mode} --backbone")
     if cfg.eval_only:
-        expect(cfg.eval_only, ("classifier",), f"{mode} --eval-only")
-    for ckpt in filter(None, (cfg.finetune, cfg.eval_only)):
-        read_state_dict(ckpt)  # unreadable, unsafe or foreign: one line now, before data and model
+        read_backbone(cfg.eval_only, ("classifier",), f"{mode} --eval-only")
     out = Path(cfg.output_dir)
     run = results.settings(path, cfg.seed, _model(cfg), cfg.eval_only or cfg.finetune, [cfg.data_path])
     with outputs.claim(out, a.resume or cfg.resume != "none", run, a.allow_changes):

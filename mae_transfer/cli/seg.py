@@ -42,13 +42,11 @@ def main(argv: List[str], prog: str = "mae-transfer seg"):
     a.eval_only = a.eval_only or ""
     a.launcher = a.launcher or ("pytorch" if "RANK" in os.environ else "none")
 
-    from ..checkpoints import read_state_dict
-    from ..identify import BACKBONES, expect
+    from ..identify import BACKBONES, expect, read_backbone
     from ..seg.train import main as seg_main
 
     if a.backbone:  # a clear error now rather than inside the runner
-        expect(a.backbone, BACKBONES[:-1], "seg --backbone")
-        read_state_dict(a.backbone)
+        read_backbone(a.backbone, BACKBONES[:-1], "seg --backbone")
     if a.eval_only:
         expect(a.eval_only, ("segmentor",), "seg --eval-only")  # a trained UperNet, read safely
     common.relaunch_under_torchrun("seg", argv, a.num_gpus)

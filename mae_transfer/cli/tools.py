@@ -1,11 +1,12 @@
 """`mae-transfer predict | convert | visualize`: the commands around training."""
 import argparse
 import glob
-import math
 import os
 import sys
 from pathlib import Path
 from typing import List
+
+from .common import Parser, number
 
 PREDICT_DOC = """Run a trained detector or segmenter on images and draw the result.
 
@@ -40,26 +41,11 @@ def expand(inputs) -> List[Path]:
 
 
 def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    from .common import Parser
     return Parser(prog, doc)
 
 
-def _number(lo: float, hi: float = float("inf"), kind=float):
-    """An argparse type: a finite number in [lo, hi] (NaN, Inf and out-of-range values are one error line)."""
-    def parse(text: str):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if not (math.isfinite(v) and lo <= v <= hi):
-            raise argparse.ArgumentTypeError(f"{text}: must be in [{lo:g}, {hi:g}]")
-        return v
-    parse.__name__ = kind.__name__
-    return parse
-
-
 def predict(argv: List[str], prog: str = "mae-transfer predict"):
-    from .. import identify, outputs
+    from .. import outputs
     from ..engine.config import resolve_config
 
     p = _parser(prog, PREDICT_DOC)
@@ -73,9 +59,9 @@ def predict(argv: List[str], prog: str = "mae-transfer predict"):
                    help="what runs the network: PyTorch, ONNX Runtime (the .onnx files) or the torch.export programs")
     p.add_argument("--output-dir", "--out", dest="output_dir", default="output/predict", metavar="DIR")
     p.add_argument("--device", default="auto", help="auto (cuda where available) | cpu | cuda[:N]")
-    p.add_argument("--batch-size", type=_number(1, 4096, int), default=4)
-    p.add_argument("--score-thresh", type=_number(0, 1), default=0.5, help="det: keep detections above this score")
-    p.add_argument("--min-draw", type=_number(0, 10_000, int), default=0, metavar="K",
+    p.add_argument("--batch-size", type=number(1, 4096, int), default=4)
+    p.add_argument("--score-thresh", type=number(0, 1), default=0.5, help="det: keep detections above this score")
+    p.add_argument("--min-draw", type=number(0, 10_000, int), default=0, metavar="K",
                    help="det: draw at least the K best detections of each image, whatever their score")
     p.add_argument("--classes-json", help="det: a COCO json whose categories name (and number) the classes")
     a = p.parse_args(argv)
@@ -102,8 +88,6 @@ def predict(argv: List[str], prog: str = "mae-transfer predict"):
         a.weights, a.config, graphs = exported(a.weights, a.task, a.runtime, a.device)
     elif not a.config:
         p.error("--config is required (the config the model was trained with)")
-    else:
-        identify.expect(a.weights, ("detector",) if a.task == "det" else ("segmentor",), f"predict {a.task}")
     config = str(resolve_config(a.config, a.task))
     cats = None
     if a.task == "det" and a.classes_json:

@@ -285,6 +285,10 @@ def architecture(obj, sd) -> dict:
     official names), in this order: the `model_args` this toolkit's checkpoints record; the `args` of an
     official training checkpoint (`model`, `input_size`, `norm_pix_loss`); the table of known sizes."""
     rec = obj.get("model_args") if isinstance(obj, dict) else None
+    if rec is not None:  # through its schema: a hand-edited or foreign record is one line, not a traceback
+        from ..schemas import ModelArgs, validate
+
+        rec = validate(rec, ModelArgs, ValueError, "model_args").model_dump()
     args = training_args(obj)
     known = ARCHS.get(SHORT.get(rec.get("name"), rec.get("name")), {}) if isinstance(rec, dict) else {}
     if isinstance(rec, dict) and "embed_dim" in {**known, **rec.get("kwargs", {})}:
@@ -321,13 +325,15 @@ def read_with(path, build: Callable):
     sd = checkpoints.read_state_dict(obj)
     try:
         return sd, build(obj, sd)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:  # unknown size, no decoder, model_args the model does not take
         raise checkpoints.CheckpointError(f"{path}: {e}") from None
 
 
 def load_mae(path) -> MaskedAutoencoderViT:
     """The full MAE in the checkpoint file at `path`, rebuilt from what it records and loaded strictly;
     an encoder-only, unknown-size or unreadable file is a CheckpointError (one line)."""
+    from .. import checkpoints
+
     sd, model = read_with(path, mae_from_checkpoint)
-    model.load_state_dict(sd, strict=True)
+    checkpoints.load_into(model, sd, f"{path} (as its model_args describe it)")  # strict, one line if not
     return model

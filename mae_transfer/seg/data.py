@@ -16,21 +16,9 @@ import numpy as np
 
 from ..data.images import EXIF_ORIENTATION, IMG_EXTENSIONS, undecodable, upright_size
 from ..errors import DataError
-from ..schemas import read_lines
+from ..schemas import read_classes, read_lines
 
 MASK_MODES = ("1", "L", "P", "I", "I;16")  # one channel of class indices (palette PNGs: the index, not the colour)
-
-
-def read_classes(path) -> List[str]:
-    """A classes file: one name per line (UTF-8, or UTF-16 with a BOM; blank lines skipped), names unique."""
-    names = read_lines(path, "classes file", DataError)
-    if not names:
-        raise DataError(f"{path} lists no classes (one name per line)")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise DataError(f"{path} lists {dup[0]!r} more than once: class names must be unique (per-class results are "
-                        f"keyed by name)")
-    return names
 
 
 def walk(node, fn):

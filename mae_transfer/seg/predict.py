@@ -4,6 +4,7 @@
     p = SegPredictor("configs/seg/tiny_cpu.py", "output/demo/seg/iter_150.pth")
     result = p(["a.jpg"])[0]                  # SegDataSample; result.pred_sem_seg.data[0] = class map
     p.draw("a.jpg", result, "overlay.png")"""
+import warnings
 from typing import List
 
 import numpy as np
@@ -22,17 +23,23 @@ class SegPredictor:
         from mmengine.config import Config
         from mmseg.apis import init_model
 
-        from .compat import mmengine_checkpoints
         from .data import plain_bn
 
-        sd = expect(weights, ("segmentor",), "predict seg")  # the safe reader first: a bad file is one line
+        obj, sd = expect(weights, ("segmentor",), "predict seg", whole=True)  # read once, safely; one line if bad
+        meta = obj.get("meta") or {}
         cfg = Config.fromfile(config)
         if not str(device).startswith("cuda"):
             plain_bn(cfg.model)
-        with mmengine_checkpoints():  # the runner's checkpoint holds mmengine's message-hub types
-            self.model = init_model(cfg, weights, device=device)
-        # mmengine loads leniently (a head of another size starts random, with a warning): held to the weights
-        checkpoints.load_into(self.model, {k: v.to(device) for k, v in sd.items()}, f"{weights} with {config}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # mmseg's deprecation notices while it builds the model
+            self.model = init_model(cfg, None, device="cpu")  # built only: mmengine's loader would start a head
+        # that does not fit the weights from random values with a warning; ours is strict and says so in one line
+        checkpoints.load_into(self.model, sd, f"{weights} with {config}")
+        self.model.to(device)
+        n = self.model.decode_head.num_classes
+        self.model.dataset_meta = meta.get("dataset_meta") or {"classes": [f"class {i}" for i in range(n)],
+                                                               "palette": [[(37 * i) % 256, (91 * i) % 256,
+                                                                            (157 * i) % 256] for i in range(n)]}
         self.classes = list(self.model.dataset_meta["classes"])
 
     @torch.no_grad()

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from . import results
+from . import outputs, results
 from .suites import Task
 
 RANDOM = "random"  # the backbone name that means "same ViT, random init"
@@ -239,7 +239,7 @@ def chart(table, path: Path, reference: Optional[dict] = None, title: str = "") 
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    outputs.write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
 
@@ -257,10 +257,9 @@ def write_report(rows: List[dict], out: Path, reference: Optional[dict] = None, 
         md += "\nBudgets:\n" + "".join(f"- {s}\n" for s in schedules)
     if command:
         md += f"\n```\n{command}\n```\n"
-    (out / "report.md").write_text(md)
-    (out / "results.json").write_text(json.dumps({"title": title, "command": command, "summary": table,
-                                                  "runs": rows, "reference": reference, "budgets": list(schedules)},
-                                                 indent=1))
+    outputs.write_text(out / "report.md", md)
+    outputs.write_json(out / "results.json", {"title": title, "command": command, "summary": table, "runs": rows,
+                                              "reference": reference, "budgets": list(schedules)})
     if table:
         chart(table, out / "chart.png", reference, title)
     return table

@@ -4,6 +4,7 @@ from typing import Optional
 
 import torch
 
+from . import outputs
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .models.mae import MaskedAutoencoderViT
 
@@ -53,10 +54,6 @@ def save_grid(images: dict, path, title: str = "") -> Path:
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    path = outputs.write_with(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     plt.close(fig)
-    tmp.replace(path)
     return path

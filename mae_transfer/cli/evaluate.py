@@ -70,17 +70,17 @@ def main(argv: List[str], prog: str = "mae-transfer evaluate"):
     p.add_argument("--report-only", action="store_true", help="write the report from the runs finished so far")
     a = p.parse_args(argv)
 
-    from .. import evaluate, suites
-    from ..checkpoints import read_state_dict
+    from .. import evaluate, outputs, suites
     from ..data import DataError
+    from ..identify import BACKBONES, read_backbone
 
     custom = {k: v for k, v in vars(a).items() if k in suites.CustomData.__dataclass_fields__}
     if a.suite != "custom" and (any(custom.values()) or a.pretrain_on):
         raise DataError("--det-*, --seg-*, --cls-data and --pretrain-on are the custom suite's: add --suite custom")
     names = evaluate.backbone_names(a.backbones)
-    for ckpt in names.values():  # unreadable: one line now (a dry run too), not after an hour of other runs
+    for ckpt in names.values():  # unreadable or the wrong kind: one line now (a dry run too), not after an hour
         if ckpt:
-            read_state_dict(ckpt)
+            read_backbone(ckpt, BACKBONES[:-2], "evaluate")
     reference, out = None, Path(a.output_dir)
     if a.suite == "cpu":
         tasks = suites.cpu_suite(a.data, a.quick)
@@ -119,18 +119,18 @@ def main(argv: List[str], prog: str = "mae-transfer evaluate"):
         for r in ([pre] if pre else []) + runs:
             print(shlex.join(r["argv"]))
         return
-    out.mkdir(parents=True, exist_ok=True)
-    cpu = a.suite == "cpu" or (a.suite == "custom" and a.recipe == "cpu")
-    jobs = a.jobs or (2 if cpu else 1)
-    if pre and not a.report_only:
-        evaluate.execute([pre], 1)
-        if not evaluate.done(pre):
-            sys.exit(f"error: pretraining on {a.pretrain_on} failed (log: {pre['dir']}/run.log); the suite needs "
-                     f"its checkpoint")
-    rows = evaluate.finished(runs) if a.report_only else evaluate.execute(runs, jobs)
-    evaluate.write_report(rows, out, reference, title, shlex.join(["mae-transfer", "evaluate", *argv]), budgets)
-    print((out / "report.md").read_text())
-    print(f"report: {out}/report.md, results.json, chart.png")
+    with outputs.claim(out, markers_ok=True):  # one suite at a time in a folder; a restart continues it
+        cpu = a.suite == "cpu" or (a.suite == "custom" and a.recipe == "cpu")
+        jobs = a.jobs or (2 if cpu else 1)
+        if pre and not a.report_only:
+            evaluate.execute([pre], 1)
+            if not evaluate.done(pre):
+                sys.exit(f"error: pretraining on {a.pretrain_on} failed (log: {pre['dir']}/run.log); the suite needs "
+                         f"its checkpoint")
+        rows = evaluate.finished(runs) if a.report_only else evaluate.execute(runs, jobs)
+        evaluate.write_report(rows, out, reference, title, shlex.join(["mae-transfer", "evaluate", *argv]), budgets)
+        print((out / "report.md").read_text())
+        print(f"report: {out}/report.md, results.json, chart.png")
     failed = sum(r["status"] == "failed" for r in rows)
     if failed and not a.report_only:
         sys.exit(f"error: {failed} of {len(runs)} runs failed (listed in {out}/report.md; logs under {out}/runs)")

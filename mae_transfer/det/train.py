@@ -2,7 +2,6 @@
 hooks, checkpointer, evaluator and launcher (the structure of its tools/lazyconfig_train_net.py)."""
 import ast
 import inspect
-import json
 import logging
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from .. import checkpoints, results
+from .. import checkpoints, outputs, results
 from ..checkpoints import load_file, unwrap
 from ..data import DataError
 from ..engine.config import ConfigError, check_key_path, check_seed, check_value_type, split_override
@@ -138,7 +137,7 @@ def do_test(cfg, model):
     if comm.is_main_process():
         print_csv_format(results)
         out = Path(cfg.train.output_dir) / "eval_results.json"
-        out.write_text(json.dumps(json_safe(results), indent=2, allow_nan=False))
+        outputs.write_json(out, json_safe(results), indent=2)
         _logger.info("evaluation written to %s", out)
     return results
 

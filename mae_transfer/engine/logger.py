@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from .. import outputs
+
 
 class _Stdout(logging.StreamHandler):
     """Writes to whatever sys.stdout is when a record is emitted (not the stream of setup time), so a
@@ -96,10 +98,8 @@ def plot_curves(records: List[Dict], path: Path, keys=("train_loss", "test_loss"
         ax.set_title(k.replace("_", " "))
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    outputs.write_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def _module_of(name: str) -> str:

@@ -123,7 +123,7 @@ def write(program, part: graphs.Part, path: Path, fmt: str) -> Path:
     if fmt == "pt2":
         inputs, program.example_inputs = program.example_inputs, None  # not saved: a det head's are 100s of MB
         try:
-            torch.export.save(program, str(path))
+            outputs.write_with(path, lambda tmp: torch.export.save(program, tmp))
         finally:
             program.example_inputs = inputs
     else:

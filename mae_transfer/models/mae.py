@@ -325,7 +325,7 @@ def read_with(path, build: Callable):
     sd = checkpoints.read_state_dict(obj)
     try:
         return sd, build(obj, sd)
-    except (ValueError, TypeError) as e:  # unknown size, no decoder, model_args the model does not take
+    except (ValueError, TypeError, KeyError, IndexError) as e:  # unknown size, no decoder, odd model_args
         raise checkpoints.CheckpointError(f"{path}: {e}") from None
 
 

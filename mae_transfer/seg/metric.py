@@ -1,13 +1,13 @@
 """mmseg's IoUMetric, plus per-class IoU/Acc written to JSON beside the log (valid JSON: `null`
 for a class absent from the validation labels, whose IoU mmseg gives as NaN, or as 0 once it is
 predicted somewhere)."""
-import json
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 from mmseg.evaluation import IoUMetric
 from mmseg.registry import METRICS
+
+from .. import outputs
 
 
 @METRICS.register_module()
@@ -26,10 +26,8 @@ class PerClassIoUMetric(IoUMetric):
             per_class = OrderedDict(
                 (c, {"IoU": _pct(per["IoU"][i]) if present[i] else None,
                      "Acc": _pct(per["Acc"][i]) if present[i] else None}) for i, c in enumerate(classes))
-            Path(self.json_file).parent.mkdir(parents=True, exist_ok=True)
-            Path(self.json_file).write_text(json.dumps(
-                {"summary": {k: _finite(v) for k, v in summary.items()}, "per_class": per_class}, indent=2,
-                allow_nan=False))
+            outputs.write_json(self.json_file, {"summary": {k: _finite(v) for k, v in summary.items()},
+                                                "per_class": per_class}, indent=2)
         return summary
 
 

@@ -19,6 +19,8 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from .errors import CheckpointError
+
 StateDict = Dict[str, torch.Tensor]
 _TABLE = "attn.relative_position_bias_table"
 
@@ -45,7 +47,6 @@ def table_grid(sd: StateDict) -> int:
     """The pretraining patch grid side g of a (2g-1)^2 + 3 entry relative position table."""
     n = next((v.shape[0] for k, v in sd.items() if k.endswith(_TABLE)), None)
     if n is None:
-        from .checkpoints import CheckpointError  # (checkpoints imports this module)
         raise CheckpointError("a BEiT-style checkpoint with neither absolute nor relative positions: "
                               "no ViT here can hold it")
     return (math.isqrt(n - 3) + 1) // 2

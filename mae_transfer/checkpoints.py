@@ -103,7 +103,7 @@ def _host_types() -> List[Any]:
     message hub in a segmentation run's iter_N.pth (see seg/compat.py)."""
     if importlib.util.find_spec("mmengine") is None:
         return []
-    from .seg.compat import mmengine_checkpoint_types
+    from .env import mmengine_checkpoint_types
     return mmengine_checkpoint_types()
 
 
@@ -193,13 +193,6 @@ def detect_format(sd: StateDict) -> str:
     raise CheckpointError(
         "unrecognised checkpoint layout (first keys: " + ", ".join(keys[:4]) + "); expected official MAE, "
         "timm / DeiT, MoCo v3, DINO, HF ViTMAE, detectron2 or mmseg names")
-
-
-def checkpoint_kind(sd: StateDict) -> str:
-    """'full' (encoder + decoder), 'encoder' (pretrained encoder only) or 'finetuned' (with head)."""
-    if any(k.startswith("decoder_") for k in sd):
-        return "full"
-    return "finetuned" if any(k.startswith("head.") for k in sd) else "encoder"
 
 
 # ----------------------------------------------------------------------------------------- loading

@@ -21,6 +21,20 @@ def version_tuple(dist: str) -> Tuple[int, ...]:
 _applied = set()
 
 
+def mmengine_checkpoint_types() -> list:
+    """The data types mmengine 0.10 puts in its own checkpoints besides tensors: the message hub's
+    HistoryBuffer and the numpy arrays/scalars it holds; none of them can run code when loaded. [] where
+    they need no allowing (torch < 2.6 does not load weights-only by default; another mmengine may differ)."""
+    if version_tuple("torch") < (2, 6) or version_tuple("mmengine")[:2] != (0, 10):
+        return []
+    import numpy as np
+    from mmengine.logging import HistoryBuffer
+
+    core = np._core if hasattr(np, "_core") else np.core
+    types_ = [HistoryBuffer, np.ndarray, np.dtype, core.multiarray._reconstruct, core.multiarray.scalar]
+    return types_ + [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)]
+
+
 def log_patch(what: str) -> None:
     """Say once per process that a host-library patch was applied, in the toolkit's log."""
     if what not in _applied:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import List
 
+from ..engine.config import seed_arg
 from .common import Parser, number
 
 PREDICT_DOC = """Run a trained detector or segmenter on images and draw the result.
@@ -203,12 +204,15 @@ def visualize(argv: List[str], prog: str = "mae-transfer visualize"):
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--images", nargs="+", required=True, help="image files and/or folders")
     p.add_argument("--mask-ratio", type=float, default=0.75)
-    p.add_argument("--max-images", type=int, default=6)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-images", type=number(1, 1000, int), default=6)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("-o", "--output", default="reconstructions.png")
     a = p.parse_args(argv)
     if not 0 < a.mask_ratio < 1:
         raise ConfigError(f"--mask-ratio {a.mask_ratio}: must be inside (0, 1)")
+    from .. import outputs
+
+    outputs.refuse_inputs([a.output], [a.checkpoint, *a.images])
     model = load_mae(a.checkpoint)
     files = [f for src in a.images for f in (find_images(src) if os.path.isdir(src) else [src])]
     size = model.grid_size[0] * model.patch_size

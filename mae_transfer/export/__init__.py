@@ -18,15 +18,16 @@ import torch
 from .. import checkpoints, outputs, schemas
 from ..identify import expect
 from . import folder, graphs, parity
-from .graphs import KINDS, Exportable  # noqa: F401
+from .graphs import KINDS  # noqa: F401
 from .parity import ParityError  # noqa: F401
+from .parts import Exportable, Graph, Part
 
 FORMATS = ("onnx", "pt2")
 RUNTIMES = {"onnxruntime": "onnx", "torch-export": "pt2"}  # runtime -> the format it runs
 OPSET = 18
 
 
-def load_runtime(path, device: str = "cpu") -> graphs.Graph:
+def load_runtime(path, device: str = "cpu") -> Graph:
     """An exported file as a function *inputs -> [outputs]: ONNX Runtime for .onnx (CUDA provider where asked
     for and present), the deserialised `torch.export` program for .pt2."""
     path = Path(path)
@@ -113,13 +114,13 @@ def _load_program(path: Path):
             os.environ[flag] = before
 
 
-def trace(part: graphs.Part):
+def trace(part: Part):
     """`torch.export` once (dynamic batch / RoI count): the program both files are written from."""
     with torch.no_grad():
         return torch.export.export(part.module, part.inputs, dynamic_shapes=(tuple(part.dynamic),))  # forward(*xs)
 
 
-def write(program, part: graphs.Part, path: Path, fmt: str) -> Path:
+def write(program, part: Part, path: Path, fmt: str) -> Path:
     if fmt == "pt2":
         inputs, program.example_inputs = program.example_inputs, None  # not saved: a det head's are 100s of MB
         try:
@@ -138,7 +139,7 @@ def _batches(items: Sequence, n: int) -> List[Sequence]:
     return [items[i:i + n] for i in range(0, len(items), n)]
 
 
-def end_to_end(ex: Exportable, runs: Optional[Dict[str, graphs.Graph]], images: Sequence, batch: int = 2) -> list:
+def end_to_end(ex: Exportable, runs: Optional[Dict[str, Graph]], images: Sequence, batch: int = 2) -> list:
     """What the predictor makes of `images` with `runs` (part -> graph; None: the host's own modules) as
     its networks: det Instances, seg class maps, encoder: the graph's outputs."""
     if ex.kind == "encoder":

@@ -15,6 +15,7 @@ from typing import Dict, Optional
 import torch
 
 from .. import checkpoints
+from .parts import Part, TupleOut, image_part
 
 
 class _Levels(torch.nn.Module):
@@ -80,7 +81,6 @@ def check(model) -> None:
 
 def backbone(model, size: int):
     """The backbone graph alone (x -> p2 ... p6): `bench/export_speed.py` times it."""
-    from .graphs import TupleOut, image_part
 
     bb = model.backbone  # this module, not whatever `run_with` puts in its place
     names = list(bb.output_shape())
@@ -88,11 +88,10 @@ def backbone(model, size: int):
 
 
 def parts(model, size: int) -> dict:
-    """The four graphs (three without a mask head) as `graphs.Part`s, with example inputs for tracing."""
+    """The four graphs (three without a mask head) as `parts.Part`s, with example inputs for tracing."""
     from detectron2.modeling.poolers import convert_boxes_to_pooler_format
     from detectron2.structures import Boxes
 
-    from .graphs import Part
 
     check(model)
     bb, rpn, heads = model.backbone, model.proposal_generator, model.roi_heads

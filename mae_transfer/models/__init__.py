@@ -54,8 +54,3 @@ def create_mae(name: str, **kwargs) -> MaskedAutoencoderViT:
 def create_encoder(name: str, **kwargs):
     """A fine-tuning encoder (timm VisionTransformer, official MAE layout) by its registered name."""
     return _create(name, "vit", **kwargs)
-
-
-def encoder_name(mae_name: str) -> str:
-    """'mae_vit_base_patch16[_dec512d8b]' -> 'vit_base_patch16': the encoder a pretraining model fine-tunes as."""
-    return mae_name.split("_dec")[0].removeprefix("mae_")

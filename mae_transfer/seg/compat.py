@@ -19,7 +19,7 @@ import types
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..env import log_patch, version_tuple
+from ..env import log_patch, mmengine_checkpoint_types, version_tuple
 
 
 def _compiled_only(name):
@@ -53,20 +53,6 @@ def ensure_mmcv_ops() -> None:
     for name in ("sigmoid_focal_loss", "softmax_focal_loss", "CrissCrossAttention", "PSAMask"):
         setattr(ops, name, _compiled_only(name))
     log_patch("mmcv-lite 2.1 has no mmcv.ops: a stand-in loads its pure-torch parts (point_sample)")
-
-
-def mmengine_checkpoint_types() -> list:
-    """The data types mmengine 0.10 puts in its own checkpoints besides tensors: the message hub's
-    HistoryBuffer and the numpy arrays/scalars it holds; none of them can run code when loaded. [] where
-    they need no allowing (torch < 2.6 does not load weights-only by default; another mmengine may differ)."""
-    if version_tuple("torch") < (2, 6) or version_tuple("mmengine")[:2] != (0, 10):
-        return []
-    import numpy as np
-    from mmengine.logging import HistoryBuffer
-
-    core = np._core if hasattr(np, "_core") else np.core
-    types_ = [HistoryBuffer, np.ndarray, np.dtype, core.multiarray._reconstruct, core.multiarray.scalar]
-    return types_ + [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)]
 
 
 @contextmanager

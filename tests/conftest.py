@@ -28,6 +28,16 @@ def tiny_mae():
     return make
 
 
+def merged(*groups):
+    """key=value overrides of several lists, a later value replacing an earlier one of the same key (the
+    command line itself refuses a key given twice)."""
+    out = {}
+    for group in groups:
+        for item in group:
+            out[item.split("=", 1)[0]] = item
+    return list(out.values())
+
+
 def assert_result(output_dir, task: str, metrics=(), world_size: int = 1) -> dict:
     """The run's result.json holds the one schema, status ok, its task and these metrics as numbers."""
     from mae_transfer import results

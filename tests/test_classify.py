@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_result, kill_mid_epoch, second_run_is_refused
+from conftest import assert_result, kill_mid_epoch, merged, second_run_is_refused
 from PIL import Image
 
 from mae_transfer import checkpoints
@@ -160,7 +160,8 @@ def test_finetune_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, data,
     """tools/finetune.py with the ViT-B preset's Mixup/CutMix, RandAugment and drop path, a persistent
     loader worker, accumulation 2, checkpoint-last every step, SIGKILL at a random step inside an epoch."""
     args = [str(ROOT / "tools/finetune.py"), "--finetune", str(ckpts / "official_full.pth"), "--data-path", str(data),
-            *SMALL, "num_workers=1", "batch_size=2", "effective_batch_size=4", "epochs=3", "ckpt_every_steps=1"]
+            *merged(SMALL, ["num_workers=1", "batch_size=2", "effective_batch_size=4", "epochs=3",
+                            "ckpt_every_steps=1"])]
     ref, run = tmp_path / "ref", tmp_path / "killed"
     subprocess.run([sys.executable, *args, "--output-dir", str(ref)], check=True, capture_output=True, timeout=600)
     kill_mid_epoch([sys.executable, *args, "--output-dir", str(run)], run / "checkpoint-last.pth",

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_result, free_port, kill_mid_epoch, second_run_is_refused
+from conftest import assert_result, free_port, kill_mid_epoch, merged, second_run_is_refused
 from PIL import Image
 
 from mae_transfer import checkpoints
@@ -29,7 +29,8 @@ TINY_RUN = ["img_size=32", "demo_samples=96", "batch_size=16", "effective_batch_
 
 def _run(out, *extra, check=True, **kw):
     """tools/pretrain.py with the tiny demo config (with --data-path the default would be ViT-L)."""
-    cmd = [PY, str(ROOT / "tools/pretrain.py"), "--config", "demo_tiny", "--output-dir", str(out), *TINY_RUN, *extra]
+    cmd = [PY, str(ROOT / "tools/pretrain.py"), "--config", "demo_tiny", "--output-dir", str(out),
+           *merged(TINY_RUN, extra)]
     return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=600, **kw)
 
 
@@ -81,7 +82,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     _run(ref, *extra)
     run = tmp_path / "killed"
     at = random.randrange(2, 15)
-    st = kill_mid_epoch([PY, str(ROOT / "tools/pretrain.py"), "--output-dir", str(run), *TINY_RUN, *extra],
+    st = kill_mid_epoch([PY, str(ROOT / "tools/pretrain.py"), "--output-dir", str(run), *merged(TINY_RUN, extra)],
                         run / "checkpoint-last.pth", at)
     _run(run, *extra, "--resume")  # from checkpoint-last.pth, inside the epoch
     ck = _assert_same_training_state(ref / "checkpoint-last.pth", run / "checkpoint-last.pth")
@@ -111,7 +112,7 @@ def test_two_runs_on_one_output_dir(tmp_path):
     results. After it ended, the directory still belongs to its run: a fresh start there is refused too."""
     out = tmp_path / "run"
     cmd = [PY, "-m", "mae_transfer", "pretrain", "--output-dir", str(out), *TINY_RUN]
-    res = second_run_is_refused(cmd + ["epochs=2"], cmd + ["--seed", "1"], out)
+    res = second_run_is_refused([*cmd[:-len(TINY_RUN)], *merged(TINY_RUN, ["epochs=2"])], cmd + ["--seed", "1"], out)
     assert res["seed"] == 0 and json.loads((out / "log.txt").read_text().splitlines()[-1])["epoch"] == 1
     r = subprocess.run(cmd + ["--seed", "1"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "already holds a run" in r.stderr and len(r.stderr.strip().splitlines()) == 1
@@ -132,8 +133,8 @@ def test_two_runs_on_one_output_dir(tmp_path):
 @pytest.mark.cli
 def test_num_gpus_runs_torchrun_processes(tmp_path):
     out = tmp_path / "ddp"
-    r = subprocess.run([PY, "-m", "mae_transfer", "pretrain", "--output-dir", str(out), "--num-gpus", "2", *TINY_RUN,
-                        "epochs=1", "batch_size=8"], capture_output=True, text=True, timeout=600,
+    r = subprocess.run([PY, "-m", "mae_transfer", "pretrain", "--output-dir", str(out), "--num-gpus", "2",
+                        *merged(TINY_RUN, ["epochs=1", "batch_size=8"])], capture_output=True, text=True, timeout=600,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     assert assert_result(out, "pretrain", ("train_loss",), world_size=2)

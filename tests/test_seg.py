@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_result, free_port, second_run_is_refused  # noqa: E402
+from conftest import assert_result, free_port, merged, second_run_is_refused  # noqa: E402
 from PIL import Image
 
 from mae_transfer import checkpoints
@@ -132,7 +132,7 @@ def test_train_resume_eval_through_the_tool(tmp_path, ade, ckpts):
               check=False)  # another seed than the run's: one line
     assert r.returncode == 2 and "-> 3" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = _tool("--config", TINY, "--data-root", ade, "--output-dir", str(wd), "--resume",
-              *FAST, "train_cfg.max_iters=4", "train_cfg.val_interval=4")
+              *merged(FAST, ["train_cfg.max_iters=4", "train_cfg.val_interval=4"]))
     assert "resumed epoch: 0, iter: 2" in r.stdout + r.stderr
     res = json.loads((wd / "eval_results.json").read_text())
     assert {"mIoU", "mAcc", "aAcc"} <= set(res["summary"]) and set(res["per_class"]) == {"circle", "square", "triangle"}
@@ -171,8 +171,9 @@ def test_two_process_training(tmp_path, ade, ckpts):
 
 @pytest.mark.cli
 def test_two_runs_on_one_output_dir(tmp_path, ade):
-    cmd = [PY, "-m", "mae_transfer", "seg", "--config", TINY, "--data-root", ade, "--output-dir", str(tmp_path), *FAST]
-    res = second_run_is_refused(cmd + ["train_cfg.val_interval=2"], cmd + ["--seed", "1"], tmp_path)
+    cmd = [PY, "-m", "mae_transfer", "seg", "--config", TINY, "--data-root", ade, "--output-dir", str(tmp_path)]
+    first = cmd + merged(FAST, ["train_cfg.val_interval=2"])
+    res = second_run_is_refused(first, cmd + FAST + ["--seed", "1"], tmp_path)
     assert "mIoU" in res["metrics"]
 
 

@@ -61,7 +61,7 @@ def predict(argv: List[str], prog: str = "mae-transfer predict"):
     p.add_argument("--output-dir", "--out", dest="output_dir", default="output/predict", metavar="DIR")
     p.add_argument("--device", default="auto", help="auto (cuda where available) | cpu | cuda[:N]")
     p.add_argument("--batch-size", type=number(1, 4096, int), default=4)
-    p.add_argument("--score-thresh", type=number(0, 1), default=0.5, help="det: keep detections above this score")
+    p.add_argument("--score-thresh", type=number(0), default=0.5, help="det: keep detections above this score")
     p.add_argument("--min-draw", type=number(0, 10_000, int), default=0, metavar="K",
                    help="det: draw at least the K best detections of each image, whatever their score")
     p.add_argument("--classes-json", help="det: a COCO json whose categories name (and number) the classes")

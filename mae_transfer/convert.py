@@ -82,6 +82,9 @@ def export(src_path, target: str, out, det_patch_size: Optional[int] = None, det
         patch = det_patch_size or sd["patch_embed.proj.weight"].shape[-1]
         d2 = checkpoints.to_detectron2(sd, patch_size=patch)
         side = det_pretrain_img_size // patch
+        if side < 1:
+            raise checkpoints.CheckpointError(f"--det-pretrain-img-size {det_pretrain_img_size} is smaller than one "
+                                              f"{patch}-px patch")
         if d2["backbone.net.pos_embed"].shape[1] != side * side + 1:  # d2's ViT holds pretrain_img_size / patch
             d2["backbone.net.pos_embed"] = resample_pos_embed(d2["backbone.net.pos_embed"], (side, side))
         checkpoints.save(out, {"model": d2, "__author__": "mae_transfer", "matching_heuristics": False, **arch})

@@ -181,14 +181,22 @@ def check_settings(output_dir, resume: bool, run: Optional[Dict[str, Optional[st
 
 
 class _Snapshot:
-    """What a folder held when it was claimed, so that a refused command can put it back as it was."""
+    """What a folder held when it was claimed, so that a refused command can put it back as it was: the names
+    in it, and the bytes of its small files (a host library may rewrite its config or append to its log before
+    the refusal), within a budget."""
 
-    KEEP = ("result.json", SETTINGS)  # files the claim and the result writer may replace
+    BUDGET = 64 << 20  # bytes of small files kept
 
     def __init__(self, folder: Path):
-        self.folder, self.existed = folder, folder.exists()
-        self.names = set(os.listdir(folder)) if self.existed else set()
-        self.saved = {n: (folder / n).read_bytes() for n in self.KEEP if (folder / n).is_file()}
+        self.folder = folder
+        self.created = [p for p in [folder, *folder.parents] if not p.exists()]  # the folders a claim makes
+        self.names = set(os.listdir(folder)) if folder.is_dir() else set()
+        self.saved, budget = {}, self.BUDGET
+        for n in sorted(self.names):
+            p = folder / n
+            if p.is_file() and not p.is_symlink() and p.stat().st_size <= min(budget, 1 << 24):
+                self.saved[n] = p.read_bytes()
+                budget -= len(self.saved[n])
 
     def wrote_weights(self) -> bool:
         for n in set(os.listdir(self.folder)) - self.names if self.folder.exists() else ():
@@ -205,9 +213,12 @@ class _Snapshot:
             p = self.folder / n
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         for n, data in self.saved.items():
-            write_bytes(self.folder / n, data)
-        if not self.existed and not any(self.folder.iterdir()):
-            self.folder.rmdir()
+            p = self.folder / n
+            if n != LOCK and (not p.is_file() or p.stat().st_size != len(data) or p.read_bytes() != data):
+                write_bytes(p, data)
+        for p in self.created:  # innermost first: the folders the claim made, where they are empty again
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
 
 
 def _refusal(e: BaseException) -> bool:
@@ -217,8 +228,9 @@ def _refusal(e: BaseException) -> bool:
 
 @contextlib.contextmanager
 def claim(output_dir, resume: bool = False, run: Optional[Dict[str, Optional[str]]] = None,
-          allow_changes: bool = False, markers_ok: bool = False) -> Iterator[None]:
-    """Make `output_dir` this command's for the block: an exclusive lock (lockf on <dir>/.lock, released by
+          allow_changes: bool = False, markers_ok: bool = False, inputs: Sequence = ()) -> Iterator[None]:
+    """Make `output_dir` this command's for the block (never a folder holding one of its `inputs` or of the
+    config, backbone and data `run` records): an exclusive lock (lockf on <dir>/.lock, released by
     the OS when the process dies, so a killed run can be resumed at once), no symbolic link inside, then
     `check_fresh` (unless `markers_ok`: a command that may rewrite its own earlier output, such as predict)
     and `check_settings`. A second command on the same folder is one error naming the holder. If the block
@@ -226,6 +238,12 @@ def claim(output_dir, resume: bool = False, run: Optional[Dict[str, Optional[str
     One process of a job locks: rank 0 under torchrun, or the launcher that starts the others (torchrun
     processes it starts get MAE_TRANSFER_LOCKED)."""
     out = Path(output_dir)
+    if not str(output_dir).strip():
+        raise ConfigError("the output folder is an empty path: give one")
+    # what the run reads (its config, weights and data, as `run` records them) is never where it writes
+    given = [*(inputs or ()), *((run or {}).get(k) for k in ("config", "backbone")),
+             *(((run or {}).get("data") or "").split(", "))]
+    refuse_inputs([out], [g for g in given if g])
     if os.environ.get(LOCK_ENV) == str(out.resolve()) or os.environ.get("RANK", "0") != "0":
         if not markers_ok:
             check_fresh(out, resume)

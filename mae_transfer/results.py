@@ -96,11 +96,16 @@ def write(record: Record, error: Optional[str] = None) -> Optional[Path]:
 
 @contextlib.contextmanager
 def recorded(task: str, output_dir, config=None, seed=None, checkpoint=None) -> Iterator[Record]:
-    """Run the block and write result.json: status ok with the metrics, or failed with the error line
-    (the exception is re-raised for the command's own one-line report)."""
+    """Run the block and write result.json: status ok with the metrics, or failed with the error line of a run
+    that could not finish (the exception is re-raised for the command's own one-line report). A user error is a
+    refusal, not a run: it writes no result file."""
+    from .errors import UserError
+
     rec = Record(task, output_dir, config, seed, checkpoint)
     try:
         yield rec
+    except UserError:  # a refusal, not a run that failed: no result file (the folder is left as it was)
+        raise
     except BaseException as e:
         line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         with contextlib.suppress(OSError):

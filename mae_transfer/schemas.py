@@ -151,7 +151,7 @@ def _unique(items, key: str, where: str) -> None:
 
 class CocoInstances(_Open):
     """A COCO instances file: every id unique, every reference resolved, masks on all or none."""
-    images: List[CocoImage]
+    images: Annotated[List[CocoImage], Field(min_length=1)]  # detectron2 refuses an empty set (mid-run)
     annotations: List[CocoAnnotation]
     categories: Annotated[List[CocoCategory], Field(min_length=1)]
 
@@ -233,6 +233,14 @@ class Result(_Strict):
     started: StrictStr
     ended: StrictStr
 
+    @field_validator("started", "ended")
+    @classmethod
+    def _iso(cls, v):
+        import datetime
+
+        datetime.datetime.fromisoformat(v)  # ValueError: not an ISO 8601 time
+        return v
+
     @model_validator(mode="after")
     def _consistent(self):
         for k, v in self.metrics.items():
@@ -269,6 +277,17 @@ class ExportMeta(_Strict):
 
     @model_validator(mode="after")
     def _complete(self):
+        parts = {"det": ({"backbone", "rpn", "box_head"}, {"mask_head"}), "seg": ({"model"}, set()),
+                 "encoder": ({"model"}, set())}[self.kind]
+        if not parts[0] <= set(self.graphs) <= parts[0] | parts[1]:
+            raise ValueError(f"graphs: an exported {self.kind} has the graphs {sorted(parts[0])} "
+                             f"(+ {sorted(parts[1])}), not {sorted(self.graphs)}")
+        if (self.kind != "encoder") != bool(self.config and self.config.endswith((".yaml", ".json"))):
+            raise ValueError(f"config: {self.config!r} (a det/seg export carries its config as .yaml or .json)")
+        for fmt, per in self.files.items():
+            odd = [f"{g}: {f}" for g, f in per.items() if f != f"{g}.{fmt}"]
+            if odd:
+                raise ValueError(f"files.{fmt}: {odd[0]} (each graph is the file <graph>.{fmt})")
         named = [self.weights] + ([self.config] if self.config else [])
         named += [f for per in self.files.values() for f in per.values()]
         unhashed = [f for f in named if f not in self.sha256]
@@ -340,7 +359,7 @@ def _read_bytes(path: Path, what: str, error: Type[UserError]) -> bytes:
     if not path.exists():
         raise error(f"{what} not found: {path}")
     if not path.is_file():
-        raise error(f"{path}: a folder, not a {what}")
+        raise error(f"{path}: {'a folder' if path.is_dir() else 'not a regular file'}, not a {what}")
     try:
         return path.read_bytes()
     except OSError as e:
@@ -393,7 +412,7 @@ def read_lines(path, what: str, error: Type[UserError]) -> List[str]:
         text = decode_text(_read_bytes(path, what, error))
     except ValueError as e:
         raise error(f"{path}: {e}") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [line.strip() for line in text.replace("\r\n", "\n").split("\n") if line.strip()]
 
 
 def read_classes(path, error: Type[UserError] = None) -> List[str]:

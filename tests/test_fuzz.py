@@ -58,7 +58,8 @@ def broken_coco(draw, js: dict) -> bytes:
     im, an, ca = (draw(st.integers(0, len(js[k]) - 1)) for k in ("images", "annotations", "categories"))
     how = draw(st.sampled_from(["image id", "width", "height", "file_name", "ann id", "image_id", "category_id",
                                 "bbox", "segmentation", "cat id", "cat name", "drop key", "top", "duplicate id",
-                                "dangling", "mixed masks", "size mismatch", "bytes", "nesting", "no categories"]))
+                                "dangling", "mixed masks", "size mismatch", "bytes", "nesting", "no categories",
+                                "no images"]))
     if how == "image id":
         js["images"][im]["id"] = draw(BAD_ID)
     elif how in ("width", "height"):
@@ -107,11 +108,13 @@ def broken_coco(draw, js: dict) -> bytes:
         js["images"][im]["width"] += draw(st.integers(1, 50))
     elif how == "no categories":
         js["categories"] = []
+    elif how == "no images":
+        js["images"], js["annotations"] = [], []
     if how == "nesting":
         return b'{"images": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     data = json.dumps(js).encode()
     if how == "bytes":
-        change = draw(st.sampled_from(["truncate", "latin-1", "nan", "garbage", "empty"]))
+        change = draw(st.sampled_from(["truncate", "latin-1", "nan", "garbage", "empty", "bom", "utf-16"]))
         if change == "truncate":
             data = data[: draw(st.integers(0, data.rindex(b"}") - 1))]
         elif change == "latin-1":
@@ -120,6 +123,10 @@ def broken_coco(draw, js: dict) -> bytes:
             data = data.replace(b'"bbox": [', b'"bbox": [NaN, ', 1)
         elif change == "garbage":
             data = bytes(draw(st.binary(min_size=1, max_size=64))) + data
+        elif change == "bom":  # valid JSON, but detectron2 reads the file again as plain UTF-8
+            data = b"\xef\xbb\xbf" + data
+        elif change == "utf-16":
+            data = data.decode().encode(draw(st.sampled_from(["utf-16", "utf-16-le", "utf-32"])))
         else:
             data = b""
     return data

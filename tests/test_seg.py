@@ -140,7 +140,7 @@ def test_train_resume_eval_through_the_tool(tmp_path, ade, ckpts):
     assert trained["metrics"]["mIoU"] == res["summary"]["mIoU"]
     r = _tool("--config", TINY, "--data-root", ade, "--output-dir", str(wd), "--eval-only", str(wd / "iter_4.pth"),
               check=False)  # the training run's folder is its own: an evaluation goes elsewhere
-    assert r.returncode == 2 and "already holds a run" in r.stderr
+    assert r.returncode == 2 and "writing there would replace what is read" in r.stderr
     ev = tmp_path / "ev"
     r = _tool("--config", TINY, "--data-root", ade, "--output-dir", str(ev), "--eval-only", str(wd / "iter_4.pth"))
     assert "mIoU" in r.stdout + r.stderr and (ev / "eval_results.json").exists()

@@ -98,13 +98,34 @@ def test_a_pt2_hiding_a_pickle_in_its_constants_config_runs_nothing(encoder_expo
                             "--max-images", "1"])
     assert "tensors-only" in line and not marker.exists()
     # the same archive listed as a segmenter's graph: predict --runtime torch-export refuses it, nothing runs
-    (shared / "config.py").write_text("model = dict()\n")
-    meta.update(kind="seg", config="config.py", sha256=folder.hashes(shared))
+    (shared / "config.json").write_text("{}\n")
+    meta.update(kind="seg", config="config.json", sha256=folder.hashes(shared))
     (shared / "export.json").write_text(json.dumps(meta))
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
     line = refused(capsys, ["predict", "seg", str(tmp_path / "a.png"), "--runtime", "torch-export", "--weights",
                             str(shared), "--output-dir", str(tmp_path / "p")])
     assert "opaque_obj_0/x" in line and not marker.exists()
+
+
+def test_an_export_folders_config_that_would_run_code_is_refused(tmp_path):
+    pytest.importorskip("detectron2")
+    from detectron2.config import LazyConfig
+
+    from mae_transfer.engine.config import resolve_config
+    from mae_transfer.export.folder import check_config, snapshot_config
+
+    good = snapshot_config("det", str(resolve_config("tiny_cpu", "det")), tmp_path)
+    check_config(good)  # what the toolkit writes passes (partial, tuples, ShapeSpec of detectron2)
+    text, marker = good.read_text(), tmp_path / "ran"
+    for evil in (f"pwn: !!python/object/apply:os.makedirs ['{marker}']\n" + text,
+                 text.replace("torch.optim.AdamW", "os.system"),
+                 text.replace("!!python/name:torch.nn.modules.normalization.LayerNorm", "!!python/name:os.system")):
+        (tmp_path / "evil.yaml").write_text(evil)
+        with pytest.raises(checkpoints.CheckpointError, match="is not something this toolkit's configs build"):
+            check_config(tmp_path / "evil.yaml")
+    (tmp_path / "evil.yaml").write_text(f"pwn: !!python/object/apply:os.makedirs ['{marker}']\n" + text)
+    LazyConfig.load(str(tmp_path / "evil.yaml"))  # the attack is real: detectron2's own loader runs it
+    assert marker.exists()
 
 
 def test_a_pickled_constant_marked_as_a_tensor_is_refused(encoder_export, tmp_path):
@@ -160,6 +181,49 @@ def test_convert_onto_its_own_input_keeps_the_input(tmp_path, capsys, tiny_mae):
     os.symlink(src, tmp_path / "link.pth")
     refused(capsys, ["convert", str(src), "--to", "timm", str(tmp_path / "link.pth")])
     assert src.read_bytes() == before
+
+
+def test_a_run_never_writes_where_it_reads(tmp_path, capsys):
+    from mae_transfer.data.synthetic import make_coco_shapes
+
+    coco = make_coco_shapes(tmp_path / "coco", n_train=2, n_val=1)
+    val = Path(coco["val_json"])
+    inside = tmp_path / "od"
+    inside.mkdir()
+    shutil.copy(val, inside / "eval_results.json")  # the val set sits where det would write its metrics
+    before = (inside / "eval_results.json").read_bytes()
+    torch.save({"model": {"roi_heads.box_predictor.cls_score.weight": torch.zeros(4, 8),
+                          "backbone.net.pos_embed": torch.zeros(1, 5, 8)}}, tmp_path / "det.pth")
+    line = refused(capsys, ["det", "--config", "tiny_cpu", "--eval-only", str(tmp_path / "det.pth"), "--val-json",
+                            str(inside / "eval_results.json"), "--val-images", coco["val_images"],
+                            "--output-dir", str(inside)])
+    assert "writing there would replace what is read" in line and (inside / "eval_results.json").read_bytes() == before
+    assert sorted(p.name for p in inside.iterdir()) == ["eval_results.json"]
+    imgs = Path(coco["train_images"])
+    for out in (imgs / "out", imgs.parent):  # inside the data, or holding it
+        assert "writing there would replace" in refused(capsys, ["pretrain", "--data-path", str(imgs),
+                                                                 "--output-dir", str(out), "epochs=1"])
+        assert not (imgs / "out").exists()
+
+
+def test_a_refusal_puts_back_what_the_host_changed_and_the_folders_it_made(tmp_path):
+    from mae_transfer.errors import DataError
+
+    run = tmp_path / "mine"
+    run.mkdir()
+    (run / "log.txt").write_text("my own notes\n")
+    with pytest.raises(DataError):
+        with outputs.claim(run):
+            (run / "log.txt").write_text("a host appended\n" * 100)  # detectron2's logger, before the refusal
+            (run / "config.yaml").write_text("x: 1\n")
+            raise DataError("refused")
+    assert sorted(p.name for p in run.iterdir()) == ["log.txt"]  # the lock it made is gone too
+    assert (run / "log.txt").read_text() == "my own notes\n"
+    deep = tmp_path / "new1/new2/new3"
+    with pytest.raises(DataError):
+        with outputs.claim(deep):
+            raise DataError("refused")
+    assert not (tmp_path / "new1").exists()
 
 
 def test_a_symlink_in_the_output_folder_is_refused_and_its_target_kept(tmp_path, capsys):
@@ -252,6 +316,9 @@ def test_one_reader_turns_photos_upright_and_the_hosts_agree(tmp_path):
 
 def test_seg_masks_align_with_exif_rotated_photos_or_are_refused(tmp_path, capsys):
     pytest.importorskip("mmseg")
+    import mae_transfer.seg  # noqa: F401  (mmseg on mmcv-lite)
+
+    # isort: split
     from mmcv.transforms import LoadImageFromFile
     from mmseg.datasets.transforms import LoadAnnotations
 

@@ -28,6 +28,11 @@ COMMANDS = {
 for _msg in ("`torch.jit.script` is deprecated", "pkg_resources is deprecated", "torch.meshgrid: in an upcoming",
              "is_fx_tracing will return true", "Fail to import ``MultiScaleDeformableAttention``"):
     warnings.filterwarnings("ignore", message=".*" + _msg)
+# The host libraries' deprecation notices (timm, mmseg, mmengine) say nothing a user of this toolkit can act on
+# and would stand before the one `error:` line of a refusal; the toolkit's own warnings are logged, not warned.
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", message=".*would be deprecated soon")
 
 
 def usage() -> str:

@@ -45,6 +45,24 @@ def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
     return Parser(prog, doc)
 
 
+def device(name: str) -> str:
+    """`auto` (cuda where there is one), `cpu`, or `cuda[:N]` of a GPU this machine has; else one ConfigError."""
+    import re
+
+    import torch
+
+    from ..errors import ConfigError
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    m = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if name != "cpu" and not m:
+        raise ConfigError(f"--device {name}: choose auto, cpu or cuda[:N]")
+    if m and not (torch.cuda.is_available() and int(m.group(1) or 0) < torch.cuda.device_count()):
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return name
+
+
 def predict(argv: List[str], prog: str = "mae-transfer predict"):
     from .. import outputs
     from ..engine.config import resolve_config
@@ -70,15 +88,13 @@ def predict(argv: List[str], prog: str = "mae-transfer predict"):
     names = outputs.unique_names(files)  # two inputs never write one output
     outputs.refuse_inputs([out], [*files, a.weights, a.config, a.classes_json])
     import numpy as np
-    import torch
     from PIL import Image
     from tqdm import tqdm
 
     from ..data.images import load_rgb
     from ..export.graphs import run_with
 
-    if a.device == "auto":
-        a.device = "cuda" if torch.cuda.is_available() else "cpu"
+    a.device = device(a.device)
     graphs = None
     if a.runtime != "torch":
         from ..export import exported
@@ -171,8 +187,9 @@ def convert(argv: List[str], prog: str = "mae-transfer convert"):
     p.add_argument("checkpoint")
     p.add_argument("--to", required=True, choices=TARGETS)
     p.add_argument("out", help="output file (a directory for --to hf)")
-    p.add_argument("--det-patch-size", type=int, help="detectron2: resample the patch kernel to this size (ViT-H: 16)")
-    p.add_argument("--det-pretrain-img-size", type=int, default=224,
+    p.add_argument("--det-patch-size", type=number(1, 256, int),
+                   help="detectron2: resample the patch kernel to this size (ViT-H: 16)")
+    p.add_argument("--det-pretrain-img-size", type=number(16, 8192, int), default=224,
                    help="detectron2: the ViT's pretrain_img_size; the position table is resampled to it")
     a = p.parse_args(argv)
     r = export(a.checkpoint, a.to, a.out, a.det_patch_size, a.det_pretrain_img_size)

@@ -77,8 +77,8 @@ def load_rgb(path, min_size: int = 2) -> Optional[Image.Image]:
             im.load()
             im = ImageOps.exif_transpose(im) if im.getexif().get(EXIF_ORIENTATION, 1) != 1 else im
             im = im if im.mode == "RGB" else im.convert("RGB")  # no copy when already RGB
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
-        _logger.debug("skipping %s: %s", path, e)
+    except Exception as e:  # noqa: BLE001  any decode failure (OSError, a corrupt EXIF block's struct.error, ...)
+        _logger.debug("skipping %s: %s", path, e)  # is an unreadable image: skipped and counted
         return None
     return im if min(im.size) >= min_size else None
 
@@ -98,7 +98,7 @@ def probe(path) -> Tuple[Optional[Tuple[int, int]], Optional[str]]:
             size = upright_size(im)
             im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))  # JPEG: an 8x smaller decode
             im.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except Exception as e:  # noqa: BLE001  as load_rgb: any decode failure is an unreadable image
         return None, str(e) or type(e).__name__
     return size, None
 

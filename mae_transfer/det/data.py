@@ -14,6 +14,11 @@ def check_coco_json(json_file, image_root) -> dict:
     Returns the parsed json; every problem is one DataError line."""
     path = Path(json_file)
     js = read_json(path, None, DataError, "annotation file")
+    with open(path, "rb") as f:  # detectron2 and pycocotools read it again themselves, as plain UTF-8
+        start = f.read(4)
+    if start.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")) or b"\x00" in start:
+        raise DataError(f"{path}: not plain UTF-8 (a byte-order mark, or UTF-16/32), which detectron2 cannot read; "
+                        f"save it as UTF-8 without a BOM")
     validate(js, CocoInstances, DataError, str(path))
     root = Path(image_root)
     if not root.is_dir():

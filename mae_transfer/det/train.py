@@ -55,7 +55,7 @@ def apply_overrides(cfg, opts):
             raise
         try:
             value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             value = raw
         check_value_type(key, old, value)
     return LazyConfig.apply_overrides(cfg, list(opts))

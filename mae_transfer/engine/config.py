@@ -95,8 +95,8 @@ def unknown_key(key: str, known: Sequence[str], where: str = "config") -> Config
 def _literal(raw: str):
     try:
         return ast.literal_eval(raw)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return raw  # a bare string such as a path
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return raw  # a bare string such as a path (or `{[]: 1}`, which is not a value: the type check says so)
 
 
 def parse_bool(key: str, raw) -> bool:

@@ -84,6 +84,15 @@ def check_pt2(path: Path) -> None:
         raise checkpoints.CheckpointError(f"{path}: holds {odd[0]!r}, which a tensors-only program does not "
                                           f"(objects or libraries that would run code when loaded); refused")
     for name in names:
+        if name.startswith("data/sample_inputs/"):  # torch.load'ed by torch.export.load: tensors (or None) only
+            import io
+
+            data = reader.read_bytes(name)
+            try:  # (empty where the program was saved without example inputs, as the toolkit saves them)
+                data and torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            except Exception as e:
+                raise checkpoints.CheckpointError(f"{path}: {name} is not plain tensors ({type(e).__name__}); "
+                                                  f"refused") from None
         if name.endswith(("_weights_config.json", "_constants_config.json")):
             try:
                 obj = schemas.parse_json(reader.read_bytes(name), name)
@@ -211,6 +220,8 @@ def export(kind: str, config: Optional[str], weights: Optional[str], out, format
             raise checkpoints.CheckpointError(f"--check-only: {out} holds no {folder.META} (export it first)")
         meta = folder.read_meta(out, kind)
         folder.verify(out, meta, [meta.weights, *([meta.config] if meta.config else [])])
+        if meta.config:
+            folder.check_config(out / meta.config)
         config, weights = (str(out / meta.config) if meta.config else None), str(out / meta.weights)
         formats = [f for f in formats if f in meta.files] or list(meta.files)
         img_size = img_size or meta.size

@@ -44,9 +44,60 @@ def snapshot_config(kind: str, config: Optional[str], out: Path) -> Optional[Pat
         return dest
     from mmengine.config import Config
 
-    dest = out / "config.py"
+    dest = out / "config.json"  # data, not code: a .py config would be executed by whoever loads the folder
     outputs.write_with(dest, lambda tmp: Config.fromfile(config).dump(tmp))
     return dest
+
+
+# what a detectron2 config in an export folder may instantiate (LazyConfig calls each `_target_` it names)
+TARGETS = ("detectron2.", "mae_transfer.", "fvcore.", "torch.nn.", "torch.optim.")
+
+
+def check_config(path: Path) -> None:
+    """An export folder's config is data the hosts turn into objects: refuse what would run anything else --
+    YAML tags that build Python objects (detectron2 loads YAML unsafely), a `_target_` outside the libraries
+    the toolkit's own configs use, an mmengine `custom_imports` of another package."""
+    import yaml
+
+    bad = []
+
+    class Checking(yaml.SafeLoader):
+        """Reads LazyConfig.save's YAML without building anything: of its Python tags, tuples, `partial` and
+        names or objects of the allowed libraries pass; any other is noted (and the file refused)."""
+
+    def python_tag(loader, suffix, node):
+        allowed = suffix in ("tuple", "object/apply:functools.partial") or (
+            suffix.split(":", 1)[0] in ("name", "object") and suffix.split(":", 1)[-1].startswith(TARGETS))
+        if not allowed:
+            bad.append(f"!!python/{suffix}")
+        if isinstance(node, yaml.MappingNode):
+            return loader.construct_mapping(node, deep=True)
+        return loader.construct_sequence(node, deep=True) if isinstance(node, yaml.SequenceNode) else suffix
+    Checking.add_multi_constructor("tag:yaml.org,2002:python/", python_tag)
+    try:
+        obj = yaml.load(path.read_bytes(), Checking) if path.suffix == ".yaml" else schemas.parse_json(  # noqa: S506
+            path.read_bytes(), path.name)
+    except (yaml.YAMLError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable config ({str(e).splitlines()[0]})") from None
+
+    def walk(node):
+        if isinstance(node, dict):
+            t = node.get("_target_")
+            if t is not None and not (isinstance(t, str) and t.startswith(TARGETS)):
+                bad.append(f"_target_: {t!r}")
+            imports = node.get("custom_imports")
+            mods = imports.get("imports", []) if isinstance(imports, dict) else ([] if imports is None else [imports])
+            bad.extend(f"custom_imports: {m!r}" for m in ([mods] if isinstance(mods, str) else mods)
+                       if not (isinstance(m, str) and m.split(".")[0] in ("mae_transfer", "mmseg", "mmengine")))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(obj)
+    if bad:
+        raise CheckpointError(f"{path}: {bad[0]} is not something this toolkit's configs build; an export "
+                              f"folder's config is refused rather than run")
 
 
 def hashes(out: Path) -> dict:
@@ -82,4 +133,6 @@ def runtime_files(folder: Path, meta: schemas.ExportMeta, fmt: str) -> dict:
     graphs = meta.files[fmt]
     data = [n for n in meta.sha256 if any(n.startswith(g + ".") and n != g for g in graphs.values())]
     verify(folder, meta, [meta.weights, *([meta.config] if meta.config else []), *graphs.values(), *data])
+    if meta.config:
+        check_config(folder / meta.config)
     return {name: folder / f for name, f in graphs.items()}

@@ -34,11 +34,22 @@ class UnknownModel(ConfigError):
     """A model name this toolkit does not register; the message lists the ones it does."""
 
 
+_SIZES = ("depth", "embed_dim", "num_heads", "patch_size", "img_size", "decoder_depth", "decoder_embed_dim",
+          "decoder_num_heads", "in_chans")
+
+
 def _create(name: str, module: str, **kwargs):
     names = timm.list_models(module=module)  # this package's entries in timm's registry
     if name not in names:
         raise UnknownModel(f"unknown model {name!r}; choose one of {', '.join(names)}")
-    model = timm.create_model(name, **kwargs)
+    sizes = {k: v for k, v in kwargs.items() if k in _SIZES}
+    bad = [f"{k}={v!r}" for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+    if bad:
+        raise ConfigError(f"model_kwargs: {bad[0]} (a size is an integer >= 1)")
+    try:
+        model = timm.create_model(name, **kwargs)
+    except TypeError as e:  # a keyword the model does not take: `model_kwargs={'foo': 1}`
+        raise ConfigError(f"model_kwargs of {name}: {e}") from None
     # what the checkpoints record (nanoGPT's model_args): readers rebuild from it, never from shapes
     model.model_args = {"name": name, "kwargs": {k: v for k, v in kwargs.items() if k != "checkpoint"}}
     if getattr(model, "beit", None):  # built as timm's Beit for a BEiT checkpoint (models/vit.py)

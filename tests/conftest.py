@@ -103,3 +103,19 @@ def kill_mid_epoch(cmd, checkpoint: Path, at_step: int, timeout: float = 300):
         proc.wait()
     assert st is not None and st["batch"] > 0, f"no mid-epoch checkpoint before the run ended: {st}"
     return st
+
+
+@pytest.fixture(scope="session")
+def encoder_export(tmp_path_factory):
+    """An exported tiny MAE encoder (ONNX and .pt2, 32 px) in a folder, with the checkpoint beside it."""
+    pytest.importorskip("onnxruntime")
+    from mae_transfer import checkpoints
+    from mae_transfer.cli import command
+    from mae_transfer.models.mae import mae_vit_tiny_patch8
+
+    d = tmp_path_factory.mktemp("exp")
+    torch.manual_seed(0)
+    checkpoints.save_official(d / "mae.pth", mae_vit_tiny_patch8(img_size=32).state_dict())
+    command("export")(["encoder", "--weights", str(d / "mae.pth"), "--output-dir", str(d / "enc"), "--max-images",
+                       "1", "--img-size", "32"])
+    return d / "enc"

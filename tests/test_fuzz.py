@@ -407,20 +407,6 @@ def test_a_distilled_deit_loads_as_its_encoder(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ export.json
-@pytest.fixture(scope="module")
-def encoder_export(tmp_path_factory):
-    pytest.importorskip("onnxruntime")
-    from mae_transfer.cli import command
-    from mae_transfer.models.mae import mae_vit_tiny_patch8
-
-    d = tmp_path_factory.mktemp("exp")
-    torch.manual_seed(0)
-    checkpoints.save_official(d / "mae.pth", mae_vit_tiny_patch8(img_size=32).state_dict())
-    command("export")(["encoder", "--weights", str(d / "mae.pth"), "--output-dir", str(d / "enc"), "--max-images",
-                       "1", "--img-size", "32", "--to", "pt2"])
-    return d / "enc"
-
-
 @st.composite
 def broken_export_meta(draw, meta: dict) -> bytes:
     obj = copy.deepcopy(meta)

@@ -61,19 +61,6 @@ def _hide_pickle(src: Path, dst: Path, marker: Path) -> None:
             out.writestr(f"{root}/data/constants/opaque_obj_0/x", payload)
 
 
-@pytest.fixture(scope="module")
-def encoder_export(tmp_path_factory):
-    pytest.importorskip("onnxruntime")
-    from mae_transfer.models.mae import mae_vit_tiny_patch8
-
-    d = tmp_path_factory.mktemp("exp")
-    torch.manual_seed(0)
-    checkpoints.save_official(d / "mae.pth", mae_vit_tiny_patch8(img_size=32).state_dict())
-    command("export")(["encoder", "--weights", str(d / "mae.pth"), "--output-dir", str(d / "enc"), "--max-images",
-                       "1", "--img-size", "32"])
-    return d / "enc"
-
-
 def test_a_pt2_hiding_a_pickle_in_its_constants_config_runs_nothing(encoder_export, tmp_path, capsys):
     from mae_transfer.export import folder, load_runtime
 

@@ -328,12 +328,12 @@ def describe(e: ValidationError) -> str:
     """The first problem of a ValidationError as `field: what is wrong (got X)`, plus how many more."""
     errs = e.errors(include_url=False)
     first = errs[0]
-    where = _where(first["loc"]) or "the top level"
+    where = _where(first["loc"])  # empty for a whole-file rule, whose message names its own field
     msg = re.sub(r"^Value error, ", "", first["msg"])
     plain = first["type"] in ("missing", "value_error") or "input" not in first
-    got = "" if plain else f" (got {_short(first['input'])})"
+    got = "" if plain or not where else f" (got {_short(first['input'])})"
     more = f" (and {len(errs) - 1} more problem{'s' * (len(errs) > 2)})" if len(errs) > 1 else ""
-    return f"{where}: {msg}{got}{more}"
+    return f"{where + ': ' if where else ''}{msg}{got}{more}"
 
 
 def _reject_constant(name: str):

@@ -177,7 +177,7 @@ def test_bad_data_is_one_line(tmp_path, coco):
     (tmp_path / "mixed.json").write_text(json.dumps(js))
     r = _tool("--config", TINY, "--train-json", str(tmp_path / "mixed.json"), "--train-images", coco["train_images"],
               check=False)
-    assert r.returncode == 2 and "have no 'segmentation'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 2 and "annotations have no mask" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def _boxes_only(src, dst):

@@ -111,20 +111,23 @@ def test_two_runs_on_one_output_dir(tmp_path):
     """The second run (another seed) is refused while the first holds the directory; the first keeps its
     results. After it ended, the directory still belongs to its run: a fresh start there is refused too."""
     out = tmp_path / "run"
-    cmd = [PY, "-m", "mae_transfer", "pretrain", "--output-dir", str(out), *TINY_RUN]
-    res = second_run_is_refused([*cmd[:-len(TINY_RUN)], *merged(TINY_RUN, ["epochs=2"])], cmd + ["--seed", "1"], out)
+    base = [PY, "-m", "mae_transfer", "pretrain", "--output-dir", str(out)]
+    cmd = base + TINY_RUN
+    res = second_run_is_refused(base + merged(TINY_RUN, ["epochs=2"]), cmd + ["--seed", "1"], out)
     assert res["seed"] == 0 and json.loads((out / "log.txt").read_text().splitlines()[-1])["epoch"] == 1
     r = subprocess.run(cmd + ["--seed", "1"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "already holds a run" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     # resumed with other settings: refused, naming them, unless told to go on (then they are the run's)
     before = (out / "log.txt").read_text()
+    (tmp_path / "imgs").mkdir()
     for changed, says in [(["--seed", "1"], "seed 0 -> 1"), (["model=mae_vit_base_patch16"], "model"),
-                          (["--data-path", str(tmp_path)], "data None -> ")]:
-        r = subprocess.run(cmd + ["--resume", "epochs=2", *changed], capture_output=True, text=True, timeout=300)
+                          (["--data-path", str(tmp_path / "imgs")], "data (none) -> ")]:
+        r = subprocess.run(base + merged(TINY_RUN, ["epochs=2"]) + ["--resume", *changed], capture_output=True,
+                           text=True, timeout=300)
         assert r.returncode == 2 and says in r.stderr and "--allow-changes" in r.stderr, r.stderr[-2000:]
         assert len(r.stderr.strip().splitlines()) == 1 and (out / "log.txt").read_text() == before
-    r = subprocess.run(cmd + ["--resume", "--allow-changes", "--seed", "1", "epochs=3"], capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(base + merged(TINY_RUN, ["epochs=3"]) + ["--resume", "--allow-changes", "--seed", "1"],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((out / "settings.json").read_text())["seed"] == "1"
     assert assert_result(out, "pretrain")["seed"] == 1

@@ -29,8 +29,8 @@ def snapshot_weights(weights, out: Path) -> Path:
 
 
 def snapshot_config(kind: str, config: Optional[str], out: Path) -> Optional[Path]:
-    """The config as the host loaded it, in a file that loads on its own (its bases resolved): detectron2's
-    LazyConfig as YAML, mmengine's Config as one .py."""
+    """The config as the host loaded it, in a file that loads on its own (its bases resolved) and is data, not
+    code: detectron2's LazyConfig and mmengine's Config each as YAML (checked by `check_config` before use)."""
     if config is None:
         return None
     if kind == "det":
@@ -44,8 +44,8 @@ def snapshot_config(kind: str, config: Optional[str], out: Path) -> Optional[Pat
         return dest
     from mmengine.config import Config
 
-    dest = out / "config.json"  # data, not code: a .py config would be executed by whoever loads the folder
-    outputs.write_with(dest, lambda tmp: Config.fromfile(config).dump(tmp))
+    dest = out / "config.yaml"  # data, not code: a .py config would be executed by whoever loads the folder
+    outputs.write_with(dest, lambda tmp: Config.fromfile(config).dump(tmp))  # (YAML keeps tuples; JSON would not)
     return dest
 
 
@@ -55,8 +55,8 @@ TARGETS = ("detectron2.", "mae_transfer.", "fvcore.", "torch.nn.", "torch.optim.
 
 def check_config(path: Path) -> None:
     """An export folder's config is data the hosts turn into objects: refuse what would run anything else --
-    YAML tags that build Python objects (detectron2 loads YAML unsafely), a `_target_` outside the libraries
-    the toolkit's own configs use, an mmengine `custom_imports` of another package."""
+    YAML tags that build Python objects (detectron2 and mmengine load YAML unsafely), a `_target_` outside the
+    libraries the toolkit's own configs use, an mmengine `custom_imports` of another package."""
     import yaml
 
     bad = []

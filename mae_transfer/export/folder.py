@@ -38,7 +38,10 @@ def snapshot_config(kind: str, config: Optional[str], out: Path) -> Optional[Pat
 
         dest = out / "config.yaml"
         outputs.write_with(dest, lambda tmp: LazyConfig.save(LazyConfig.load(config), tmp))
-        if (out / "config.yaml.pkl").exists() or any(out.glob(".config.yaml*.pkl")):  # d2's pickle fallback
+        pickled = list(out.glob(".config.yaml*.pkl"))  # detectron2's fallback when YAML cannot hold the config
+        for p in pickled:
+            p.unlink()
+        if pickled:
             raise CheckpointError(f"{config}: the config does not serialise to YAML (LazyConfig.save pickled it); "
                                   f"an export folder carries no pickles")
         return dest

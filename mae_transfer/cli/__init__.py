@@ -33,6 +33,7 @@ for _msg in ("`torch.jit.script` is deprecated", "pkg_resources is deprecated", 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", message=".*would be deprecated soon")
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")  # a corrupt EXIF block: the image is skipped
 
 
 def usage() -> str:

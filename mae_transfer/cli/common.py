@@ -33,6 +33,13 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def path(text: str) -> str:
+    """An argparse type: a path that is not empty (`--output-dir ""` would mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    return text
+
+
 def number(lo: float, hi: float = float("inf"), kind=float):
     """An argparse type: a finite number in [lo, hi] (NaN, Inf and out-of-range values are one error line)."""
     def parse(text: str):
@@ -55,7 +62,7 @@ def parser(prog: str, doc: str, kind: Optional[str], default_config: Optional[st
     names = ", ".join(config_names(kind)) if kind else ""
     g.add_argument("--config", metavar="NAME|PATH",
                    help=f"a shipped config ({names}) or a config file (default: {default_config})")
-    g.add_argument("--output-dir", metavar="DIR", help="where the run writes (default: the config's)")
+    g.add_argument("--output-dir", type=path, metavar="DIR", help="where the run writes (default: the config's)")
     g.add_argument("--seed", type=seed_arg, help="seeds model init, sampling, augmentation and masks: an integer in "
                    "[0, 2**32) (default: the config's, else 0)")
     g.add_argument("--resume", action="store_true",

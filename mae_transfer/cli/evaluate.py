@@ -28,14 +28,14 @@ failed and the suite goes on.
 
 
 def main(argv: List[str], prog: str = "mae-transfer evaluate"):
-    from .common import Parser, number
+    from .common import Parser, number, path
 
     p = Parser(prog, DOC)
     p.add_argument("backbones", nargs="+", help="checkpoints (PATH or NAME=PATH), or 'random' for random init")
     p.add_argument("--suite", choices=["cpu", "paper", "custom"], default="cpu")
     p.add_argument("--tasks", default="linprobe,finetune,det,seg", help="comma-separated subset")
     p.add_argument("--seeds", type=number(1, 1000, int), default=3, help="seeds 0..N-1 for every task and backbone")
-    p.add_argument("--output-dir", default="output/evaluate")
+    p.add_argument("--output-dir", type=path, default="output/evaluate")
     p.add_argument("--data", default="output/scenes", help="cpu suite: the scene set (made here if missing)")
     p.add_argument("--quick", action="store_true", help="cpu suite: a smoke budget (a few iterations a task)")
     p.add_argument("--arch", choices=["base", "large", "huge"], default="base", help="paper suite: ViT size")

@@ -2,7 +2,7 @@
 parity gate."""
 from typing import List
 
-from .common import number
+from .common import number, path
 from .tools import _parser, expand
 
 DOC = """Export a trained model to ONNX (opset 18, ONNX Runtime) and to a torch.export program (.pt2), then
@@ -31,7 +31,7 @@ def main(argv: List[str], prog: str = "mae-transfer export"):
     p.add_argument("--config", metavar="NAME|PATH", help="det/seg: the config the model was trained with")
     p.add_argument("--weights", help="det: model_final.pth; seg: iter_N.pth; encoder: any MAE checkpoint the "
                    "toolkit reads (not with --check-only: the folder's own copy is checked)")
-    p.add_argument("--output-dir", "--out", dest="output_dir", default="output/export", metavar="DIR")
+    p.add_argument("--output-dir", "--out", type=path, dest="output_dir", default="output/export", metavar="DIR")
     p.add_argument("--to", default="onnx,pt2", help="comma-separated: onnx, pt2")
     p.add_argument("--images", nargs="+", help="the gate's images (files, folders, globs; default: the embedded "
                    "demo photos) -- your validation images are the better test")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import List
 
 from ..engine.config import seed_arg
-from .common import Parser, number
+from .common import Parser, number, path
 
 PREDICT_DOC = """Run a trained detector or segmenter on images and draw the result.
 
@@ -76,7 +76,7 @@ def predict(argv: List[str], prog: str = "mae-transfer predict"):
                    "with --runtime onnxruntime|torch-export, the folder `mae-transfer export` wrote")
     p.add_argument("--runtime", choices=["torch", "onnxruntime", "torch-export"], default="torch",
                    help="what runs the network: PyTorch, ONNX Runtime (the .onnx files) or the torch.export programs")
-    p.add_argument("--output-dir", "--out", dest="output_dir", default="output/predict", metavar="DIR")
+    p.add_argument("--output-dir", "--out", type=path, dest="output_dir", default="output/predict", metavar="DIR")
     p.add_argument("--device", default="auto", help="auto (cuda where available) | cpu | cuda[:N]")
     p.add_argument("--batch-size", type=number(1, 4096, int), default=4)
     p.add_argument("--score-thresh", type=number(0), default=0.5, help="det: keep detections above this score")

@@ -304,7 +304,7 @@ def bad_command_line(draw):
     if how == "seed flag":
         return ["--seed", draw(st.sampled_from(["-1", str(2**32), "1.5", "x", str(2**70), ""]))]
     if how == "unknown flag":
-        return [draw(st.sampled_from(["--epochs", "--seeds", "--output", "--resum", "--num-gpu"])), "1"]
+        return [draw(st.sampled_from(["--epochs", "--seeds", "--output", "--resum", "--num-gpu", "--out"])), "1"]
     return [f"norm_pix_loss={draw(st.sampled_from(['Ture', 'yes', '2', 'none', '']))}"]
 
 
@@ -312,9 +312,15 @@ def test_every_mistyped_command_line_is_one_line_and_writes_nothing(tmp_path_fac
     @FUZZ
     @given(extra=bad_command_line(), command=st.sampled_from(["pretrain", "finetune", "linprobe"]))
     def check(extra, command):
-        out = tmp_path_factory.mktemp("case") / "out"
-        refused(capsys, [command, "--output-dir", str(out), *extra])
-        assert not out.exists()
+        case = tmp_path_factory.mktemp("case")
+        out = case / "out"
+        cwd = os.getcwd()
+        os.chdir(case)  # a mistake that became a path (`--output 1`) would show up here
+        try:
+            refused(capsys, [command, "--output-dir", str(out), *extra])
+        finally:
+            os.chdir(cwd)
+        assert not out.exists() and os.listdir(case) == []
     check()
 
 

@@ -26,7 +26,9 @@ class Parser(argparse.ArgumentParser):
     """argparse with one `error:` line for a mistake (instead of the usage block), like every other error."""
 
     def __init__(self, prog: str, doc: str):
-        super().__init__(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+        # no abbreviations: a typo such as `--output 1` must not quietly mean `--output-dir 1`
+        super().__init__(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                         allow_abbrev=False)
 
     def error(self, message):
         print(f"error: {self.prog}: {message} (--help lists the options)", file=sys.stderr)

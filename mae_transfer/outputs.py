@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 from .errors import CheckpointError, ConfigError, UserError
-from .schemas import Settings, validate
+from .schemas import Settings, parse_json, validate
 
 LOCK = ".lock"
 LOCK_ENV = "MAE_TRANSFER_LOCKED"  # given by a launcher holding the lock to the processes it starts
@@ -147,8 +147,6 @@ def check_fresh(output_dir, resume: bool) -> None:
 
 def _read_settings(path: Path) -> Optional[Dict[str, Optional[str]]]:
     """settings.json through its schema; None when it is missing or damaged."""
-    from .schemas import parse_json
-
     try:
         obj = parse_json(path.read_bytes(), "settings")
         return validate(obj, Settings, ConfigError, str(path)).model_dump()

@@ -28,6 +28,20 @@ def tiny_mae():
     return make
 
 
+def refused(capsys, argv, code: int = 2) -> str:
+    """`mae-transfer argv` (in this process) exits `code` with exactly one line on stderr, no traceback: an
+    `error:` line (a user mistake, exit 2), or with exit 1 also an `internal error:` line. Returns the line."""
+    from mae_transfer.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    lines = ("error: ",) if code == 2 else ("error: ", "internal error: ")
+    assert e.value.code == code and len(err) == 1 and err[0].startswith(lines), (e.value.code, err, argv)
+    return err[0]
+
+
 def merged(*groups):
     """key=value overrides of several lists, a later value replacing an earlier one of the same key (the
     command line itself refuses a key given twice)."""

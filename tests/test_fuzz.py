@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import refused
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,16 +29,6 @@ def tree(root: Path) -> dict:
             p = Path(top) / n
             out[str(p.relative_to(root))] = "link" if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest()
     return out
-
-
-def refused(capsys, argv, code: int = 2) -> str:
-    """`mae-transfer argv` exits `code` with exactly one line on stderr, an `error:` line, no traceback."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == code and len(err) == 1 and err[0].startswith("error: "), (e.value.code, err, argv)
-    return err[0]
 
 
 # ------------------------------------------------------------------------------------------------ COCO

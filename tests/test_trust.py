@@ -14,23 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import refused
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from mae_transfer import checkpoints, outputs
-from mae_transfer.cli import command, main
+from mae_transfer.cli import command
 
 PY = sys.executable
-
-
-def refused(capsys, argv, code: int = 2) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == code and len(err) == 1 and err[0].startswith(("error: ", "internal error: ")), err
-    return err[0]
 
 
 # --------------------------------------------------------------------------------------------- .pt2

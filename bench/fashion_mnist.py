@@ -21,7 +21,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mae_transfer.data import SeededSamples  # noqa: E402
 from mae_transfer.data.scenes import fashion_mnist  # noqa: E402
-from mae_transfer.engine import classify, pretrain  # noqa: E402
+from mae_transfer.engine import finetune, pretrain  # noqa: E402
 
 ROOT = Path("/usr/share/datasets/fashion-mnist")
 # ViT with 7-px patches (4 x 4 tokens), 192-d, 6 blocks; decoder 128-d, 2 blocks: sized for 2 CPU cores.
@@ -65,14 +65,14 @@ def run(args):
     ckpt = str(out / "pretrain" / "checkpoint-last.pth")
 
     def classify_run(name, init, mode, idx_train, epochs, **kw):
-        cfg = classify.ClassifyConfig(
+        cfg = finetune.ClassifyConfig(
             mode=mode, model="vit_small_patch4", model_kwargs=ENC, img_size=28, num_classes=10, finetune=init,
             epochs=epochs, num_workers=1, output_dir=str(out / name), resume="none", save_freq=1000, **kw)
-        train_tf, eval_tf = classify.build_transforms(cfg)
+        train_tf, eval_tf = finetune.build_transforms(cfg)
         sets = (SeededSamples(Arrays(xtr[idx_train], ytr[idx_train]), train_tf),
                 SeededSamples(Arrays(xte, yte), eval_tf, replace_bad=False))
         t0 = time.time()
-        acc = classify.train(cfg, datasets=sets)["acc1"]
+        acc = finetune.train(cfg, datasets=sets)["acc1"]
         times[name] = time.time() - t0
         return acc
 

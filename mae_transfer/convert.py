@@ -43,7 +43,8 @@ def hf_config(obj, sd) -> dict:
     return cfg
 
 
-def export(src_path, target: str, out, det_patch_size: Optional[int] = None, det_pretrain_img_size: int = 224) -> Dict:
+def convert_checkpoint(src_path, target: str, out, det_patch_size: Optional[int] = None,
+                       det_pretrain_img_size: int = 224) -> Dict:
     """Convert the checkpoint at `src_path` (any format `read_state_dict` takes) to `target` at `out`."""
     if target not in TARGETS:
         raise checkpoints.CheckpointError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")

@@ -114,6 +114,11 @@ def recorded(task: str, output_dir, config=None, seed=None, checkpoint=None) -> 
     write(rec)
 
 
+def model_name(cfg) -> str:
+    """A training config's model as `settings` records it: its name and the sizes it overrides."""
+    return cfg.model + (f" {cfg.model_kwargs}" if cfg.model_kwargs else "")
+
+
 def settings(config, seed, model=None, backbone=None, data=()) -> Dict[str, Optional[str]]:
     """What a resumed run must share with its first start (`check_settings`), as text; paths absolute."""
     def where(x):

@@ -237,8 +237,8 @@ def custom_suite(data: CustomData, recipe: str = "cpu", cls_epochs: Optional[int
                  gpus: Optional[int] = None) -> List[Task]:
     """The tasks whose sets are given, each with its budget derived from its set's size (`Task.schedule`)."""
     from .data import DataError
-    from .engine.classify import ClassifyConfig
     from .engine.config import load_config
+    from .engine.finetune import ClassifyConfig
     from .schemas import read_classes
 
     r = RECIPES[recipe]

@@ -8,7 +8,7 @@ import torch
 
 from mae_transfer import checkpoints
 from mae_transfer import models as M
-from mae_transfer.convert import export
+from mae_transfer.convert import convert_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 KW = dict(img_size=64, depth=2)  # ViT-Ti/8 at 64 px with 2 blocks: the demo model, shortened
@@ -31,7 +31,7 @@ def test_hf_directory_opens_with_from_pretrained_and_round_trips(tmp_path, src):
     from transformers import ViTMAEForPreTraining, ViTMAEModel
 
     path, mae = src
-    export(path, "hf", tmp_path / "hf")
+    convert_checkpoint(path, "hf", tmp_path / "hf")
     hf = ViTMAEForPreTraining.from_pretrained(tmp_path / "hf").eval()
     assert hf.config.norm_pix_loss and hf.config.num_hidden_layers == 2 and hf.config.decoder_num_hidden_layers == 2
     imgs, noise = torch.randn(2, 3, 64, 64), torch.rand(2, 64)
@@ -45,7 +45,7 @@ def test_hf_directory_opens_with_from_pretrained_and_round_trips(tmp_path, src):
     torch.testing.assert_close(enc, latent, rtol=1e-5, atol=1e-5)
     back = checkpoints.read_state_dict(str(tmp_path / "hf"))  # X -> HF -> X
     assert back.keys() == mae.state_dict().keys() and all(torch.equal(back[k], v) for k, v in mae.state_dict().items())
-    export(tmp_path / "hf", "official", tmp_path / "again.pth")  # and the HF directory converts onward
+    convert_checkpoint(tmp_path / "hf", "official", tmp_path / "again.pth")  # and the HF directory converts onward
     assert torch.equal(checkpoints.read_state_dict(str(tmp_path / "again.pth"))["blocks.1.mlp.fc2.weight"],
                        mae.state_dict()["blocks.1.mlp.fc2.weight"])
 
@@ -55,7 +55,7 @@ def test_timm_file_loads_with_create_model_pretrained(tmp_path, src, suffix):
     import timm
 
     path, mae = src
-    export(path, "timm", tmp_path / f"vit{suffix}")
+    convert_checkpoint(path, "timm", tmp_path / f"vit{suffix}")
     for pool in ("avg", "token"):
         overlay = dict(file=str(tmp_path / f"vit{suffix}"))
         vit = timm.create_model("vit_tiny_patch8", pretrained=True, pretrained_cfg_overlay=overlay, global_pool=pool,
@@ -72,7 +72,7 @@ def test_detectron2_file_loads_with_detection_checkpointer(tmp_path, src):
     from detectron2.config import LazyConfig, instantiate
 
     path, mae = src
-    export(path, "detectron2", tmp_path / "d2.pth", det_pretrain_img_size=64)
+    convert_checkpoint(path, "detectron2", tmp_path / "d2.pth", det_pretrain_img_size=64)
     cfg = LazyConfig.load(str(ROOT / "configs/det/tiny_cpu.py"))
     cfg.model.backbone.net.depth = 2
     cfg.model.backbone.net.window_block_indexes = [0]
@@ -91,7 +91,7 @@ def test_mmseg_file_loads_through_init_cfg(tmp_path, src):
     from mmseg.models.backbones import MAE
 
     path, mae = src
-    export(path, "mmseg", tmp_path / "mm.pth")
+    convert_checkpoint(path, "mmseg", tmp_path / "mm.pth")
     mm = MAE(img_size=64, patch_size=8, embed_dims=192, num_layers=2, num_heads=3, out_indices=(1,),
              init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "mm.pth")))
     mm.init_weights()
@@ -123,12 +123,12 @@ def test_architecture_travels_and_is_never_guessed(tmp_path, tiny_mae):
 
     rec = {"name": None, "kwargs": dict(TINY)}
     checkpoints.save(tmp_path / "own.pth", {"model": mae.state_dict(), "model_args": rec})
-    export(tmp_path / "own.pth", "hf", tmp_path / "hf")
+    convert_checkpoint(tmp_path / "own.pth", "hf", tmp_path / "hf")
     import json
     assert json.loads((tmp_path / "hf/config.json").read_text())["num_attention_heads"] == 4
     for target, out in (("safetensors", "x.safetensors"), ("official", "x.pth"), ("mmseg", "mm.pth"),
                         ("detectron2", "d2.pth")):
-        export(tmp_path / "own.pth", target, tmp_path / out, det_pretrain_img_size=32)
+        convert_checkpoint(tmp_path / "own.pth", target, tmp_path / out, det_pretrain_img_size=32)
     for out in ("hf", "x.safetensors", "x.pth", "mm.pth", "d2.pth"):  # each written format read back
         obj = checkpoints.load_file(tmp_path / out)
         sd = checkpoints.read_state_dict(obj)

@@ -22,8 +22,8 @@ def test_bf16_pretraining_steps(tmp_path):
 def test_bf16_finetuning_steps(tmp_path):
     from PIL import Image
 
-    from mae_transfer.engine.classify import ClassifyConfig, train
     from mae_transfer.engine.config import apply_overrides
+    from mae_transfer.engine.finetune import ClassifyConfig, train
 
     for split in ("train", "val"):
         for c in ("a", "b"):

@@ -10,7 +10,7 @@ import torch
 
 from mae_transfer import checkpoints
 from mae_transfer import models as M
-from mae_transfer.convert import export
+from mae_transfer.convert import convert_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = str(ROOT / "tools/evaluate_backbone.py")
@@ -52,7 +52,7 @@ def test_every_checkpoint_format_scores_identically(tmp_path, scenes_quick):
     formats = {"official": tmp_path / "official.pth", "timm": tmp_path / "timm.pth", "hf": tmp_path / "hf",
                "safetensors": tmp_path / "st.safetensors"}
     for target, path in formats.items():
-        export(own, target, path)
+        convert_checkpoint(own, target, path)
     out = tmp_path / "ev"
     stdout = _evaluate(own, *formats.values(), "random", "--tasks", "linprobe", "--quick", "--seeds", "1",
                        "--data", scenes_quick, "--output-dir", out)

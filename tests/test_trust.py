@@ -228,12 +228,12 @@ def test_two_inputs_never_share_an_output_name(paths):
 
 
 def test_an_unexpected_exception_is_an_internal_error_line_with_a_log(tmp_path, monkeypatch, capsys):
-    from mae_transfer import cli
 
     def broken(argv, prog):
         raise TypeError("unsupported operand")
-    monkeypatch.setitem(cli.COMMANDS, "visualize", ("tools", "visualize", "x"))
-    monkeypatch.setattr(cli.tools, "visualize", broken)
+    from mae_transfer.cli import visualize
+
+    monkeypatch.setattr(visualize, "main", broken)
     monkeypatch.setenv("MAE_TRANSFER_LOG_DIR", str(tmp_path))
     line = refused(capsys, ["visualize", "--checkpoint", "x"], code=1)
     assert line.startswith("internal error: TypeError: unsupported operand") and "traceback: " in line

@@ -10,17 +10,17 @@ from typing import List, Optional
 
 # command -> (module, function, one line for the overview)
 COMMANDS = {
-    "pretrain": ("recipes", "pretrain", "MAE pretraining"),
-    "finetune": ("recipes", "finetune", "ImageNet-style fine-tuning of an MAE encoder"),
-    "linprobe": ("recipes", "linprobe", "linear probing of a frozen MAE encoder"),
+    "pretrain": ("pretrain", "pretrain", "MAE pretraining"),
+    "finetune": ("finetune", "finetune", "ImageNet-style fine-tuning of an MAE encoder"),
+    "linprobe": ("finetune", "linprobe", "linear probing of a frozen MAE encoder"),
     "det": ("det", "main", "ViTDet Mask R-CNN (detectron2) from an MAE checkpoint"),
     "seg": ("seg", "main", "UperNet (MMSegmentation) from an MAE checkpoint"),
-    "predict": ("tools", "predict", "a trained detector or segmenter on images, drawn"),
+    "predict": ("predict", "main", "a trained detector or segmenter on images, drawn"),
     "export": ("export", "main", "a trained model to ONNX / torch.export, checked against PyTorch"),
-    "convert": ("tools", "convert", "an MAE checkpoint for HF, timm, detectron2, mmseg, safetensors"),
-    "visualize": ("tools", "visualize", "reconstruction grid of a full MAE checkpoint"),
+    "convert": ("convert", "main", "an MAE checkpoint for HF, timm, detectron2, mmseg, safetensors"),
+    "visualize": ("visualize", "main", "reconstruction grid of a full MAE checkpoint"),
     "evaluate": ("evaluate", "main", "score backbones on every task, N seeds (the report card)"),
-    "submit-pretrain": ("recipes", "submit_pretrain", "pretraining on Slurm (requeued jobs resume)"),
+    "submit-pretrain": ("pretrain", "submit_pretrain", "pretraining on Slurm (requeued jobs resume)"),
 }
 
 # Deprecation chatter from the host libraries' current releases, printed on every run; not actionable

@@ -2,8 +2,13 @@
 parity gate."""
 from typing import List
 
-from .common import number, path
-from .tools import _parser, expand
+from ..data import demo_photos
+from ..data.images import load_rgb
+from ..engine.config import resolve_config
+from ..errors import ConfigError, DataError
+from ..export.pipeline import export_model
+from .common import Parser, number, path
+from .predict import expand
 
 DOC = """Export a trained model to ONNX (opset 18, ONNX Runtime) and to a torch.export program (.pt2), then
 check on real images that each file computes what PyTorch computes (the parity gate; exit 1 if not).
@@ -24,9 +29,7 @@ onnxruntime|torch-export --weights <this folder>` runs them.
 
 
 def main(argv: List[str], prog: str = "mae-transfer export"):
-    from ..engine.config import ConfigError, resolve_config
-
-    p = _parser(prog, DOC)
+    p = Parser(prog, DOC)
     p.add_argument("kind", choices=["det", "seg", "encoder"])
     p.add_argument("--config", metavar="NAME|PATH", help="det/seg: the config the model was trained with")
     p.add_argument("--weights", help="det: model_final.pth; seg: iter_N.pth; encoder: any MAE checkpoint the "
@@ -49,18 +52,11 @@ def main(argv: List[str], prog: str = "mae-transfer export"):
     if not a.check_only and a.kind != "encoder" and not a.config:
         raise ConfigError(f"export {a.kind} needs --config (the config the model was trained with)")
     config = str(resolve_config(a.config, a.kind)) if a.kind != "encoder" and not a.check_only else None
-    from ..data import demo_photos
-
     images = demo_photos()[: a.max_images]
     if a.images:
-        from ..data import DataError
-        from ..data.images import load_rgb
-
         images = [im for im in (load_rgb(f) for f in expand(a.images)[: a.max_images]) if im is not None]
         if not images:
             raise DataError("none of the --images could be decoded")
-    from .. import export as ex
-
-    report = ex.export(a.kind, config, a.weights, a.output_dir, formats, images, a.img_size, a.check_only)
+    report = export_model(a.kind, config, a.weights, a.output_dir, formats, images, a.img_size, a.check_only)
     print(f"parity holds on {report['images']} image(s): {a.output_dir}/export_report.json")
     return report

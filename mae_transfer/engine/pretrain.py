@@ -70,10 +70,7 @@ def build_data(cfg: PretrainConfig, grid, source=None):
 
 def make_noise_1(cfg: PretrainConfig, grid, g: torch.Generator) -> torch.Tensor:
     """Mask noise of one sample from its own generator (so masks do not depend on batch layout)."""
-    if cfg.mask_strategy == "random":
-        return torch.rand(grid[0] * grid[1], generator=g)
-    torch.manual_seed(int(torch.randint(2**62, (), generator=g)))  # block/grid use the global RNG
-    return make_noise(cfg.mask_strategy, 1, grid, cfg.mask_ratio)[0]
+    return make_noise(cfg.mask_strategy, 1, grid, cfg.mask_ratio, generator=g)[0]
 
 
 def train(cfg: PretrainConfig, info: Optional[DistInfo] = None, source=None, metrics: Optional[dict] = None

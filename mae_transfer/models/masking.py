@@ -34,14 +34,15 @@ def random_masking(
     return x_visible, mask, ids_restore
 
 
-def grid_noise(n: int, grid: Tuple[int, int], mask_ratio: float, device=None) -> torch.Tensor:
+def grid_noise(n: int, grid: Tuple[int, int], mask_ratio: float, device=None,
+               generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Regular grid: keep one patch of every s x s cell (s = 2 for 75 %), paper Fig. 6 right."""
     h, w = grid
     s = max(1, round(math.sqrt(1.0 / max(1e-6, 1.0 - mask_ratio))))
     rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     masked = ((rows % s != 0) | (cols % s != 0)).float().reshape(1, h * w)
     # ties broken randomly but never across the kept/masked boundary
-    return masked.to(device) + 0.5 * torch.rand(n, h * w, device=device)
+    return (masked + 0.5 * torch.rand(n, h * w, generator=generator)).to(device)
 
 
 def block_noise(
@@ -72,11 +73,13 @@ def block_noise(
     return (out + 0.5 * torch.rand(n, L, generator=generator)).to(device)
 
 
-def make_noise(strategy: str, n: int, grid: Tuple[int, int], mask_ratio: float, device=None):
+def make_noise(strategy: str, n: int, grid: Tuple[int, int], mask_ratio: float, device=None,
+               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Noise [N, L] of `strategy`, drawn from `generator` (a run's own; None: torch's global one)."""
     if strategy == "random":
-        return torch.rand(n, grid[0] * grid[1], device=device)
+        return torch.rand(n, grid[0] * grid[1], generator=generator).to(device)
     if strategy == "grid":
-        return grid_noise(n, grid, mask_ratio, device)
+        return grid_noise(n, grid, mask_ratio, device, generator=generator)
     if strategy == "block":
-        return block_noise(n, grid, mask_ratio, device)
+        return block_noise(n, grid, mask_ratio, device, generator=generator)
     raise ValueError(f"unknown masking strategy {strategy!r}; choose one of {STRATEGIES}")

@@ -1,12 +1,22 @@
-"""`mae-transfer predict | convert | visualize`: the commands around training."""
-import argparse
+"""`mae-transfer predict`: a trained detector or segmenter on images, drawn."""
 import glob
-import os
+import re
 import sys
 from pathlib import Path
 from typing import List
 
-from ..engine.config import seed_arg
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .. import outputs
+from ..data.images import IMG_EXTENSIONS, load_rgb
+from ..engine.config import resolve_config
+from ..errors import ConfigError, DataError
+from ..export.graphs import run_with
+from ..export.pipeline import exported
+from ..schemas import CocoCategories, read_json
 from .common import Parser, number, path
 
 PREDICT_DOC = """Run a trained detector or segmenter on images and draw the result.
@@ -24,9 +34,7 @@ model's top ones, whatever their score; the results file keeps only those above 
 
 
 def expand(inputs) -> List[Path]:
-    from ..data import DataError
-    from ..data.images import IMG_EXTENSIONS
-
+    """Image files, folders (searched recursively) and globs -> the image files, in order."""
     files = []
     for x in inputs:
         p = Path(x)
@@ -41,18 +49,8 @@ def expand(inputs) -> List[Path]:
     return files
 
 
-def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    return Parser(prog, doc)
-
-
 def device(name: str) -> str:
     """`auto` (cuda where there is one), `cpu`, or `cuda[:N]` of a GPU this machine has; else one ConfigError."""
-    import re
-
-    import torch
-
-    from ..errors import ConfigError
-
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     m = re.fullmatch(r"cuda(?::(\d+))?", name)
@@ -63,11 +61,8 @@ def device(name: str) -> str:
     return name
 
 
-def predict(argv: List[str], prog: str = "mae-transfer predict"):
-    from .. import outputs
-    from ..engine.config import resolve_config
-
-    p = _parser(prog, PREDICT_DOC)
+def main(argv: List[str], prog: str = "mae-transfer predict"):
+    p = Parser(prog, PREDICT_DOC)
     p.add_argument("task", choices=["det", "seg"])
     p.add_argument("inputs", nargs="+", help="images, folders or globs")
     p.add_argument("--config", metavar="NAME|PATH", help="the config the model was trained with (not with --runtime "
@@ -87,18 +82,9 @@ def predict(argv: List[str], prog: str = "mae-transfer predict"):
     files, out = expand(a.inputs), Path(a.output_dir)
     names = outputs.unique_names(files)  # two inputs never write one output
     outputs.refuse_inputs([out], [*files, a.weights, a.config, a.classes_json])
-    import numpy as np
-    from PIL import Image
-    from tqdm import tqdm
-
-    from ..data.images import load_rgb
-    from ..export.graphs import run_with
-
     a.device = device(a.device)
     graphs = None
     if a.runtime != "torch":
-        from ..export import exported
-
         if a.config:
             p.error(f"--config with --runtime {a.runtime}: the export folder carries the config its graphs were "
                     f"made with; leave --config out")
@@ -108,9 +94,6 @@ def predict(argv: List[str], prog: str = "mae-transfer predict"):
     config = str(resolve_config(a.config, a.task))
     cats = None
     if a.task == "det" and a.classes_json:
-        from ..errors import ConfigError
-        from ..schemas import CocoCategories, read_json
-
         cats = [c.model_dump() for c in read_json(a.classes_json, CocoCategories, ConfigError).categories]
     batches = [list(range(len(files)))[i:i + a.batch_size] for i in range(0, len(files), a.batch_size)]
     unreadable = []
@@ -122,7 +105,7 @@ def predict(argv: List[str], prog: str = "mae-transfer predict"):
 
     with outputs.claim(out, markers_ok=True):
         if a.task == "det":
-            from ..det.predict import DetPredictor
+            from ..det.predict import DetPredictor  # detectron2: an optional host, imported when asked for
 
             thresh = 0.0 if a.min_draw else a.score_thresh  # the model keeps everything; drawn/written below
             pred = DetPredictor(config, a.weights, a.device, thresh, [c["name"] for c in cats] if cats else None)
@@ -144,7 +127,7 @@ def predict(argv: List[str], prog: str = "mae-transfer predict"):
             print(f"{len(results)} detections >= {a.score_thresh} in {len(table)} images ({drawn} drawn) -> "
                   f"{out}/coco_results.json, *_overlay.png")
         else:
-            from ..seg.predict import SegPredictor
+            from ..seg.predict import SegPredictor  # mmseg: an optional host, imported when asked for
 
             pred = SegPredictor(config, a.weights, a.device)
             if graphs:
@@ -162,84 +145,3 @@ def predict(argv: List[str], prog: str = "mae-transfer predict"):
             print(f"{done} images -> {out}/*_classes.png (class index per pixel), *_overlay.png")
     if unreadable:
         print(f"skipped {len(unreadable)} unreadable image(s), e.g. {unreadable[0]}", file=sys.stderr)
-
-
-CONVERT_DOC = """Convert an MAE checkpoint to what another codebase loads directly.
-
-  mae-transfer convert mae_pretrain_vit_base.pth --to hf out/vit-mae-base   # ViTMAEModel.from_pretrained(dir)
-  mae-transfer convert output/pretrain/checkpoint-last.pth --to hf out/mae  # ViTMAEForPreTraining (with decoder)
-  mae-transfer convert X.pth --to timm vit_b.pth        # timm.create_model('vit_base_patch16', pretrained=True,
-                                                        #   pretrained_cfg_overlay=dict(file='vit_b.pth'))
-  mae-transfer convert X.pth --to detectron2 d2.pth     # DetectionCheckpointer(model).load('d2.pth')
-  mae-transfer convert mae_pretrain_vit_huge.pth --to detectron2 h.pth --det-patch-size 16   # ViTDet's p14to16
-  mae-transfer convert X.pth --to mmseg mm.pth          # init_cfg=dict(type='Pretrained', checkpoint='mm.pth')
-  mae-transfer convert X.pth --to safetensors x.safetensors | --to official x.pth
-
-CKPT: an official MAE file, a pretraining checkpoint, timm-style weights, an HF directory or weights
-file, .safetensors, or any file this command wrote. Prints what was written, dropped and renamed.
-"""
-
-
-def convert(argv: List[str], prog: str = "mae-transfer convert"):
-    from ..convert import TARGETS, export
-
-    p = _parser(prog, CONVERT_DOC)
-    p.add_argument("checkpoint")
-    p.add_argument("--to", required=True, choices=TARGETS)
-    p.add_argument("out", help="output file (a directory for --to hf)")
-    p.add_argument("--det-patch-size", type=number(1, 256, int),
-                   help="detectron2: resample the patch kernel to this size (ViT-H: 16)")
-    p.add_argument("--det-pretrain-img-size", type=number(16, 8192, int), default=224,
-                   help="detectron2: the ViT's pretrain_img_size; the position table is resampled to it")
-    a = p.parse_args(argv)
-    r = export(a.checkpoint, a.to, a.out, a.det_patch_size, a.det_pretrain_img_size)
-    dropped = ", ".join(sorted({k.split(".")[0] for k in r["dropped"]})) or "nothing"
-    adapted = f"; adapted: {'; '.join(r['adapted'])}" if r.get("adapted") else ""
-    print(f"wrote {r['tensors']} tensors to {r['written']} ({a.to}); dropped: {dropped}; "
-          f"renamed: {len(r['renamed'])} tensors{adapted}")
-
-
-VISUALIZE_DOC = """Reconstruction grid for any full MAE checkpoint (official *_full.pth / mae_visualize_*.pth,
-pretraining checkpoints, HF ViTMAE, safetensors); the model is rebuilt from the architecture the
-checkpoint records (or, for foreign files, the table of known sizes).
-
-  mae-transfer visualize --checkpoint output/demo/pretrain/checkpoint-last.pth --images photos/ -o grid.png
-"""
-
-
-def visualize(argv: List[str], prog: str = "mae-transfer visualize"):
-    import torch
-    from torchvision import transforms
-
-    from ..data import DataError, pretrain_transform
-    from ..data.images import find_images, load_rgb
-    from ..engine.config import ConfigError
-    from ..models.mae import load_mae
-    from ..visualize import NORM_PIX_NOTE, reconstruct, save_grid
-
-    p = _parser(prog, VISUALIZE_DOC)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--images", nargs="+", required=True, help="image files and/or folders")
-    p.add_argument("--mask-ratio", type=float, default=0.75)
-    p.add_argument("--max-images", type=number(1, 1000, int), default=6)
-    p.add_argument("--seed", type=seed_arg, default=0)
-    p.add_argument("-o", "--output", default="reconstructions.png")
-    a = p.parse_args(argv)
-    if not 0 < a.mask_ratio < 1:
-        raise ConfigError(f"--mask-ratio {a.mask_ratio}: must be inside (0, 1)")
-    from .. import outputs
-
-    outputs.refuse_inputs([a.output], [a.checkpoint, *a.images])
-    model = load_mae(a.checkpoint)
-    files = [f for src in a.images for f in (find_images(src) if os.path.isdir(src) else [src])]
-    size = model.grid_size[0] * model.patch_size
-    tf = pretrain_transform(size, scale=(1.0, 1.0))
-    tf.transforms = [transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
-                     transforms.CenterCrop(size)] + tf.transforms[2:]  # no random crop / flip here
-    imgs = [tf(im) for im in (load_rgb(f) for f in files[: a.max_images]) if im is not None]
-    if not imgs:
-        raise DataError("none of the given images could be read")
-    torch.manual_seed(a.seed)
-    grid = reconstruct(model, torch.stack(imgs), a.mask_ratio)
-    out = save_grid(grid, a.output, f"{a.checkpoint}, mask ratio {a.mask_ratio}" + NORM_PIX_NOTE * model.norm_pix_loss)
-    print(f"reconstructions: {out}")

@@ -14,8 +14,8 @@ from PIL import Image
 from mae_transfer import checkpoints
 from mae_transfer import models as M
 from mae_transfer.data import DataError
-from mae_transfer.engine.classify import build_model, build_optimizer, train
 from mae_transfer.engine.config import apply_overrides, load_config
+from mae_transfer.engine.finetune import build_model, build_optimizer, train
 
 ROOT = Path(__file__).resolve().parents[1]
 KW = {"depth": 2}

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mae_transfer import checkpoints  # noqa: E402
+from mae_transfer import layouts  # noqa: E402
 from mae_transfer.models.mae import MaskedAutoencoderViT  # noqa: E402
 from mae_transfer.models.masking import random_masking  # noqa: E402
 
@@ -82,7 +82,7 @@ def build(variant: str, size: dict, mask_ratio: float, device):
     ours = MaskedAutoencoderViT(norm_pix_loss=True, **size)
     if variant == "HF":
         model = hf_model(size, mask_ratio)
-        model.load_state_dict(checkpoints.to_hf(ours.state_dict()))
+        model.load_state_dict(layouts.to_hf(ours.state_dict()))
         forward = lambda imgs, noise: model(pixel_values=imgs, noise=noise).loss  # noqa: E731
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))  # torch's default (foreach)
     else:

@@ -1,11 +1,10 @@
-"""One place for every checkpoint format: safe reading, atomic writing, and name conversion.
+"""Every checkpoint format read safely into one layout, and written atomically.
 
-Canonical layout = the official MAE / timm parameter names (`blocks.0.attn.qkv.weight`, ...).
-Every reader returns it; every host-specific writer starts from it:
+Canonical layout = the official MAE / timm parameter names (`blocks.0.attn.qkv.weight`, ...); every reader
+returns it (the names of each host's layout: layouts.py), and every host adapter starts from it (hosts.py):
 
-    official / timm / mae-transfer pretrain  --(read_state_dict)-->  canonical  --> to_hf()
-    HF ViTMAE (transformers 4.x and 5.x) --^                                --> to_detectron2()
-                                                                            --> to_mmseg()
+    official / timm / DeiT / MoCo v3 / DINO / BEiT / mae-transfer  --(read_state_dict)-->  canonical
+    HF ViTMAE (4.x and 5.x), detectron2 ViTDet, mmseg MAE          --^
 Loading never unpickles code: `.pth` files go through `torch.load(weights_only=True)` with a short
 allow-list (the `argparse.Namespace` that official training checkpoints carry); anything else is
 refused with `CheckpointError` instead of being executed.
@@ -19,13 +18,13 @@ import re
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Dict, List
 
 import torch
-import torch.nn.functional as F
 
 from . import beit, outputs
 from .errors import CheckpointError  # noqa: F401  (re-exported)
+from .layouts import HF_CONFIG, from_detectron2, from_hf, from_mmseg
 
 _logger = logging.getLogger("mae_transfer")
 
@@ -146,7 +145,7 @@ def read_state_dict(path_or_sd, source=None) -> StateDict:
         if fmt == "hf":
             sd = from_hf(sd)
         elif fmt == "detectron2":
-            sd = {k[len("backbone.net."):]: v for k, v in sd.items() if k.startswith("backbone.net.")}
+            sd = from_detectron2(sd)
         elif fmt == "mmseg":
             sd = from_mmseg(sd)
         sd = _without_distillation(sd)
@@ -242,133 +241,7 @@ def save_official(path, state_dict: StateDict, **extra) -> Path:
     return save(path, {"model": state_dict, **extra})
 
 
-# ------------------------------------------------------------------------------ HF transformers ViTMAE
-# canonical <-> transformers 5.x; 4.x names are first mapped onto 5.x by _HF4_TO_5.
-_HF_TOP = [
-    (r"^cls_token$", "vit.embeddings.cls_token"),
-    (r"^pos_embed$", "vit.embeddings.position_embeddings"),
-    (r"^patch_embed\.proj\.", "vit.embeddings.patch_embeddings.projection."),
-    (r"^norm\.", "vit.layernorm."),
-    (r"^blocks\.(\d+)\.", r"vit.layers.\1."),
-    (r"^(decoder_embed|mask_token|decoder_pos_embed|decoder_norm|decoder_pred)", r"decoder.\1"),
-    (r"^decoder_blocks\.(\d+)\.", r"decoder.decoder_layers.\1."),
-]
-_HF_BLOCK = [(r"\.norm1\.", ".layernorm_before."), (r"\.norm2\.", ".layernorm_after."),
-             (r"\.attn\.proj\.", ".attention.o_proj.")]
-_HF4_TO_5 = [
-    (r"^vit\.encoder\.layer\.", "vit.layers."),
-    (r"\.attention\.attention\.(query|key|value)\.", lambda m: f".attention.{m.group(1)[0]}_proj."),
-    (r"\.attention\.output\.dense\.", ".attention.o_proj."),
-    (r"\.intermediate\.dense\.", ".mlp.fc1."),
-    (r"\.output\.dense\.", ".mlp.fc2."),
-]
-
-
-def _rename(key: str, rules: Iterable[Tuple[str, Any]]) -> str:
-    for pattern, repl in rules:
-        key = re.sub(pattern, repl, key)
-    return key
-
-
+# ---------------------------------------------------------------------------------- HF model folders
 def hf_model_args(config: dict) -> dict:
     """transformers' ViTMAEConfig -> this toolkit's model_args (MaskedAutoencoderViT keyword arguments)."""
-    names = {"image_size": "img_size", "patch_size": "patch_size", "num_channels": "in_chans",
-             "hidden_size": "embed_dim", "num_hidden_layers": "depth", "num_attention_heads": "num_heads",
-             "decoder_hidden_size": "decoder_embed_dim", "decoder_num_hidden_layers": "decoder_depth",
-             "decoder_num_attention_heads": "decoder_num_heads", "norm_pix_loss": "norm_pix_loss"}
-    return {"name": None, "kwargs": {ours: config[hf] for hf, ours in names.items() if hf in config}}
-
-
-def to_hf(sd: StateDict) -> StateDict:
-    """Canonical -> `transformers.ViTMAEForPreTraining` (5.x names); qkv split into q/k/v."""
-    out = {}
-    for k, v in sd.items():
-        name = _rename(_rename(k, _HF_TOP), _HF_BLOCK)
-        if ".attn.qkv." in name:
-            for part, t in zip("qkv", v.chunk(3, dim=0)):
-                out[name.replace(".attn.qkv.", f".attention.{part}_proj.")] = t.clone()
-        else:
-            out[name] = v
-    return out
-
-
-def from_hf(sd: StateDict) -> StateDict:
-    """HF ViTMAE (4.x or 5.x names) -> canonical; q/k/v merged into qkv."""
-    sd = {_rename(k, _HF4_TO_5): v for k, v in sd.items()}
-    inv_top = [(r"^vit\.embeddings\.cls_token$", "cls_token"),
-               (r"^vit\.embeddings\.position_embeddings$", "pos_embed"),
-               (r"^vit\.embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-               (r"^vit\.layernorm\.", "norm."), (r"^vit\.layers\.(\d+)\.", r"blocks.\1."),
-               (r"^decoder\.decoder_layers\.(\d+)\.", r"decoder_blocks.\1."), (r"^decoder\.", "")]
-    inv_block = [(r"\.layernorm_before\.", ".norm1."), (r"\.layernorm_after\.", ".norm2."),
-                 (r"\.attention\.o_proj\.", ".attn.proj.")]
-    out: StateDict = {}
-    for k, v in sd.items():
-        name = _rename(_rename(k, inv_top), inv_block)
-        m = re.match(r"(.*)\.attention\.q_proj\.(weight|bias)$", name)
-        if m:
-            parts = [sd[k.replace(".q_proj.", f".{p}_proj.")] for p in "qkv"]
-            out[f"{m.group(1)}.attn.qkv.{m.group(2)}"] = torch.cat(parts, dim=0)
-        elif not re.search(r"\.attention\.[kv]_proj\.", name):
-            out[name] = v
-    return out
-
-
-# ------------------------------------------------------------------------------------- detectron2 ViT
-def resize_patch_kernel(weight: torch.Tensor, size: int) -> torch.Tensor:
-    """[D, C, p, p] -> [D, C, size, size] by bicubic interpolation, as ViTDet did to run the
-    patch-14 ViT-H with 16-px patches."""
-    if weight.shape[-1] == size:
-        return weight
-    return F.interpolate(weight.float(), size=(size, size), mode="bicubic", align_corners=False).to(weight.dtype)
-
-
-def to_detectron2(sd: StateDict, patch_size: int = 16, prefix: str = "backbone.net.") -> StateDict:
-    """Canonical encoder -> `detectron2.modeling.ViT` names under `prefix` (as in ViTDet's
-    Mask R-CNN). Drops the decoder, mask token, cls token and final norm, which d2's ViT lacks;
-    keeps `pos_embed` with its cls row (d2's ViT is built with `pretrain_use_cls_token=True`)."""
-    out = {}
-    for k, v in sd.items():
-        if k.startswith(("decoder_", "mask_token", "cls_token", "norm.", "fc_norm.", "head.")):
-            continue
-        if k == "patch_embed.proj.weight":
-            v = resize_patch_kernel(v, patch_size)
-        out[prefix + k] = v
-    return out
-
-
-# -------------------------------------------------------------------------------- mmseg MAE backbone
-_MMSEG = [(r"^patch_embed\.proj\.", "patch_embed.projection."), (r"^blocks\.(\d+)\.", r"layers.\1."),
-          (r"\.norm1\.", ".ln1."), (r"\.norm2\.", ".ln2."),
-          (r"\.mlp\.fc1\.", ".ffn.layers.0.0."), (r"\.mlp\.fc2\.", ".ffn.layers.1.")]
-
-
-def to_mmseg(sd: StateDict) -> StateDict:
-    """Canonical encoder -> `mmseg.models.backbones.MAE` names. The MAE has no layer scale, so
-    gamma_1/gamma_2 are exactly ones (a BEiT brings its own); its final `norm` is unused by mmseg
-    (features are taken from intermediate blocks, `final_norm=False`) and dropped with the decoder."""
-    out = {}
-    for k, v in sd.items():
-        if k.startswith(("decoder_", "mask_token", "norm.", "fc_norm.", "head.")):
-            continue
-        out[_rename(k, _MMSEG)] = v
-    for k in [k for k in out if k.endswith(".ln1.weight")]:  # a BEiT's own layer scale is kept
-        out.setdefault(k.replace(".ln1.weight", ".gamma_1"), torch.ones_like(out[k]))
-        out.setdefault(k.replace(".ln1.weight", ".gamma_2"), torch.ones_like(out[k]))
-    return out
-
-
-def from_mmseg(sd: StateDict) -> StateDict:
-    """mmseg `MAE` backbone names (what `to_mmseg` writes) -> canonical. Layer scales other than ones
-    have no place in the MAE and are refused."""
-    inverse = [(r"^patch_embed\.projection\.", "patch_embed.proj."), (r"^layers\.(\d+)\.", r"blocks.\1."),
-               (r"\.ln1\.", ".norm1."), (r"\.ln2\.", ".norm2."),
-               (r"\.ffn\.layers\.0\.0\.", ".mlp.fc1."), (r"\.ffn\.layers\.1\.", ".mlp.fc2.")]
-    out = {}
-    for k, v in sd.items():
-        if k.endswith((".gamma_1", ".gamma_2")):
-            if not bool((v == 1).all()):
-                raise CheckpointError(f"{k}: a layer scale other than ones (a BEiT-style model, not an MAE)")
-            continue
-        out[_rename(k, inverse)] = v
-    return out
+    return {"name": None, "kwargs": {ours: config[hf] for hf, ours in HF_CONFIG.items() if hf in config}}

@@ -12,12 +12,12 @@ Each returns a report of what was written, dropped and renamed."""
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from . import beit, checkpoints, outputs
+from . import checkpoints, hosts, outputs
+from .errors import CheckpointError
+from .layouts import DECODER, HF_CONFIG
 from .models.mae import architecture, training_args
-from .models.pos_embed import resample_pos_embed
 
 TARGETS = ("hf", "timm", "detectron2", "mmseg", "safetensors", "official")
-_DECODER = ("decoder_", "mask_token")
 
 
 def _report(src: Dict, out: Dict, path: Path, renamed: Optional[List[str]] = None, notes=()) -> Dict:
@@ -30,16 +30,13 @@ def hf_config(obj, sd) -> dict:
     architecture it records (or the table of known sizes), mask ratio and norm_pix_loss from its args."""
     kw, args = {"img_size": 224, "in_chans": 3, "norm_pix_loss": False, **architecture(obj, sd)}, training_args(obj)
     arch = "ViTMAEForPreTraining" if "decoder_embed_dim" in kw else "ViTMAEModel"
-    cfg = {"model_type": "vit_mae", "architectures": [arch],
-           "image_size": kw["img_size"], "patch_size": kw["patch_size"], "num_channels": kw["in_chans"],
-           "hidden_size": kw["embed_dim"], "num_hidden_layers": kw["depth"], "num_attention_heads": kw["num_heads"],
+    cfg = {"model_type": "vit_mae", "architectures": [arch], **{hf: kw[ours] for hf, ours in HF_CONFIG.items()
+                                                                  if ours in kw},
            "intermediate_size": 4 * kw["embed_dim"], "hidden_act": "gelu", "layer_norm_eps": 1e-6, "qkv_bias": True,
            "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02,
-           "mask_ratio": args.get("mask_ratio", 0.75), "norm_pix_loss": kw["norm_pix_loss"]}
+           "mask_ratio": args.get("mask_ratio", 0.75)}
     if "decoder_embed_dim" in kw:
-        dd = kw["decoder_embed_dim"]
-        cfg.update(decoder_hidden_size=dd, decoder_num_hidden_layers=kw["decoder_depth"],
-                   decoder_num_attention_heads=kw["decoder_num_heads"], decoder_intermediate_size=4 * dd)
+        cfg["decoder_intermediate_size"] = 4 * kw["decoder_embed_dim"]
     return cfg
 
 
@@ -47,50 +44,42 @@ def convert_checkpoint(src_path, target: str, out, det_patch_size: Optional[int]
                        det_pretrain_img_size: int = 224) -> Dict:
     """Convert the checkpoint at `src_path` (any format `read_state_dict` takes) to `target` at `out`."""
     if target not in TARGETS:
-        raise checkpoints.CheckpointError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    outputs.refuse_inputs([out], [src_path])  # e.g. `convert X.pth --to timm X.pth` would replace X with its encoder
-    obj = checkpoints.load_file(src_path)
-    sd, notes = checkpoints.read_state_dict(obj), []
-    if target == "hf" and beit.is_beit(sd):
-        raise checkpoints.CheckpointError(
-            f"{src_path} is a BEiT: HF's ViTMAE has no place for its layer scale and relative position bias "
-            f"(--to timm, official, safetensors, detectron2 or mmseg)")
-    if target in beit.HOSTS:
-        sd, notes = beit.for_host(sd, target)
-    arch = {"model_args": obj["model_args"]} if isinstance(obj, dict) and obj.get("model_args") else {}
+        raise CheckpointError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     out = Path(out)
     if target == "safetensors" and out.suffix != ".safetensors":
-        raise checkpoints.CheckpointError(f"--to safetensors writes a .safetensors file, not {out.name}")
-    if target == "hf":
-        out.mkdir(parents=True, exist_ok=True)
-        hf = checkpoints.to_hf(sd)
-        try:
-            config = hf_config(obj, sd)
-        except ValueError as e:
-            raise checkpoints.CheckpointError(f"{src_path}: {e}") from None
-        outputs.write_json(out / "config.json", config, indent=2)
-        checkpoints.save(out / "model.safetensors", {"model": hf})
-        return _report(sd, hf, out, renamed=[k for k in sd])
+        raise CheckpointError(f"--to safetensors writes a .safetensors file, not {out.name}")
+    outputs.refuse_inputs([out], [src_path])  # e.g. `convert X.pth --to timm X.pth` would replace X with its encoder
+    obj = checkpoints.load_file(src_path)
+    sd = checkpoints.read_state_dict(obj, src_path)
+    arch = {"model_args": obj["model_args"]} if isinstance(obj, dict) and obj.get("model_args") else {}
     if target in ("safetensors", "official"):
         # .pth: the official {'model': ...}; .safetensors: flat, the architecture in its header
         checkpoints.save(out, {"model": sd, **arch})
         return _report(sd, sd, out)
+    if target == "hf":
+        try:
+            hf, _ = hosts.adapt(sd, "hf")
+            config = hf_config(obj, sd)
+        except (CheckpointError, ValueError) as e:  # a BEiT; a size that cannot be told
+            raise CheckpointError(f"{src_path}: {e}") from None
+        out.mkdir(parents=True, exist_ok=True)
+        outputs.write_json(out / "config.json", config, indent=2)
+        checkpoints.save(out / "model.safetensors", {"model": hf})
+        return _report(sd, hf, out, renamed=list(sd))
     if target == "timm":
-        enc = {k: v for k, v in sd.items() if not k.startswith(_DECODER)}
+        enc, notes = hosts.adapt(sd, "timm")
         checkpoints.save(out, enc)  # a flat state dict (.pth or .safetensors)
-        return _report(sd, enc, out)
+        return _report(sd, enc, out, notes=notes)
     if target == "detectron2":
         patch = det_patch_size or sd["patch_embed.proj.weight"].shape[-1]
-        d2 = checkpoints.to_detectron2(sd, patch_size=patch)
-        side = det_pretrain_img_size // patch
+        side = det_pretrain_img_size // patch  # d2's ViT holds a table for pretrain_img_size / patch
         if side < 1:
-            raise checkpoints.CheckpointError(f"--det-pretrain-img-size {det_pretrain_img_size} is smaller than one "
-                                              f"{patch}-px patch")
-        if d2["backbone.net.pos_embed"].shape[1] != side * side + 1:  # d2's ViT holds pretrain_img_size / patch
-            d2["backbone.net.pos_embed"] = resample_pos_embed(d2["backbone.net.pos_embed"], (side, side))
+            raise CheckpointError(f"--det-pretrain-img-size {det_pretrain_img_size} is smaller than one {patch}-px "
+                                  f"patch")
+        d2, notes = hosts.adapt(sd, "detectron2", patch_size=patch, grid=(side, side))
         checkpoints.save(out, {"model": d2, "__author__": "mae_transfer", "matching_heuristics": False, **arch})
-        return _report(sd, d2, out, renamed=[k for k in sd if "backbone.net." + k in d2], notes=notes)
-    mm = checkpoints.to_mmseg(sd)
+        return _report(sd, d2, out, renamed=[k for k in sd if hosts.D2_PREFIX + k in d2], notes=notes)
+    mm, notes = hosts.adapt(sd, "mmseg")
     checkpoints.save(out, {"state_dict": mm, "meta": {"source": str(src_path)}, **arch})
-    return _report(sd, mm, out, renamed=[k for k in sd if k not in mm and not k.startswith(_DECODER + ("norm.",))],
+    return _report(sd, mm, out, renamed=[k for k in sd if k not in mm and not k.startswith(DECODER + ("norm.",))],
                    notes=notes)

@@ -11,7 +11,7 @@ pytest.importorskip("detectron2")
 from conftest import assert_result, merged, second_run_is_refused  # noqa: E402
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 
-from mae_transfer import checkpoints  # noqa: E402
+from mae_transfer import checkpoints, hosts, layouts  # noqa: E402
 from mae_transfer import models as M  # noqa: E402
 from mae_transfer.data.synthetic import make_coco_shapes  # noqa: E402
 from mae_transfer.det.checkpoint import FRESH_OK, load_backbone  # noqa: E402
@@ -35,7 +35,7 @@ def tiny_ckpts(tmp_path_factory):
     enc = {k: v for k, v in sd.items() if not k.startswith(("decoder_", "mask_token"))}
     checkpoints.save_official(d / "full.pth", sd, epoch=1)
     checkpoints.save_official(d / "encoder.pth", enc)
-    checkpoints.save(d / "hf.safetensors", {"model": checkpoints.to_hf(sd)})
+    checkpoints.save(d / "hf.safetensors", {"model": layouts.to_hf(sd)})
     return d, sd
 
 
@@ -79,14 +79,14 @@ def test_vit_h_kernel_resampled_to_16():
     a, b, c = torch.randn(1280, 3, 1, 1), torch.randn(1280, 3, 1, 1), torch.randn(1280, 3, 1, 1)
     i = torch.arange(14.0)
     sd["patch_embed.proj.weight"] = a + b * i.view(14, 1) + c * i.view(1, 14)  # ramps along rows and columns
-    w = checkpoints.to_detectron2(sd, patch_size=16)["backbone.net.patch_embed.proj.weight"]
+    w = hosts.adapt(sd, "detectron2", patch_size=16)[0]["backbone.net.patch_embed.proj.weight"]
     assert w.shape == (1280, 3, 16, 16)
     x = (torch.arange(16.0) + 0.5) * 14 / 16 - 0.5  # where each new tap lies on the old grid
     expected = a + b * x.view(16, 1) + c * x.view(1, 16)
     err = (w - expected)[..., 1:-1, 1:-1].abs()
     assert (err <= 0.08 * (b.abs() + c.abs())).all()
     sd["patch_embed.proj.weight"] = a.expand(1280, 3, 14, 14).clone()
-    w = checkpoints.to_detectron2(sd, patch_size=16)["backbone.net.patch_embed.proj.weight"]
+    w = hosts.adapt(sd, "detectron2", patch_size=16)[0]["backbone.net.patch_embed.proj.weight"]
     torch.testing.assert_close(w, a.expand(1280, 3, 16, 16), rtol=1e-5, atol=1e-5)
 
 

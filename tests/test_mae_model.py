@@ -5,7 +5,7 @@ import timm
 import torch
 from conftest import TINY
 
-from mae_transfer import checkpoints
+from mae_transfer import checkpoints, layouts
 from mae_transfer import models as M
 from mae_transfer.models.masking import make_noise, num_keep, random_masking
 
@@ -26,7 +26,7 @@ def _hf_model(norm_pix_loss):
 def test_equals_hf_vitmae(tiny_mae, norm_pix_loss):
     ours = tiny_mae(norm_pix_loss=norm_pix_loss)
     hf = _hf_model(norm_pix_loss)
-    hf.load_state_dict(checkpoints.to_hf(ours.state_dict()), strict=True)
+    hf.load_state_dict(layouts.to_hf(ours.state_dict()), strict=True)
     torch.manual_seed(1)
     imgs = torch.randn(3, 3, 32, 32)
     noise = torch.rand(3, 16)
@@ -54,7 +54,7 @@ def test_official_key_lists():
             sd = fn().state_dict()
         assert (len(sd), len([k for k in sd if not k.startswith(("decoder_", "mask_token"))])) == (n_full, n_enc)
     # decoder names: HF's decoder, mapped back by the checkpoint module
-    hf_names = checkpoints.from_hf(checkpoints.to_hf(full))
+    hf_names = layouts.from_hf(layouts.to_hf(full))
     assert list(hf_names) != [] and set(hf_names) == set(full)
 
 

@@ -11,7 +11,7 @@ import torch
 from conftest import assert_result, free_port, merged, second_run_is_refused  # noqa: E402
 from PIL import Image
 
-from mae_transfer import checkpoints
+from mae_transfer import checkpoints, layouts
 from mae_transfer import models as M
 from mae_transfer.data.synthetic import make_ade_shapes
 
@@ -64,7 +64,7 @@ def test_mmseg_mae_equals_our_encoder_after_conversion():
                            init_values=1.0, out_indices=[1, 3], norm_cfg=dict(type="LN", eps=1e-6)))
     mm.init_weights()  # zero relative position bias
     mm.eval()  # (mmseg's MAE.train() returns None, so no chaining)
-    missing = mm.load_state_dict(checkpoints.to_mmseg(mae.state_dict()), strict=False).missing_keys
+    missing = mm.load_state_dict(layouts.to_mmseg(mae.state_dict()), strict=False).missing_keys
     assert all("relative_position" in k for k in missing)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 
-from mae_transfer import checkpoints
+from mae_transfer import checkpoints, hosts
 from mae_transfer import models as M
 
 
@@ -120,7 +120,7 @@ def test_misfit_checkpoint_is_a_clear_error():
 
 def test_detectron2_names():
     sd = M.mae_vit_huge_patch14(img_size=28, depth=1).state_dict()  # small but patch-14 huge-width
-    d2 = checkpoints.to_detectron2(sd, patch_size=16)
+    d2, _ = hosts.adapt(sd, "detectron2", patch_size=16)
     assert d2["backbone.net.patch_embed.proj.weight"].shape[-2:] == (16, 16)
     assert not any(k.startswith(("backbone.net.decoder", "backbone.net.cls_token", "backbone.net.norm."))
                    for k in d2)

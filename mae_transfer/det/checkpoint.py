@@ -7,26 +7,22 @@ from typing import Dict, List
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .. import beit, checkpoints
-from ..models.pos_embed import resample_pos_embed
+from .. import checkpoints, hosts
 
 _logger = logging.getLogger("mae_transfer")
 # Parameters of the trunk that may legitimately start fresh: ViTDet adds relative position tables.
 FRESH_OK = re.compile(r"blocks\.\d+\.attn\.rel_pos_[hw]$")
 
 
-def load_backbone(model: torch.nn.Module, path, prefix: str = "backbone.net.") -> Dict[str, List[str]]:
+def load_backbone(model: torch.nn.Module, path, prefix: str = hosts.D2_PREFIX) -> Dict[str, List[str]]:
     """Load any MAE checkpoint (official full / encoder-only, mae-transfer pretrain, timm, HF,
     safetensors) into `model`'s ViT. Raises CheckpointError if a trunk weight is missing or does not
     fit; returns {'loaded': [...], 'fresh': [...], 'ignored': [...]}."""
-    own = model.state_dict()
     net = next(m for n, m in model.named_modules() if n == prefix.rstrip("."))
-    sd, notes = beit.for_host(checkpoints.read_state_dict(path), "detectron2")
-    sd = checkpoints.to_detectron2(sd, patch_size=net.patch_embed.proj.kernel_size[0], prefix=prefix)
-    key = prefix + "pos_embed"
-    if key in sd and key in own and sd[key].shape != own[key].shape:
-        side = int(round((own[key].shape[1] - 1) ** 0.5))
-        sd[key] = resample_pos_embed(sd[key], (side, side))
+    table = getattr(net, "pos_embed", None)  # [1, 1 + side^2, D]: d2's ViT keeps the pretraining grid, cls row
+    side = int(round((table.shape[1] - 1) ** 0.5)) if table is not None else None
+    sd, notes = hosts.adapt(checkpoints.read_state_dict(path), "detectron2", prefix=prefix,
+                            patch_size=net.patch_embed.proj.kernel_size[0], grid=(side, side) if side else None)
     report = checkpoints.load_into(model, sd, path, fresh_ok=FRESH_OK.pattern, scope=prefix)
     _logger.info("backbone %s: loaded %d tensors into %s*; fresh: %d rel-pos tables, %s", path,
                  len(report["loaded"]), prefix, sum(bool(FRESH_OK.search(k)) for k in report["fresh"]),

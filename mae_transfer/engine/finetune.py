@@ -16,6 +16,7 @@ from torchvision import transforms
 from .. import checkpoints, models
 from ..data import IMAGENET_MEAN, IMAGENET_STD, DataError, LabelledImageFolder, SeededSamples
 from ..data.compat import patch_timm_posterize
+from ..models.sizes import ENCODERS
 from . import trainer
 from .distributed import DistInfo, cleanup
 from .logger import RunLogger, log_lr_table
@@ -77,9 +78,7 @@ class ClassifyConfig(TrainConfig):
 
 def _registered_depth(name: str):
     """Depth of a registered encoder (`vit_base_patch16`: 12), from the one table of sizes."""
-    from ..models.mae import ARCHS, SHORT
-
-    return ARCHS.get(SHORT.get(f"mae_{name}", ""), {}).get("depth")
+    return ENCODERS.get(name, {}).get("depth")
 
 
 def build_model(cfg: ClassifyConfig) -> nn.Module:

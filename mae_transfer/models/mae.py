@@ -15,6 +15,7 @@ from timm.models.vision_transformer import Block
 
 from .masking import make_noise, random_masking
 from .pos_embed import get_2d_sincos_pos_embed
+from .sizes import ARCHS, SHORT
 
 
 class MaskedAutoencoderViT(nn.Module):
@@ -176,23 +177,6 @@ def _mae(pretrained=False, checkpoint=None, **kwargs) -> MaskedAutoencoderViT:
 
         model.load_state_dict(read_state_dict(checkpoint), strict=True)
     return model
-
-
-# The registered sizes: one table for the factories below and for reading foreign checkpoints, whose
-# head counts cannot be seen in their tensors (a 768-wide ViT could have 12 heads or 6).
-ARCHS = {
-    "mae_vit_tiny_patch8_dec128d2b": dict(img_size=64, patch_size=8, embed_dim=192, depth=12, num_heads=3,
-                                          decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4),
-    "mae_vit_small_patch4_dec256d4b": dict(img_size=28, patch_size=4, embed_dim=384, depth=12, num_heads=6,
-                                           decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8),
-    "mae_vit_base_patch16_dec512d8b": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12,
-                                           decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
-    "mae_vit_large_patch16_dec512d8b": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16,
-                                            decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
-    "mae_vit_huge_patch14_dec512d8b": dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16,
-                                           decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
-}
-SHORT = {full.split("_dec")[0]: full for full in ARCHS}  # mae_vit_base_patch16 -> ..._dec512d8b
 
 
 @register_model

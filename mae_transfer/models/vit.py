@@ -14,9 +14,9 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
-from .. import checkpoints
+from .. import checkpoints, hosts
 from ..beit import is_beit
-from .pos_embed import resample_pos_embed
+from .sizes import ENCODERS
 
 _logger = logging.getLogger(__name__)
 _FB = "https://dl.fbaipublicfiles.com/mae"
@@ -32,13 +32,9 @@ def checkpoint_filter_fn(state_dict: Dict, model: VisionTransformer) -> Dict[str
 
 def _fit(sd: Dict[str, torch.Tensor], model: VisionTransformer) -> Dict[str, torch.Tensor]:
     """checkpoint_filter_fn on a state dict already in canonical names."""
-    own = model.state_dict()
-    out = {}
+    own, out = model.state_dict(), {}
+    sd, _ = hosts.adapt(sd, "timm", grid=model.patch_embed.grid_size)  # encoder only, its table at the model's grid
     for k, v in sd.items():
-        if k.startswith(("decoder_", "mask_token")):
-            continue
-        if k == "pos_embed" and v.shape != own[k].shape:
-            v = resample_pos_embed(v, model.patch_embed.grid_size, model.num_prefix_tokens)
         if k in own and own[k].shape != v.shape:
             if k.startswith("head."):
                 continue  # a classifier for other classes starts fresh
@@ -134,29 +130,24 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def vit_tiny_patch8(pretrained=False, **kwargs) -> VisionTransformer:
-    kw = dict(img_size=64, patch_size=8, embed_dim=192, depth=12, num_heads=3)
-    return _create("vit_tiny_patch8", pretrained, **{**kw, **kwargs})
+    return _create("vit_tiny_patch8", pretrained, **{**ENCODERS["vit_tiny_patch8"], **kwargs})
 
 
 @register_model
 def vit_small_patch4(pretrained=False, **kwargs) -> VisionTransformer:
-    kw = dict(img_size=28, patch_size=4, embed_dim=384, depth=12, num_heads=6)
-    return _create("vit_small_patch4", pretrained, **{**kw, **kwargs})
+    return _create("vit_small_patch4", pretrained, **{**ENCODERS["vit_small_patch4"], **kwargs})
 
 
 @register_model
 def vit_base_patch16(pretrained=False, **kwargs) -> VisionTransformer:
-    kw = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)
-    return _create("vit_base_patch16", pretrained, **{**kw, **kwargs})
+    return _create("vit_base_patch16", pretrained, **{**ENCODERS["vit_base_patch16"], **kwargs})
 
 
 @register_model
 def vit_large_patch16(pretrained=False, **kwargs) -> VisionTransformer:
-    kw = dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16)
-    return _create("vit_large_patch16", pretrained, **{**kw, **kwargs})
+    return _create("vit_large_patch16", pretrained, **{**ENCODERS["vit_large_patch16"], **kwargs})
 
 
 @register_model
 def vit_huge_patch14(pretrained=False, **kwargs) -> VisionTransformer:
-    kw = dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16)
-    return _create("vit_huge_patch14", pretrained, **{**kw, **kwargs})
+    return _create("vit_huge_patch14", pretrained, **{**ENCODERS["vit_huge_patch14"], **kwargs})

@@ -13,7 +13,7 @@ from mmseg.models.backbones import MAE
 from mmseg.registry import MODELS
 from timm.layers import resize_rel_pos_bias_table
 
-from .. import beit, checkpoints
+from .. import checkpoints, hosts
 
 FRESH_OK = re.compile(r"\.attn\.relative_position_(bias_table|index)$")
 
@@ -29,8 +29,8 @@ class MAEViT(MAE):
         if not self.checkpoint:
             return
         # mmseg's MAE block is a BEiT block: a BEiT's layer scale and tables are kept
-        sd, notes = beit.for_host(checkpoints.read_state_dict(self.checkpoint), "mmseg")
-        sd = self.resize_abs_pos_embed(checkpoints.to_mmseg(sd))  # mmseg's own bicubic resampling to img_size
+        sd, notes = hosts.adapt(checkpoints.read_state_dict(self.checkpoint), "mmseg")
+        sd = self.resize_abs_pos_embed(sd)  # mmseg's own bicubic resampling to img_size
         own = self.state_dict()
         for k in [k for k in sd if k.endswith("relative_position_bias_table") and k in own]:
             if sd[k].shape != own[k].shape:  # a BEiT's table for another crop: timm's resampler (mmseg's own

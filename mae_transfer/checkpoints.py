@@ -16,11 +16,14 @@ import logging
 import os
 import re
 import warnings
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, List
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file as st_load
 
 from . import beit, outputs
 from .errors import CheckpointError  # noqa: F401  (re-exported)
@@ -30,20 +33,29 @@ _logger = logging.getLogger("mae_transfer")
 
 StateDict = Dict[str, torch.Tensor]
 
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}  # a safetensors header's dtype names (others are read as float32 when peeked)
+
 # Types that official checkpoints pickle besides tensors; nothing here can run code when loaded.
 SAFE_GLOBALS: List[Any] = [argparse.Namespace]
 
 
 # ----------------------------------------------------------------------------------------- reading
-def load_file(path) -> Dict[str, Any]:
+def load_file(path, peek: bool = False) -> Dict[str, Any]:
     """Read a `.pth`/`.pt`/`.bin` (safely) or `.safetensors` file, or an HF model directory (its
-    model.safetensors / pytorch_model.bin), into a dict."""
+    model.safetensors / pytorch_model.bin), into a dict.
+
+    `peek`: the same dict (names, shapes, the records beside them) without reading the tensors' data -- a
+    .pth through torch's memory map (the unpickler runs as for a read, so an unsafe file is refused just
+    the same), a .safetensors file's header as meta tensors: what a launcher checks before the processes
+    that read the weights start."""
     path = Path(path)
     if path.is_dir():
         found = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
         if not found:
             raise CheckpointError(f"{path} is a directory without model.safetensors or pytorch_model.bin")
-        obj = load_file(found[0])
+        obj = load_file(found[0], peek)
         if (path / "config.json").is_file():  # an HF model directory: its config says what model it holds
             obj = {"model": unwrap(obj), "model_args": hf_model_args(json.loads((path / "config.json").read_text()))}
         return obj
@@ -52,11 +64,12 @@ def load_file(path) -> Dict[str, Any]:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: an empty file (0 bytes), not a checkpoint")
     if path.suffix == ".safetensors":
-        return _load_safetensors(path)
+        return _load_safetensors(path, peek)
     try:
         with allowing(SAFE_GLOBALS + _host_types()), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Detected pickle protocol 4": the refusal below says what matters
-            return torch.load(path, map_location="cpu", weights_only=True)
+            # torch maps only its zip format (every torch.save since 1.6); an older file is read whole
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=peek and zipfile.is_zipfile(path))
     except Exception as e:  # UnpicklingError, or a truncated/corrupt archive
         msg = str(e)
         with open(path, "rb") as f:
@@ -74,14 +87,15 @@ def load_file(path) -> Dict[str, Any]:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {detail})") from None
 
 
-def _load_safetensors(path: Path):
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file as st_load
-
+def _load_safetensors(path: Path, peek: bool = False):
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-        sd = st_load(str(path))
+            if peek:  # the header: names, shapes and dtypes
+                sd = {k: torch.empty(f.get_slice(k).get_shape(), dtype=_ST_DTYPES.get(f.get_slice(k).get_dtype()),
+                                     device="meta") for k in f.keys()}
+        if not peek:
+            sd = st_load(str(path))
         model_args = json.loads(meta["model_args"]) if meta.get("model_args") else None
     except (SafetensorError, OSError, ValueError) as e:  # bad, huge or empty header; truncated data
         raise CheckpointError(f"{path}: not a readable .safetensors file ({str(e).splitlines()[0]})") from None

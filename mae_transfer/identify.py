@@ -42,12 +42,13 @@ def kind_of(sd: checkpoints.StateDict) -> str:
     return "encoder"
 
 
-def read(path) -> Tuple[str, Any, checkpoints.StateDict]:
-    """(kind, the file's object, its state dict) of the file or folder at `path`, read once."""
+def read(path, peek: bool = False) -> Tuple[str, Any, checkpoints.StateDict]:
+    """(kind, the file's object, its state dict) of the file or folder at `path`, read once (`peek`: names and
+    shapes only, the data left on disk: `checkpoints.load_file`)."""
     p = Path(path)
     if p.is_dir() and (p / "export.json").is_file():
         return "export", None, {}
-    obj = checkpoints.load_file(p)
+    obj = checkpoints.load_file(p, peek)
     sd = checkpoints.unwrap(obj)
     return kind_of(sd), obj, sd
 
@@ -62,18 +63,18 @@ def describe(kind: str) -> str:
     return f"{what} (made by {maker})"
 
 
-def expect(path, kinds: Sequence[str], command: str, whole: bool = False):
+def expect(path, kinds: Sequence[str], command: str, whole: bool = False, peek: bool = False):
     """The state dict at `path` (with `whole`: the file's object and its state dict) if it is one of `kinds`;
     else one CheckpointError saying what it is and which command makes what `command` needs."""
-    got, obj, sd = read(path)
+    got, obj, sd = read(path, peek)
     if got not in kinds:
         need = " or ".join(describe(k) for k in kinds)
         raise CheckpointError(f"{path} is {describe(got)}; `{command}` needs {need}")
     return (obj, sd) if whole else sd
 
 
-def read_backbone(path, kinds: Sequence[str], command: str) -> checkpoints.StateDict:
-    """The canonical (official MAE) state dict of a file that is one of `kinds`, read once: what a command
-    checks before it claims its folder or starts processes."""
-    obj, _ = expect(path, kinds, command, whole=True)
-    return checkpoints.read_state_dict(obj, path)
+def check_backbone(path, kinds: Sequence[str], command: str) -> checkpoints.StateDict:
+    """What a launcher checks of a checkpoint before it claims its folder or starts processes: readable, safe,
+    a known layout, one of `kinds` -- from its names and shapes (`peek`), not its data, which each process then
+    reads once. Returns the peeked state dict (names and shapes; tensors not to be computed with)."""
+    return expect(path, kinds, command, peek=True)

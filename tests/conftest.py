@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import List, Tuple
 
 import pytest
 import torch
@@ -133,3 +134,69 @@ def encoder_export(tmp_path_factory):
     command("export")(["encoder", "--weights", str(d / "mae.pth"), "--output-dir", str(d / "enc"), "--max-images",
                        "1", "--img-size", "32"])
     return d / "enc"
+
+
+_READ_HOOK = '''"""Installed by the test suite (sitecustomize on PYTHONPATH): every process records, for each file it
+opens under the watched paths, whether it was peeked (checkpoints.load_file(peek=True)), checked (the launcher's
+data checks), hashed (result.json) or read."""
+import os
+import sys
+
+_log, _watch = os.environ["MAE_TEST_READ_LOG"], os.environ["MAE_TEST_READ_WATCH"].split(os.pathsep)
+_CHECKS = {"probe", "check_data", "check_coco_json"}
+
+
+def _hook(event, args):
+    if event != "open" or not isinstance(args[0], (str, bytes, os.PathLike)):
+        return
+    path = os.path.abspath(os.fsdecode(args[0]))
+    if not any(path == w or path.startswith(w + os.sep) for w in _watch):
+        return
+    kind, f = "read", sys._getframe(1)
+    while f is not None:
+        if f.f_code.co_name == "load_file" and f.f_locals.get("peek"):
+            kind = "peek"
+        elif f.f_code.co_name in _CHECKS:
+            kind = "check"
+        elif f.f_code.co_name == "sha256":  # result.json's record of the weights a run started from
+            kind = "hash"
+        f = f.f_back
+    with open(_log, "a") as out:
+        out.write(f"{os.getpid()} {kind} {path}\\n")
+
+
+sys.addaudithook(_hook)
+'''
+
+
+def read_counter(tmp_path: Path, *watched) -> Tuple[dict, Path]:
+    """(env, log) for subprocesses whose every open of a file under `watched` is logged as `pid kind path`
+    (kind: peek | check | hash | read), the processes they start included."""
+    hook = tmp_path / "read_hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_READ_HOOK)
+    log = tmp_path / "reads.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]),
+           "MAE_TEST_READ_LOG": str(log),
+           "MAE_TEST_READ_WATCH": os.pathsep.join(str(Path(w).resolve()) for w in watched)}
+    return env, log
+
+
+def reads(log: Path) -> List[Tuple[int, str, str]]:
+    return [(int(pid), kind, path) for pid, kind, path in (line.split(" ", 2) for line in log.read_text().splitlines())]
+
+
+def assert_read_once(log: Path, backbone: Path, data, processes: int) -> None:
+    """A launcher that started `processes` processes peeked `backbone` and checked every file under `data` (when
+    given), alone; each process it started read the backbone once and checked nothing."""
+    events = reads(log)
+    backbone = str(Path(backbone).resolve())
+    launchers = {pid for pid, kind, p in events if kind == "peek" and p == backbone}
+    readers = [pid for pid, kind, p in events if kind == "read" and p == backbone]
+    assert len(launchers) == 1, events
+    assert len(readers) == processes and len(set(readers)) == processes and not launchers & set(readers), events
+    checkers = {pid for pid, kind, _ in events if kind == "check"}
+    assert checkers == (launchers if data else set()), events
+    if data:
+        files = {str(f.resolve()) for f in Path(data).rglob("*") if f.suffix in (".png", ".jpg")}
+        assert files and files <= {p for _, kind, p in events if kind == "check"}

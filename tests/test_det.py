@@ -8,7 +8,7 @@ import pytest
 import torch
 
 pytest.importorskip("detectron2")
-from conftest import assert_result, merged, second_run_is_refused  # noqa: E402
+from conftest import assert_read_once, assert_result, merged, read_counter, second_run_is_refused  # noqa: E402
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 
 from mae_transfer import checkpoints, hosts, layouts  # noqa: E402
@@ -39,9 +39,9 @@ def tiny_ckpts(tmp_path_factory):
     return d, sd
 
 
-def _tool(*args, check=True):
+def _tool(*args, check=True, env=None):
     r = subprocess.run([sys.executable, str(ROOT / "tools/train_det.py"), *args], capture_output=True, text=True,
-                       timeout=900)
+                       timeout=900, env=env)
     if check and r.returncode:
         raise AssertionError(r.stdout[-3000:] + r.stderr[-3000:])
     return r
@@ -143,12 +143,16 @@ def test_train_eval_resume_through_the_tool(tmp_path, coco, tiny_ckpts):
 
 @pytest.mark.cli
 def test_two_process_gloo_training(tmp_path, coco, tiny_ckpts):
+    """Two processes; the launcher checks the data and peeks the backbone, each process reads the backbone once."""
     d, _ = tiny_ckpts
-    _tool("--backbone", str(d / "encoder.pth"), "--config", TINY, "--output-dir", str(tmp_path), "--num-gpus", "2",
-          "--train-json", coco["train_json"], "--train-images", coco["train_images"],
-          "--val-json", coco["val_json"], "--val-images", coco["val_images"], *FAST)
-    assert (tmp_path / "model_final.pth").exists()
-    assert_result(tmp_path, "det", ("box AP",), world_size=2)
+    data = Path(coco["train_images"]).parent
+    env, log = read_counter(tmp_path, d / "encoder.pth", data)
+    _tool("--backbone", str(d / "encoder.pth"), "--config", TINY, "--output-dir", str(tmp_path / "run"),
+          "--num-gpus", "2", "--train-json", coco["train_json"], "--train-images", coco["train_images"],
+          "--val-json", coco["val_json"], "--val-images", coco["val_images"], *FAST, env=env)
+    assert (tmp_path / "run/model_final.pth").exists()
+    assert_result(tmp_path / "run", "det", ("box AP",), world_size=2)
+    assert_read_once(log, d / "encoder.pth", data, processes=2)
 
 
 @pytest.mark.cli

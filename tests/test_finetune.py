@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_result, kill_mid_epoch, merged, second_run_is_refused
+from conftest import assert_read_once, assert_result, kill_mid_epoch, merged, read_counter, second_run_is_refused
 from PIL import Image
 
 from mae_transfer import checkpoints
@@ -129,6 +129,20 @@ def test_resume_and_eval(tmp_path, data, ckpts):
     assert f"top-1 {stats['acc1']:.2f}" in r.stdout and "top-5" in r.stdout
     res = assert_result(tmp_path / "ev", "finetune", ("top-1", "top-5"))
     assert res["metrics"]["top-1"] == stats["acc1"] and res["checkpoint"]["sha256"]
+
+
+@pytest.mark.cli
+def test_num_gpus_reads_the_backbone_once_per_process(tmp_path, data, ckpts):
+    """`--num-gpus 2`, loader workers on: the launcher peeks the backbone, each process it starts reads it once."""
+    backbone = ckpts / "official_encoder.pth"
+    env, log = read_counter(tmp_path, backbone)
+    r = subprocess.run([sys.executable, "-m", "mae_transfer", "finetune", "--num-gpus", "2", "--backbone",
+                        str(backbone), "--data-path", str(data), "--output-dir", str(tmp_path / "run"),
+                        *merged(SMALL, ["epochs=1", "batch_size=2", "effective_batch_size=4", "num_workers=1"])],
+                       capture_output=True, text=True, timeout=900, env={**env, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert_result(tmp_path / "run", "finetune", ("top-1",), world_size=2)
+    assert_read_once(log, backbone, None, processes=2)
 
 
 @pytest.mark.cli

@@ -165,8 +165,8 @@ def test_train_and_val_categories_must_agree(tmp_path):
     js["categories"][0]["name"] = "not-the-same"
     (tmp_path / "v.json").write_text(json.dumps(js))
     a = argparse.Namespace(train_json=coco["train_json"], train_images=coco["train_images"],
-                           val_json=str(tmp_path / "v.json"), val_images=coco["val_images"])
+                           val_json=str(tmp_path / "v.json"), val_images=coco["val_images"], eval_only="")
     with pytest.raises(DataError, match="different categories"):
-        data_facts(a)
+        data_facts(a, None)
     a.val_json = coco["val_json"]
-    assert data_facts(a)["val"]["classes"] == len(js["categories"])
+    assert data_facts(a, None)["val"]["classes"] == len(js["categories"])

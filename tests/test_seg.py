@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_result, free_port, merged, second_run_is_refused  # noqa: E402
+from conftest import (  # noqa: E402
+    assert_read_once,
+    assert_result,
+    free_port,
+    merged,
+    read_counter,
+    second_run_is_refused,
+)
 from PIL import Image
 
 from mae_transfer import checkpoints, layouts
@@ -167,6 +174,19 @@ def test_two_process_training(tmp_path, ade, ckpts):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert (tmp_path / "iter_2.pth").exists()
     assert_result(tmp_path, "seg", ("mIoU",), world_size=2)
+
+
+@pytest.mark.cli
+def test_num_gpus_checks_once_in_the_launcher(tmp_path, ade, ckpts):
+    """`--num-gpus 2`: the launcher checks every image and mask and peeks the backbone; each of the two processes
+    it starts reads the backbone once and checks nothing again."""
+    env, log = read_counter(tmp_path, ckpts / "encoder.pth", ade)
+    r = subprocess.run([PY, "-m", "mae_transfer", "seg", "--num-gpus", "2", "--config", TINY, "--backbone",
+                        str(ckpts / "encoder.pth"), "--data-root", ade, "--output-dir", str(tmp_path / "run"), *FAST],
+                       capture_output=True, text=True, timeout=900, env={**env, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert_result(tmp_path / "run", "seg", ("mIoU",), world_size=2)
+    assert_read_once(log, ckpts / "encoder.pth", ade, processes=2)
 
 
 @pytest.mark.cli

@@ -13,13 +13,19 @@
 and each host receives the overrides in its own mechanism (dataclass fields, LazyConfig overrides,
 mmengine cfg-options)."""
 import argparse
+import hashlib
+import json
 import math
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-from ..engine.config import check_unique_keys, config_names, seed_arg
+from ..engine.config import ConfigError, check_unique_keys, config_names, seed_arg, split_override
+from ..outputs import LOCK_ENV
+
+PREFLIGHT_ENV = "MAE_TRANSFER_PREFLIGHT"  # set by a launcher for the processes it starts: inputs checked
 
 
 class Parser(argparse.ArgumentParser):
@@ -88,10 +94,22 @@ def parse(p: argparse.ArgumentParser, argv: List[str]) -> argparse.Namespace:
     return a
 
 
+def _argv_key(command: str, argv: List[str]) -> str:
+    return hashlib.sha256(json.dumps([command, list(argv)]).encode()).hexdigest()[:32]
+
+
+def launcher_checked(command: str, argv: List[str]) -> bool:
+    """Whether this process is one of the N that `relaunch_under_torchrun` started for this very command line,
+    whose inputs (checkpoint, data) the launcher checked already: they are not checked again in every process.
+    A process started any other way (alone, by the user's own torchrun) checks them itself."""
+    return os.environ.get(PREFLIGHT_ENV) == _argv_key(command, argv)
+
+
 def relaunch_under_torchrun(command: str, argv: List[str], num_gpus: int, locked=None) -> None:
     """`--num-gpus N` (N > 1) outside torchrun: run the same command as N torchrun processes (which share
-    the lock this process holds on `locked`, its output directory), and exit with their status.
-    Under torchrun (RANK set) this does nothing, so both spellings reach one code path."""
+    the lock this process holds on `locked`, its output directory, and the checks it made: `launcher_checked`),
+    and exit with their status. Under torchrun (RANK set) this does nothing, so both spellings reach one code
+    path."""
     if num_gpus <= 1 or "RANK" in os.environ:
         return
     rest, skip = [], False
@@ -106,11 +124,8 @@ def relaunch_under_torchrun(command: str, argv: List[str], num_gpus: int, locked
             rest.append(x)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_gpus}",
            "-m", "mae_transfer", command, *rest]
-    import subprocess
-
-    from ..outputs import LOCK_ENV
-
-    env = {**os.environ, **({LOCK_ENV: str(Path(locked).resolve())} if locked else {})}
+    env = {**os.environ, PREFLIGHT_ENV: _argv_key(command, rest),
+           **({LOCK_ENV: str(Path(locked).resolve())} if locked else {})}
     sys.exit(subprocess.run(cmd, env=env).returncode)
 
 
@@ -122,8 +137,6 @@ def flag_overrides(a: argparse.Namespace, names) -> List[str]:
     """`--flag value` options given on the command line as `field=value` overrides (before the
     trailing ones, which therefore win; a flag and an override of one field both given is an error)."""
     given = {k: getattr(a, k) for k in names if getattr(a, k, None) is not None}
-    from ..engine.config import ConfigError, split_override
-
     for item in a.overrides:
         key = split_override(item)[0].replace("-", "_")
         if key in given:

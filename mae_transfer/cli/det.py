@@ -3,6 +3,7 @@ from typing import List
 
 from .. import outputs, results
 from ..engine.config import check_seed, resolve_config
+from ..identify import BACKBONES, check_backbone
 from . import common
 
 DOC = """ViTDet Mask R-CNN (detectron2) from any MAE checkpoint (configs: mask_rcnn_vitdet_{b,l}_100ep,
@@ -36,21 +37,22 @@ def main(argv: List[str], prog: str = "mae-transfer det"):
     a.config = a.config_file = str(resolve_config(a.config or "mask_rcnn_vitdet_b_100ep", "det"))  # d2: config_file
     a.opts, a.eval_only = a.overrides, a.eval_only or ""
 
+    # detectron2: an optional host, imported when the command runs
     from detectron2.config import LazyConfig
     from detectron2.engine import launch
 
     from ..det.checkpoint import has_mask_head
     from ..det.train import apply_overrides, data_facts
     from ..det.train import main as det_main
-    from ..identify import BACKBONES, expect, read_backbone
 
-    # everything a user can get wrong is checked here, once, before processes start
+    # everything a user can get wrong is checked here, once, before processes start; what the processes need to
+    # know of it travels with their arguments (a.facts)
     cfg = apply_overrides(LazyConfig.load(a.config), a.opts)
-    a.facts = data_facts(a)
     if a.backbone:
-        read_backbone(a.backbone, BACKBONES[:-1], "det --backbone")
+        check_backbone(a.backbone, BACKBONES[:-1], "det --backbone")
     if a.eval_only:  # a trained detector: readable and safe (its layout is detectron2's); box-only or not
-        a.facts["mask_head"] = has_mask_head(expect(a.eval_only, ("detector",), "det --eval-only"))
+        mask_head = has_mask_head(check_backbone(a.eval_only, ("detector",), "det --eval-only"))
+    a.facts = {**data_facts(a, cfg), **({"mask_head": mask_head} if a.eval_only else {})}
     seed = check_seed(a.seed if a.seed is not None else cfg.train.get("seed"), "train.seed")
     run = results.settings(a.config, seed, None,
                           a.eval_only or a.backbone or cfg.train.get("init_checkpoint"),

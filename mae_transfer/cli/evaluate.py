@@ -72,7 +72,7 @@ def main(argv: List[str], prog: str = "mae-transfer evaluate"):
 
     from .. import evaluate, outputs, suites
     from ..data import DataError
-    from ..identify import BACKBONES, read_backbone
+    from ..identify import BACKBONES, check_backbone
 
     custom = {k: v for k, v in vars(a).items() if k in suites.CustomData.__dataclass_fields__}
     if a.suite != "custom" and (any(custom.values()) or a.pretrain_on):
@@ -80,7 +80,7 @@ def main(argv: List[str], prog: str = "mae-transfer evaluate"):
     names = evaluate.backbone_names(a.backbones)
     for ckpt in names.values():  # unreadable or the wrong kind: one line now (a dry run too), not after an hour
         if ckpt:
-            read_backbone(ckpt, BACKBONES[:-2], "evaluate")
+            check_backbone(ckpt, BACKBONES[:-2], "evaluate")
     reference, out = None, Path(a.output_dir)
     if a.suite == "cpu":
         tasks = suites.cpu_suite(a.data, a.quick)

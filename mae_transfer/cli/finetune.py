@@ -5,7 +5,7 @@ from typing import List
 from .. import outputs, results
 from ..engine.config import ConfigError, apply_overrides, load_config, resolve_config
 from ..engine.finetune import ClassifyConfig, train
-from ..identify import BACKBONES, read_backbone
+from ..identify import BACKBONES, check_backbone
 from . import common
 
 DOC = {
@@ -39,11 +39,12 @@ def classify(mode: str, argv: List[str], prog: str):
     if cfg.mode != mode:
         raise ConfigError(f"{path} is a {cfg.mode} config (mode={cfg.mode}); use `mae-transfer {cfg.mode}` "
                           f"or a {mode} config")
-    # unreadable, unsafe, foreign or the wrong kind: one line now, before data and model
-    if cfg.finetune:
-        read_backbone(cfg.finetune, BACKBONES[:-2], f"{mode} --backbone")
-    if cfg.eval_only:
-        read_backbone(cfg.eval_only, ("classifier",), f"{mode} --eval-only")
+    # unreadable, unsafe, foreign or the wrong kind: one line now, before data and model -- in the launcher,
+    # not again in each of the processes it starts
+    if cfg.finetune and not common.launcher_checked(mode, argv):
+        check_backbone(cfg.finetune, BACKBONES[:-2], f"{mode} --backbone")
+    if cfg.eval_only and not common.launcher_checked(mode, argv):
+        check_backbone(cfg.eval_only, ("classifier",), f"{mode} --eval-only")
     out = Path(cfg.output_dir)
     run = results.settings(path, cfg.seed, results.model_name(cfg), cfg.eval_only or cfg.finetune, [cfg.data_path])
     with outputs.claim(out, a.resume or cfg.resume != "none", run, a.allow_changes):

@@ -5,7 +5,7 @@ from typing import List
 from .. import outputs, results
 from ..engine.config import apply_overrides, load_config, resolve_config
 from ..engine.pretrain import PretrainConfig, evaluate_checkpoint, train
-from ..identify import read_backbone
+from ..identify import check_backbone
 from . import common
 
 PRETRAIN_DOC = """MAE pretraining (the paper's recipe; configs: mae_vit_{base,large,huge}, demo_tiny, scenes_tiny).
@@ -27,7 +27,7 @@ def pretrain(argv: List[str], prog: str = "mae-transfer pretrain"):
     out = Path(cfg.output_dir)
     if a.eval_only:
         # unreadable, unsafe, foreign or without the decoder the masked loss needs: one line before anything is written
-        read_backbone(a.eval_only, ("mae",), "pretrain --eval-only")
+        check_backbone(a.eval_only, ("mae",), "pretrain --eval-only")
         run = results.settings(path, cfg.seed, results.model_name(cfg), a.eval_only, [cfg.data_path])
         with outputs.claim(out, a.resume, run, a.allow_changes), \
                 results.recorded("pretrain", out, path, cfg.seed, a.eval_only) as rec:

@@ -4,6 +4,7 @@ import os
 from typing import List
 
 from ..engine.config import resolve_config
+from ..identify import BACKBONES, check_backbone
 from . import common
 
 DOC = """UperNet (MMSegmentation) on ADE20K -- or any segmentation set by path -- from any MAE checkpoint
@@ -42,13 +43,15 @@ def main(argv: List[str], prog: str = "mae-transfer seg"):
     a.eval_only = a.eval_only or ""
     a.launcher = a.launcher or ("pytorch" if "RANK" in os.environ else "none")
 
-    from ..identify import BACKBONES, expect, read_backbone
-    from ..seg.train import main as seg_main
+    from ..seg import train  # mmseg: an optional host, imported when the command runs
 
-    if a.backbone:  # a clear error now rather than inside the runner
-        read_backbone(a.backbone, BACKBONES[:-1], "seg --backbone")
-    if a.eval_only:
-        expect(a.eval_only, ("segmentor",), "seg --eval-only")  # a trained UperNet, read safely
+    cfg = train.build_config(a)
+    if not common.launcher_checked("seg", argv):  # once, before the processes start (not again in each)
+        if a.backbone:  # a clear error now rather than inside the runner
+            check_backbone(a.backbone, BACKBONES[:-1], "seg --backbone")
+        if a.eval_only:
+            check_backbone(a.eval_only, ("segmentor",), "seg --eval-only")  # a trained UperNet, read safely
+        train.preflight(cfg, a)
     common.relaunch_under_torchrun("seg", argv, a.num_gpus)
-    return seg_main(a)  # checks the output directory and the data before the runner starts
+    return train.main(a, cfg)  # claims the output directory before the runner starts
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from detectron2.config import LazyConfig, instantiate
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import AMPTrainer, SimpleTrainer, create_ddp_model, default_setup, default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
@@ -61,9 +62,14 @@ def apply_overrides(cfg, opts):
     return LazyConfig.apply_overrides(cfg, list(opts))
 
 
-def data_facts(args) -> dict:
-    """What training needs to know of the sets given by path, found once (before any process starts):
-    whether each has masks, and the number of classes."""
+def data_facts(args, cfg) -> dict:
+    """The data checked once, in the launcher (before any process starts), and what the processes need to know
+    of it: for the sets given by path, whether each has masks and the number of classes; the config's own
+    registered sets (COCO 2017 under $DETECTRON2_DATASETS) registered, their json and images there."""
+    used = ([] if args.val_json else [cfg.dataloader.test.dataset.names]) + \
+        ([] if args.eval_only or args.train_json else [cfg.dataloader.train.dataset.names])
+    for names in used:
+        _check_registered(names)
     facts, cats = {}, {}
     for split in ("train", "val"):
         if getattr(args, f"{split}_json"):
@@ -86,7 +92,7 @@ def setup(args):
     # (detectron2's -1, "draw one at random", would leave the run's seed unknown)
     cfg.train.seed = check_seed(cfg.train.get("seed") if getattr(args, "seed", None) is None else args.seed,
                                 "train.seed")
-    facts = getattr(args, "facts", None) or data_facts(args)
+    facts = getattr(args, "facts", None) or data_facts(args, cfg)  # a process detectron2's launch started: given
     if args.train_json:
         register_coco_from_paths("mae_det_train", args.train_json, args.train_images)
         cfg.dataloader.train.dataset.names = "mae_det_train"
@@ -109,9 +115,6 @@ def setup(args):
             cfg.dataloader.evaluator.tasks = ("bbox", "segm")
     cfg.dataloader.evaluator.dataset_name = cfg.dataloader.test.dataset.names
     cfg.dataloader.evaluator.output_dir = str(Path(cfg.train.output_dir) / "inference")
-    used = [cfg.dataloader.test.dataset.names] + ([] if args.eval_only else [cfg.dataloader.train.dataset.names])
-    for names in used:
-        _check_registered(names)
     if not torch.cuda.is_available():
         if cfg.train.device != "cpu" or cfg.train.amp.enabled:
             _logger.warning("no GPU: training on the CPU without AMP")
@@ -120,14 +123,12 @@ def setup(args):
 
 
 def _check_registered(names):
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
     for name in [names] if isinstance(names, str) else names:
         if name not in DatasetCatalog.list():
             raise DataError(f"dataset {name!r} is not registered; pass --train-json/--train-images "
                             f"(and --val-json/--val-images) for a COCO-format set")
         meta = MetadataCatalog.get(name)
-        if hasattr(meta, "json_file") and not name.startswith("mae_det_"):  # COCO's own sets: files there?
+        if hasattr(meta, "json_file"):  # COCO's own sets: files there?
             check_coco_json(meta.json_file, meta.image_root)
 
 

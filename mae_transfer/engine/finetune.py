@@ -71,6 +71,9 @@ class ClassifyConfig(TrainConfig):
         if self.finetune_last_k is not None and depth:
             require(self.finetune_last_k <= depth, f"finetune_last_k={self.finetune_last_k}: {self.model} has "
                     f"{depth} blocks")
+        require(self.mode == "linprobe" or not (self.mixup or self.cutmix) or self.batch_size % 2 == 0,
+                f"batch_size={self.batch_size}: Mixup / CutMix mix each image with its mirror in the batch, so the "
+                f"batch per device must be even (or mixup=0 cutmix=0)")
         for name, lo, hi in (("smoothing", 0, 1), ("drop_path", 0, 1), ("reprob", 0, 1), ("layer_decay", 0, 1)):
             v = getattr(self, name)
             require(lo <= v <= hi and not (name == "layer_decay" and v == 0), f"{name}={v}: must be in [{lo}, {hi}]")

@@ -6,9 +6,12 @@ from pathlib import Path
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.hooks import Hook
+from mmengine.runner import Runner
 
-from .. import outputs, results
+from .. import checkpoints, outputs, results
 from ..engine.config import check_key_path, check_seed, check_value_type, split_override
+from ..engine.logger import setup_logging
+from .compat import cpu_distributed, mmengine_checkpoints
 from .data import check_data, configure_paths, plain_bn
 
 _logger = logging.getLogger("mae_transfer")
@@ -74,26 +77,23 @@ class _KeepMetrics(Hook):
         self.metrics = dict(metrics or {})
 
 
-def main(args) -> dict:
-    """Train (or evaluate) UperNet; writes result.json (mIoU, mAcc, aAcc) in the work dir."""
-    from mmengine.runner import Runner
-
-    import mae_transfer.seg  # noqa: F401  (compat + registry entries)
-
-    from ..engine.logger import setup_logging
-    from .compat import mmengine_checkpoints
-
-    setup_logging(None, is_main=True)  # the toolkit's own lines (compat patches) on stdout, beside mmengine's
-    cfg = build_config(args)
+def preflight(cfg: Config, args) -> None:
+    """What a run checks once, in the launcher, before any process starts (not again in every rank): every
+    image and mask of the splits it uses, and the checkpoint `--resume` would load (through the safe reader,
+    names and shapes only)."""
     check_data(cfg, ("val",) if args.eval_only else ("train", "val"))
+    last = Path(cfg.work_dir) / "last_checkpoint"
+    if args.resume and last.is_file() and Path(last.read_text().strip()).is_file():
+        checkpoints.load_file(last.read_text().strip(), peek=True)
+
+
+def main(args, cfg: Config) -> dict:
+    """One process of a segmentation run: train (or evaluate) UperNet with `cfg` (`build_config`, its inputs
+    checked by `preflight`); writes result.json (mIoU, mAcc, aAcc) in the work dir."""
+    setup_logging(None, is_main=True)  # the toolkit's own lines (compat patches) on stdout, beside mmengine's
     if cfg.launcher == "pytorch" and not torch.cuda.is_available():
-        from .compat import cpu_distributed
         cpu_distributed(cfg)
     ckpt, seed = args.eval_only or args.backbone or None, cfg.get("randomness", {}).get("seed")
-    last = Path(cfg.work_dir) / "last_checkpoint"  # what mmengine's resume loads: through the safe reader first
-    if args.resume and last.is_file() and Path(last.read_text().strip()).is_file():
-        from .. import checkpoints
-        checkpoints.load_file(last.read_text().strip())
     data = [args.data_root] + [getattr(args, f"{s}_{k}", None) for s in ("train", "val") for k in ("images", "masks")]
     run = results.settings(args.config, seed, None, ckpt, data + [getattr(args, "classes", None)])
     with outputs.claim(cfg.work_dir, args.resume, run, getattr(args, "allow_changes", False)):

@@ -13,7 +13,8 @@ CONVERT_DOC = """Convert an MAE checkpoint to what another codebase loads direct
   mae-transfer convert X.pth --to detectron2 d2.pth     # DetectionCheckpointer(model).load('d2.pth')
   mae-transfer convert mae_pretrain_vit_huge.pth --to detectron2 h.pth --det-patch-size 16   # ViTDet's p14to16
   mae-transfer convert X.pth --to mmseg mm.pth          # init_cfg=dict(type='Pretrained', checkpoint='mm.pth')
-  mae-transfer convert X.pth --to safetensors x.safetensors | --to official x.pth
+  mae-transfer convert X.pth --to safetensors x.safetensors  # the official names, flat, the architecture in its header
+  mae-transfer convert X.safetensors --to official x.pth    # back: {'model': ...}, as the official MAE files
 
 CKPT: an official MAE file, a pretraining checkpoint, timm-style weights, an HF directory or weights
 file, .safetensors, or any file this command wrote. Prints what was written, dropped and renamed.

@@ -17,7 +17,7 @@ check on real images that each file computes what PyTorch computes (the parity g
   mae-transfer export seg --config output/demo/seg/tiny_cpu.py --weights output/demo/seg/iter_150.pth \\
       --images scenes/val --output-dir output/export/seg
   mae-transfer export encoder --weights mae_pretrain_vit_base.pth --output-dir output/export/vit_b
-  mae-transfer export seg ... --check-only              # re-run the gate on files exported before
+  mae-transfer export seg --output-dir output/export/seg --check-only    # the gate again, on the folder alone
 
 What is exported: det -> four graphs, ViTDet's backbone + feature pyramid, the RPN head, the box head and
 the mask head (RoIAlign in them; detectron2's anchors, NMS, box decoding and mask pasting run between);

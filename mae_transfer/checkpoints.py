@@ -24,8 +24,10 @@ from typing import Any, Dict, List
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file as st_load
+from safetensors.torch import save_file
 
 from . import beit, outputs
+from .env import mmengine_checkpoint_types
 from .errors import CheckpointError  # noqa: F401  (re-exported)
 from .layouts import HF_CONFIG, from_detectron2, from_hf, from_mmseg
 
@@ -116,7 +118,6 @@ def _host_types() -> List[Any]:
     message hub in a segmentation run's iter_N.pth (see seg/compat.py)."""
     if importlib.util.find_spec("mmengine") is None:
         return []
-    from .env import mmengine_checkpoint_types
     return mmengine_checkpoint_types()
 
 
@@ -240,8 +241,6 @@ def save(path, obj: Dict[str, Any]) -> Path:
     """Atomically save a checkpoint dict (`.pth`) or a flat state dict (`.safetensors`)."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
         sd, meta = unwrap(obj), {"format": "pt", "layout": "official-mae"}
         if isinstance(obj.get("model_args"), dict):  # the architecture travels in the header
             meta["model_args"] = json.dumps(obj["model_args"])

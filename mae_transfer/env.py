@@ -27,7 +27,7 @@ def mmengine_checkpoint_types() -> list:
     they need no allowing (torch < 2.6 does not load weights-only by default; another mmengine may differ)."""
     if version_tuple("torch") < (2, 6) or version_tuple("mmengine")[:2] != (0, 10):
         return []
-    import numpy as np
+    import numpy as np  # with mmengine, an optional host: only where its types need allowing
     from mmengine.logging import HistoryBuffer
 
     core = np._core if hasattr(np, "_core") else np.core
@@ -52,7 +52,7 @@ def _version(mod: str) -> str:
 
 def detectron2_build() -> str:
     try:
-        import detectron2
+        import detectron2  # an optional host: reported as missing
     except ImportError:
         return "not installed"
     try:
@@ -66,7 +66,7 @@ def detectron2_build() -> str:
 
 
 def collect_env() -> str:
-    import torch
+    import torch  # python -m mae_transfer.env reports even a broken torch install
 
     rows = [("python", sys.version.split()[0]), ("platform", platform.platform()),
             ("torch", f"{torch.__version__} (CUDA build {torch.version.cuda}, available: {torch.cuda.is_available()})")]

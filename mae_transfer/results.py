@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import torch
 
 from . import outputs, schemas
+from .errors import UserError
 
 NAME = "result.json"
 TASKS = schemas.TASKS
@@ -99,7 +100,6 @@ def recorded(task: str, output_dir, config=None, seed=None, checkpoint=None) -> 
     """Run the block and write result.json: status ok with the metrics, or failed with the error line of a run
     that could not finish (the exception is re-raised for the command's own one-line report). A user error is a
     refusal, not a run: it writes no result file."""
-    from .errors import UserError
 
     rec = Record(task, output_dir, config, seed, checkpoint)
     try:

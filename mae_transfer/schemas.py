@@ -8,6 +8,7 @@ what is wrong, raised as the caller's error type -- by construction, not by a li
 strict (a `true` is not an id, `"5"` is not a width), numbers finite, paths relative and inside their root,
 ids unique, references resolved. What the toolkit writes is built from the same classes, so what it
 writes is what it can read back."""
+import datetime
 import json
 import math
 import re
@@ -29,7 +30,7 @@ from pydantic import (
 )
 from typing_extensions import Annotated
 
-from .errors import UserError
+from .errors import DataError, UserError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -236,8 +237,6 @@ class Result(_Strict):
     @field_validator("started", "ended")
     @classmethod
     def _iso(cls, v):
-        import datetime
-
         datetime.datetime.fromisoformat(v)  # ValueError: not an ISO 8601 time
         return v
 
@@ -418,7 +417,6 @@ def read_lines(path, what: str, error: Type[UserError]) -> List[str]:
 def read_classes(path, error: Type[UserError] = None) -> List[str]:
     """A classes file: one name per line (UTF-8, or UTF-16/32 with a BOM; blank lines skipped), names unique
     (per-class results are keyed by name)."""
-    from .errors import DataError
 
     error = error or DataError
     names = read_lines(path, "classes file", error)

@@ -17,6 +17,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+from .data import DataError
+from .data.images import find_images
+from .data.scenes import make_scenes
+from .engine.config import load_config, resolve_config
+from .engine.finetune import ClassifyConfig
+from .engine.pretrain import PretrainConfig
+from .schemas import read_classes
+
 PY = sys.executable
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -71,7 +79,6 @@ def seg_task(config: str, data: Sequence[str], extra: Sequence[str] = (), gpus: 
 
 def cpu_suite(data_root: str, quick: bool = False) -> List[Task]:
     """The scene set at `data_root` (made by mae_transfer.data.scenes); `quick`: a smoke budget."""
-    from .data.scenes import make_scenes
 
     root = Path(data_root)
     n_train, n_val = (40, 10) if quick else (2000, 200)
@@ -79,7 +86,6 @@ def cpu_suite(data_root: str, quick: bool = False) -> List[Task]:
         make_scenes(root, *((n_train, n_val, 128, 0, None, 20) if quick else (n_train, n_val)))
     sizes = tuple(len(json.loads((root / f"annotations/{s}.json").read_text())["images"]) for s in ("train", "val"))
     if sizes != (n_train, n_val):
-        from .data import DataError
         raise DataError(f"{root} holds {sizes[0]} / {sizes[1]} train / val scenes, not the {n_train} / {n_val} of a "
                         f"{'--quick' if quick else 'full'} suite: pass another --data (or delete it to remake it)")
     d = {k: str(root / v) for k, v in (("train_json", "annotations/train.json"), ("train_images", "train"),
@@ -213,7 +219,6 @@ class CustomData:
 
 def _group(data: CustomData, prefix: str) -> Optional[Dict[str, str]]:
     """The options of one task: all of them, or none (a task left out); some of them is a DataError."""
-    from .data import DataError
 
     group = {k[len(prefix):]: v for k, v in vars(data).items() if k.startswith(prefix)}
     given = [k for k, v in group.items() if v]
@@ -224,9 +229,6 @@ def _group(data: CustomData, prefix: str) -> Optional[Dict[str, str]]:
 
 
 def _count(path: str, what: str) -> int:
-    from .data import DataError
-    from .data.images import find_images
-
     if not Path(path).is_dir():
         raise DataError(f"{what}: {path} is not a folder")
     return len(find_images(path))
@@ -236,10 +238,6 @@ def custom_suite(data: CustomData, recipe: str = "cpu", cls_epochs: Optional[int
                  det_epochs: Optional[float] = None, seg_epochs: Optional[float] = None,
                  gpus: Optional[int] = None) -> List[Task]:
     """The tasks whose sets are given, each with its budget derived from its set's size (`Task.schedule`)."""
-    from .data import DataError
-    from .engine.config import load_config
-    from .engine.finetune import ClassifyConfig
-    from .schemas import read_classes
 
     r = RECIPES[recipe]
     if gpus:
@@ -260,7 +258,7 @@ def custom_suite(data: CustomData, recipe: str = "cpu", cls_epochs: Optional[int
             tasks.append(t)
     det = _group(data, "det_")
     if det:
-        from .det.data import check_coco_json
+        from .det.data import check_coco_json  # detectron2: an optional host, imported when a det set is given
 
         n = 0  # (a missing file is reported with the other inputs; the contents are checked now, also by
         for split in ("train", "val"):  # --dry-run, rather than after minutes of pretraining)
@@ -293,8 +291,6 @@ def custom_suite(data: CustomData, recipe: str = "cpu", cls_epochs: Optional[int
 def pretrain_run(recipe: str, images: str, out: Path, epochs: Optional[int] = None, gpus: Optional[int] = None) -> dict:
     """`--pretrain-on`: an MAE pretrained on the user's unlabelled images with the recipe's pretraining
     config (its epochs, or `epochs` with the warm-up scaled alike), before the suite's runs."""
-    from .engine.config import load_config, resolve_config
-    from .engine.pretrain import PretrainConfig
 
     config = resolve_config(RECIPES[recipe].pretrain, "pretrain")
     c = load_config(config, PretrainConfig)

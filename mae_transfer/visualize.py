@@ -36,7 +36,7 @@ def reconstruct(model: MaskedAutoencoderViT, imgs: torch.Tensor, mask_ratio: flo
 
 
 def save_grid(images: dict, path, title: str = "") -> Path:
-    import matplotlib
+    import matplotlib  # 0.45 s of import (measured), only when a grid is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -4,9 +4,14 @@ import difflib
 import importlib
 import os
 import sys
+import tempfile
+import time
+import traceback
 import warnings
 from pathlib import Path
 from typing import List, Optional
+
+from ..errors import RunFailed, UserError
 
 # command -> (module, function, one line for the overview)
 COMMANDS = {
@@ -48,7 +53,6 @@ def run_cli(fn, *args):
     """Call fn(*args). A user mistake prints one `error:` line (exit 2); a run that could not finish (a
     diverging loss, a failed parity gate) one `error:` line (exit 1); anything else is a bug, printed as one
     `internal error:` line naming a log that holds the traceback (exit 1)."""
-    from ..errors import RunFailed, UserError
 
     try:
         return fn(*args)
@@ -73,9 +77,6 @@ def run_cli(fn, *args):
 
 def _internal(e: BaseException) -> None:
     """An unexpected exception: its traceback goes to a log file, the terminal gets one line (exit 1)."""
-    import tempfile
-    import time
-    import traceback
 
     log_dir = Path(os.environ.get("MAE_TRANSFER_LOG_DIR") or Path(tempfile.gettempdir()) / "mae-transfer")
     text = "".join(traceback.format_exception(type(e), e, e.__traceback__))

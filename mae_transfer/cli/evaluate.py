@@ -4,6 +4,11 @@ import sys
 from pathlib import Path
 from typing import List
 
+from .. import evaluate, outputs, suites
+from ..data import DataError
+from ..identify import BACKBONES, check_backbone
+from .common import Parser, number, path
+
 DOC = """Score one or more checkpoints (and `random`: the same ViT from random init) on classification,
 detection and segmentation with fixed recipes, N seeds each; writes report.md (mean ± std, gap to
 random init, failed runs), results.json and chart.png.
@@ -28,8 +33,6 @@ failed and the suite goes on.
 
 
 def main(argv: List[str], prog: str = "mae-transfer evaluate"):
-    from .common import Parser, number, path
-
     p = Parser(prog, DOC)
     p.add_argument("backbones", nargs="+", help="checkpoints (PATH or NAME=PATH), or 'random' for random init")
     p.add_argument("--suite", choices=["cpu", "paper", "custom"], default="cpu")
@@ -70,9 +73,6 @@ def main(argv: List[str], prog: str = "mae-transfer evaluate"):
     p.add_argument("--report-only", action="store_true", help="write the report from the runs finished so far")
     a = p.parse_args(argv)
 
-    from .. import evaluate, outputs, suites
-    from ..data import DataError
-    from ..identify import BACKBONES, check_backbone
 
     custom = {k: v for k, v in vars(a).items() if k in suites.CustomData.__dataclass_fields__}
     if a.suite != "custom" and (any(custom.values()) or a.pretrain_on):

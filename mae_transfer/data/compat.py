@@ -3,6 +3,7 @@
 crashing a data worker at random. Do what older Pillow did: 0 bits is a black image.
 Written for timm 1.0.31 and Pillow 13.0; applied by the fine-tuning recipe when it builds RandAugment."""
 from PIL import Image, ImageOps
+from timm.data import auto_augment
 
 from ..env import log_patch, version_tuple
 
@@ -18,7 +19,6 @@ def _posterize(img, bits_to_keep, **__):
 def patch_timm_posterize() -> None:
     if version_tuple("pillow") < (12,) or version_tuple("timm")[:2] != (1, 0):
         return  # older Pillow posterizes to 0 bits itself; another timm may have fixed or moved the op
-    from timm.data import auto_augment
 
     names = [n for n in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal")
              if auto_augment.NAME_TO_OP.get(n) is auto_augment.posterize]

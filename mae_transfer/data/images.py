@@ -9,12 +9,14 @@ import contextlib
 import logging
 import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
+from timm.data.readers.reader_image_in_tar import ReaderImageInTar
 from torchvision import transforms
 
 from ..errors import DataError  # noqa: F401  (re-exported)
@@ -106,7 +108,6 @@ def probe(path) -> Tuple[Optional[Tuple[int, int]], Optional[str]]:
 def probe_all(paths: Sequence) -> List[Tuple[Optional[Tuple[int, int]], Optional[str]]]:
     """`probe` over many files in threads: PIL decodes without the GIL (COCO train, 118k images, takes
     seconds on a many-core node)."""
-    from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(min(32, os.cpu_count() or 1)) as pool:
         return list(pool.map(probe, paths, chunksize=64))
@@ -139,8 +140,6 @@ class TarImages(torch.utils.data.Dataset):
     forked loader workers would be read by several processes at once."""
 
     def __init__(self, root):
-        from timm.data.readers.reader_image_in_tar import ReaderImageInTar
-
         try:
             self.reader = ReaderImageInTar(str(root), cache_tarfiles=False)
         except (AssertionError, OSError) as e:
@@ -193,7 +192,7 @@ class LabelledImageFolder(torch.utils.data.Dataset):
 
 def demo_photos() -> List[Image.Image]:
     """Natural photos that scikit-image carries in its wheel (nothing is downloaded)."""
-    import skimage
+    import skimage  # only for the demo photos (scikit-image's own files)
 
     folder = Path(skimage.__file__).parent / "data"
     names = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "hubble_deep_field.jpg",

@@ -16,6 +16,7 @@ seed. One call writes every view of the same scenes:
 The items come from a subset vendored in `assets/` (first 400 per class of the training split, first
 100 per class of the test split; MIT, notice beside it), or from the full set with `fashion_root`.
 """
+import argparse
 import gzip
 import json
 from pathlib import Path
@@ -86,7 +87,7 @@ def compose(rng: np.random.Generator, photos, items: np.ndarray, labels: np.ndar
 
 def polygons(mask: np.ndarray) -> List[List[float]]:
     """Outer contours of a binary mask as COCO polygons (3 points or more)."""
-    import cv2
+    import cv2  # opencv comes with mmcv-lite (the seg extra): only for the scene generator
 
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     return [[float(v) for v in c.reshape(-1)] for c in contours if len(c) >= 3]
@@ -160,8 +161,6 @@ def write_crops(coco_json, images_dir, out_dir, per_class: Optional[int] = None,
 
 
 def main(argv=None):
-    import argparse
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root")
     p.add_argument("--train", type=int, default=400, help="training scenes (items of Fashion-MNIST's train split)")

@@ -3,6 +3,7 @@
 (`make_coco_shapes`) or an ADE20K-layout semantic set (`make_ade_shapes`)."""
 import json
 import math
+import sys
 from pathlib import Path
 from typing import List, Tuple
 
@@ -116,8 +117,6 @@ def make_ade_shapes(root, n_train: int = 200, n_val: int = 50, size: int = 128, 
 
 
 if __name__ == "__main__":  # python -m mae_transfer.data.synthetic {coco,ade} ROOT [n_train n_val]
-    import sys
-
     kind, root, *n = sys.argv[1:]
     make = {"coco": make_coco_shapes, "ade": make_ade_shapes}[kind]
     print(json.dumps(make(root, *map(int, n))))

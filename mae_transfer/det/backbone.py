@@ -12,7 +12,7 @@ import torch.nn as nn
 from detectron2.config import CfgNode as CN
 from detectron2.modeling import BACKBONE_REGISTRY, SimpleFeaturePyramid, ViT
 
-from .checkpoint import max_pool_top_block
+from .checkpoint import load_backbone, max_pool_top_block
 
 
 def add_mae_vit_config(cfg):
@@ -39,7 +39,5 @@ def build_mae_vit_sfp_backbone(cfg, input_shape):
                                     top_block=max_pool_top_block(last), norm=cfg.MODEL.FPN.NORM,
                                     square_pad=c.SQUARE_PAD)
     if c.WEIGHTS:
-        from .checkpoint import load_backbone
-
         load_backbone(backbone, c.WEIGHTS, prefix="net.")
     return backbone

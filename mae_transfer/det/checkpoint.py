@@ -6,6 +6,7 @@ from typing import Dict, List
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
 from .. import checkpoints, hosts
 
@@ -64,7 +65,6 @@ def _summarise(keys: List[str]) -> str:
 def max_pool_top_block(in_feature: str = "p5"):
     """detectron2's LastLevelMaxPool reading another level (it hard-codes p5): with 8-px patches
     the pyramid ends at p4, which is pooled into p5."""
-    from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
     block = LastLevelMaxPool()
     block.in_feature = in_feature

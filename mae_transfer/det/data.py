@@ -2,6 +2,9 @@
 training starts (a missing image or a malformed json is one clear error, not a crash at iteration N)."""
 from pathlib import Path
 
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances
+
 from ..data.images import probe_all
 from ..errors import DataError
 from ..schemas import CocoInstances, read_json, validate
@@ -70,12 +73,9 @@ def json_safe(results: dict) -> dict:
 def register_coco_from_paths(name: str, json_file, image_root) -> None:
     """Register a COCO-format instances set (checked before by `check_coco_json`) under `name` with
     detectron2's own loader."""
-    from detectron2.data import DatasetCatalog
-    from detectron2.data.datasets import register_coco_instances
 
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
-        from detectron2.data import MetadataCatalog
 
         MetadataCatalog.remove(name)
     register_coco_instances(name, {}, str(json_file), str(image_root))

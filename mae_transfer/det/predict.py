@@ -7,21 +7,24 @@ resize, model, `Visualizer` and COCO-results conversion.
 A checkpoint without mask-head weights (trained on a box-only set) is run as Faster R-CNN."""
 from typing import List, Optional, Sequence
 
+import detectron2.data.transforms as T
 import numpy as np
 import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.data import Metadata
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+from detectron2.utils.visualizer import Visualizer
 
 from .. import checkpoints
 from ..identify import expect
+from .checkpoint import has_mask_head
 from .data import boxes_only
 
 
 class DetPredictor:
     def __init__(self, config: str, weights: str, device: str = "cpu", score_thresh: float = 0.5,
                  class_names: Optional[Sequence[str]] = None):
-        import detectron2.data.transforms as T
-        from detectron2.config import LazyConfig, instantiate
 
-        from .checkpoint import has_mask_head
 
         cfg = LazyConfig.load(config)
         sd = expect(weights, ("detector",), "predict det")
@@ -45,7 +48,6 @@ class DetPredictor:
     @torch.no_grad()
     def __call__(self, images: List[np.ndarray]) -> list:
         """RGB uint8 [H, W, 3] arrays (one batch) -> their Instances on the CPU, in image coordinates."""
-        import detectron2.data.transforms as T
 
         inputs = []
         for img in images:
@@ -56,16 +58,12 @@ class DetPredictor:
         return [out["instances"].to("cpu") for out in self.model(inputs)]
 
     def draw(self, image: np.ndarray, instances) -> np.ndarray:
-        from detectron2.data import Metadata
-        from detectron2.utils.visualizer import Visualizer
-
         vis = Visualizer(image, Metadata(thing_classes=self.class_names))
         return vis.draw_instance_predictions(instances).get_image()
 
     @staticmethod
     def to_coco(instances, image_id: int, category_ids: Optional[Sequence[int]] = None) -> list:
         """COCO results entries (bbox xywh, score, RLE segmentation when masks exist)."""
-        from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 
         rows = instances_to_coco_json(instances, image_id)
         for r in rows:

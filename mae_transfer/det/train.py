@@ -12,6 +12,7 @@ from detectron2.engine import AMPTrainer, SimpleTrainer, create_ddp_model, defau
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from hydra.utils import get_method
 
 from .. import checkpoints, outputs, results
 from ..checkpoints import load_file, unwrap
@@ -34,7 +35,6 @@ def _target_accepts(cfg, key: str) -> bool:
     except (ConfigError, AttributeError):
         return False
     if isinstance(target, str):
-        from hydra.utils import get_method
         target = get_method(target)
     try:
         return target is not None and leaf in inspect.signature(target).parameters

@@ -6,6 +6,7 @@ so loading one config never changes what the next load returns, even for a file 
 its base. The shipped configs live in the package (`mae_transfer/configs/<kind>/<name>.py`;
 `configs/` at the top of the checkout is the same folder), so `--config mae_vit_large` works in an
 installed wheel as well as in the checkout."""
+import argparse
 import ast
 import contextlib
 import copy
@@ -178,7 +179,6 @@ def check_seed(seed, where: str = "seed") -> int:
 
 def seed_arg(text: str) -> int:
     """argparse type of --seed."""
-    import argparse
 
     try:
         return check_seed(int(text), "--seed")

@@ -18,6 +18,7 @@ from ..data import IMAGENET_MEAN, IMAGENET_STD, DataError, LabelledImageFolder, 
 from ..data.compat import patch_timm_posterize
 from ..models.sizes import ENCODERS
 from . import trainer
+from .config import ConfigError, at_least, one_of, positive, require
 from .distributed import DistInfo, cleanup
 from .logger import RunLogger, log_lr_table
 from .loop import Run, fit
@@ -60,8 +61,6 @@ class ClassifyConfig(TrainConfig):
     eval_only: Optional[str] = None     # evaluate this fine-tuned checkpoint and exit
 
     def check(self) -> None:
-        from .config import at_least, one_of, positive, require
-
         super().check()
         one_of(self, "mode", ("finetune", "linprobe"))
         at_least(self, 1, "num_classes", "img_size", "eval_freq")
@@ -100,7 +99,6 @@ def build_model(cfg: ClassifyConfig) -> nn.Module:
     elif cfg.finetune_last_k is not None:
         k, depth = cfg.finetune_last_k, len(model.blocks)
         if k > depth:
-            from .config import ConfigError
             raise ConfigError(f"finetune_last_k={k}: the model has {depth} blocks")
         for name, p in model.named_parameters():
             block = int(name.split(".")[1]) if name.startswith("blocks.") else None

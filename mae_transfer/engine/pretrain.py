@@ -10,9 +10,11 @@ from timm.optim import create_optimizer_v2
 from .. import models
 from ..data import SeededSamples, demo_photos, pretrain_transform
 from ..data.images import image_source
+from ..models.mae import load_mae
 from ..models.masking import make_noise
 from ..visualize import NORM_PIX_NOTE, reconstruct, save_grid
 from . import trainer
+from .config import at_least, one_of, require
 from .distributed import DistInfo, cleanup
 from .logger import RunLogger
 from .loop import Run, fit
@@ -47,8 +49,6 @@ class PretrainConfig(TrainConfig):
     vis_freq: int = 20                  # reconstruction grid every N epochs
 
     def check(self) -> None:
-        from .config import at_least, one_of, require
-
         super().check()
         require(0 < self.mask_ratio < 1, f"mask_ratio={self.mask_ratio}: must be inside (0, 1)")
         one_of(self, "mask_strategy", ("random", "block", "grid"))
@@ -135,7 +135,6 @@ def _save_recon(model, vis_batch, cfg, path: Path, epoch: int):
 def evaluate_checkpoint(cfg: PretrainConfig, checkpoint) -> dict:
     """Mean masked-patch loss of the MAE in `checkpoint` (rebuilt from the architecture it records) over
     one pass of cfg's data at cfg.mask_ratio, masks seeded per sample as in training (epoch 0)."""
-    from ..models.mae import load_mae
 
     model = load_mae(checkpoint)
     info = DistInfo()

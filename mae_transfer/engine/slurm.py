@@ -9,21 +9,21 @@ class SlurmJob:
         self.train_fn, self.cfg = train_fn, cfg
 
     def __call__(self):
-        import submitit
+        import submitit  # an optional host (the slurm extra)
 
         submitit.helpers.TorchDistributedEnvironment().export()  # RANK, WORLD_SIZE, MASTER_ADDR, ...
         return self.train_fn(self.cfg)
 
     def checkpoint(self, *args, **kwargs):
         """Called by submitit on preemption / timeout: requeue the same job, resuming."""
-        import submitit
+        import submitit  # an optional host (the slurm extra)
 
         return submitit.helpers.DelayedSubmission(SlurmJob(self.train_fn, dataclasses.replace(self.cfg, resume="auto")))
 
 
 def submit(train_fn, cfg, nodes: int, gpus_per_node: int, partition: str = "", timeout_min: int = 4320,
            folder: str = None, **slurm):
-    import submitit
+    import submitit  # an optional host (the slurm extra)
 
     folder = folder or f"{cfg.output_dir}/slurm/%j"
     ex = submitit.AutoExecutor(folder=folder, slurm_max_num_timeout=30)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from .. import checkpoints
+from ..outputs import check_fresh
 from .trainer import unwrap_model
 
 _logger = logging.getLogger("mae_transfer")
@@ -51,7 +52,6 @@ def find_resume(output_dir: Path, resume: str) -> Optional[Path]:
     last = Path(output_dir) / "checkpoint-last.pth"
     if resume in ("", "none", None):
         if last.is_file():
-            from ..outputs import check_fresh
             check_fresh(output_dir, resume=False)
         return None
     if resume == "auto":

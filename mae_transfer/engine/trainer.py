@@ -9,8 +9,13 @@ from typing import Optional
 
 import numpy as np
 import torch
+from timm.scheduler import CosineLRScheduler
 
-from .distributed import DistInfo
+from ..data import DataError, EpochSampler, collate_skip_bad
+from ..data.images import worker_threads
+from .config import at_least, check_seed, one_of, positive, require
+from .distributed import DistInfo, barrier, init_distributed
+from .logger import setup_logging
 
 _logger = logging.getLogger("mae_transfer")
 
@@ -46,7 +51,6 @@ class TrainConfig:
 
     def check(self) -> None:
         """Every value in its range, before any work starts (one ConfigError line otherwise)."""
-        from .config import at_least, check_seed, one_of, positive, require
 
         at_least(self, 1, "epochs", "batch_size", "effective_batch_size", "accum_iter", "save_freq",
                  "ckpt_every_steps", "max_steps")
@@ -63,8 +67,6 @@ class TrainConfig:
 
 def start_run(cfg, info=None):
     """Process group, output folder, logging and seeds: the common start of every recipe."""
-    from .distributed import barrier, init_distributed
-    from .logger import setup_logging
 
     cfg.check()
     info = info or init_distributed(cfg.device)
@@ -101,8 +103,6 @@ def make_loader(dataset, batch_size: int, info: DistInfo, seed: int, num_workers
                 shuffle: bool = True, drop_last: bool = True):
     """Loader over an `EpochSampler`: one process with batch B*k sees exactly the samples that k
     processes with batch B see, and each index carries its epoch to the (persistent) workers."""
-    from ..data import EpochSampler, collate_skip_bad
-    from ..data.images import worker_threads
 
     sampler = EpochSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle, seed=seed,
                            drop_last=drop_last)
@@ -138,7 +138,6 @@ def resolve_batch(cfg, world_size: int):
 def train_loader(dataset, cfg, info: DistInfo):
     """The training loader and its arithmetic: (loader, accum_iter, effective batch, lr, optimizer
     steps per epoch); an epoch too small for one accumulation is a clear error."""
-    from ..data import DataError
 
     accum, eff, lr = resolve_batch(cfg, info.world_size)
     loader = make_loader(dataset, cfg.batch_size, info, cfg.seed, cfg.num_workers)
@@ -152,7 +151,6 @@ def train_loader(dataset, cfg, info: DistInfo):
 def warmup_cosine(optimizer, cfg, steps_per_epoch: int):
     """Linear warm-up from 0, then half-cycle cosine to cfg.min_lr, updated every optimizer step
     (timm's scheduler; it applies each group's `lr_scale`, i.e. layer decay)."""
-    from timm.scheduler import CosineLRScheduler
 
     return CosineLRScheduler(
         optimizer, t_initial=max(1, (cfg.epochs - cfg.warmup_epochs) * steps_per_epoch), lr_min=cfg.min_lr,

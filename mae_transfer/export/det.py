@@ -26,6 +26,7 @@ class _Levels(torch.nn.Module):
         self.pooler = pooler
 
     def forward(self, feats, rois):  # feats: L x [N, C, Hl, Wl]; rois: [R, 5] -> [R, C, P, P]
+        # detectron2: an optional host (`export encoder|seg` need none)
         from detectron2.modeling.poolers import assign_boxes_to_levels
         from detectron2.structures import Boxes
 
@@ -68,6 +69,7 @@ class _RPNHead(torch.nn.Module):
 
 def check(model) -> None:
     """One line when the detector is not the R-CNN these graphs cover."""
+    # detectron2: an optional host (`export encoder|seg` need none)
     from detectron2.modeling.proposal_generator import RPN
     from detectron2.modeling.roi_heads import CascadeROIHeads, StandardROIHeads
 
@@ -89,6 +91,7 @@ def backbone(model, size: int):
 
 def parts(model, size: int) -> dict:
     """The four graphs (three without a mask head) as `parts.Part`s, with example inputs for tracing."""
+    # detectron2: an optional host (`export encoder|seg` need none)
     from detectron2.modeling.poolers import convert_boxes_to_pooler_format
     from detectron2.structures import Boxes
 
@@ -147,6 +150,7 @@ class _RPNGraph(torch.nn.Module):
 def _on_rois(graph, feats, boxes):
     """The graph on the boxes of every image; no boxes at all: one placeholder RoI, outputs cut to 0 rows
     (the graphs take at least one RoI)."""
+    # detectron2: an optional host (`export encoder|seg` need none)
     from detectron2.modeling.poolers import convert_boxes_to_pooler_format
 
     rois = convert_boxes_to_pooler_format(boxes)
@@ -159,6 +163,7 @@ def run_with(model, graphs: Optional[Dict[str, object]]) -> None:
     """Make detectron2's GeneralizedRCNN compute its four networks with `graphs` (exported files'
     runtimes or the eager parts); None: its own modules again. Everything between them -- anchors,
     proposal top-k and NMS, box decoding, score threshold and NMS, mask pasting -- stays detectron2's."""
+    # detectron2: an optional host (`export encoder|seg` need none)
     from detectron2.modeling.roi_heads.mask_head import mask_rcnn_inference
 
     rpn, heads = model.proposal_generator, model.roi_heads

@@ -34,7 +34,7 @@ def snapshot_config(kind: str, config: Optional[str], out: Path) -> Optional[Pat
     if config is None:
         return None
     if kind == "det":
-        from detectron2.config import LazyConfig
+        from detectron2.config import LazyConfig  # detectron2: an optional host, for det folders
 
         dest = out / "config.yaml"
         outputs.write_with(dest, lambda tmp: LazyConfig.save(LazyConfig.load(config), tmp))
@@ -45,7 +45,7 @@ def snapshot_config(kind: str, config: Optional[str], out: Path) -> Optional[Pat
             raise CheckpointError(f"{config}: the config does not serialise to YAML (LazyConfig.save pickled it); "
                                   f"an export folder carries no pickles")
         return dest
-    from mmengine.config import Config
+    from mmengine.config import Config  # mmseg's mmengine: an optional host, for seg folders
 
     dest = out / "config.yaml"  # data, not code: a .py config would be executed by whoever loads the folder
     outputs.write_with(dest, lambda tmp: Config.fromfile(config).dump(tmp))  # (YAML keeps tuples; JSON would not)
@@ -60,7 +60,7 @@ def check_config(path: Path) -> None:
     """An export folder's config is data the hosts turn into objects: refuse what would run anything else --
     YAML tags that build Python objects (detectron2 and mmengine load YAML unsafely), a `_target_` outside the
     libraries the toolkit's own configs use, an mmengine `custom_imports` of another package."""
-    import yaml
+    import yaml  # PyYAML comes with detectron2's config stack (det folders)
 
     bad = []
 

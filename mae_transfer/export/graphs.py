@@ -15,19 +15,20 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from timm.models.vision_transformer import VisionTransformer
+from torchvision import transforms
 
 from .. import checkpoints
+from ..data import IMAGENET_MEAN, IMAGENET_STD
+from ..models.mae import architecture, read_with
+from ..models.vit import load_checkpoint
+from . import det as d2
 from .parts import Exportable, Graph, Part, TupleOut, image_part
 
 KINDS = ("encoder", "det", "seg")
 
 
 def encoder(weights: str, img_size: Optional[int] = None) -> Exportable:
-    from timm.models.vision_transformer import VisionTransformer
-
-    from ..models.mae import architecture, read_with
-    from ..models.vit import load_checkpoint
-
     sd, kw = read_with(weights, architecture)
     size = img_size or kw["img_size"]
     pool = "avg" if "fc_norm.weight" in sd else "token"  # fine-tuned with global pooling: fc_norm, no norm
@@ -63,8 +64,7 @@ def seg_module(model):
 
 
 def det(config: str, weights: str, score_thresh: float = 0.05, class_names=None, device="cpu") -> Exportable:
-    from ..det.predict import DetPredictor
-    from . import det as d2
+    from ..det.predict import DetPredictor  # detectron2: an optional host (`export encoder` needs none)
 
     pred = DetPredictor(config, weights, device, score_thresh, class_names)  # 0.05: detectron2's test threshold
     size = det_size(pred.model)
@@ -73,7 +73,7 @@ def det(config: str, weights: str, score_thresh: float = 0.05, class_names=None,
 
 
 def seg(config: str, weights: str, device="cpu") -> Exportable:
-    from ..seg.predict import SegPredictor
+    from ..seg.predict import SegPredictor  # mmseg: an optional host
 
     pred = SegPredictor(config, weights, device)
     module, size = seg_module(pred.model)
@@ -89,7 +89,6 @@ def run_with(predictor, kind: str, graphs: Optional[Dict[str, Graph]]) -> None:
     runtime, or the eager part); None: the host's own modules again. Everything around them -- resizing,
     padding, sliding window, NMS, drawing -- stays the host's own code, the same for every runtime."""
     if kind == "det":
-        from . import det as d2
         return d2.run_with(predictor.model, graphs)
     predictor.model.__dict__.pop("encode_decode", None)
     if graphs is None:
@@ -112,9 +111,6 @@ def eager(part: Part) -> Graph:
 
 def encoder_inputs(images: Sequence, size: int) -> torch.Tensor:
     """Resize the shorter side to `size` (bicubic), centre crop, ImageNet normalisation: [N, 3, S, S]."""
-    from torchvision import transforms
-
-    from ..data import IMAGENET_MEAN, IMAGENET_STD
 
     tf = transforms.Compose([transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
                              transforms.CenterCrop(size), transforms.ToTensor(),

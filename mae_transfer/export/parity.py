@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
+from torchvision.ops import box_iou
 
 from ..errors import RunFailed
 
@@ -24,7 +25,6 @@ PIXELS = 0.999       # seg: share of pixels with the same class
 
 class ParityError(RunFailed):
     """The exported file does not compute what PyTorch computes (the report says where)."""
-
 
 def graph_rows(ref: List[List[torch.Tensor]], got: List[List[torch.Tensor]], rows) -> Dict[str, float]:
     """ref/got: per call, a graph's outputs; rows: each output's row -> {row: max |difference| relative to
@@ -39,7 +39,6 @@ def graph_rows(ref: List[List[torch.Tensor]], got: List[List[torch.Tensor]], row
 
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    from torchvision.ops import box_iou
     return box_iou(a, b) if len(a) and len(b) else torch.zeros(len(a), len(b))
 
 

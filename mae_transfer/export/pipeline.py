@@ -7,6 +7,7 @@ the files kept only if they compute what PyTorch computes (`parity`). What each 
 The folder gets one .onnx and one .pt2 per graph (model.* for an encoder or a segmenter; backbone, rpn,
 box_head, mask_head for a detector), export.json (what `predict --runtime` needs to run them) and
 export_report.json (the parity table, per runtime)."""
+import io
 import os
 import re
 import sys
@@ -34,7 +35,7 @@ def load_runtime(path, device: str = "cpu") -> Graph:
     if not path.is_file():
         raise checkpoints.CheckpointError(f"exported model not found: {path}")
     if path.suffix == ".onnx":
-        import onnxruntime as ort
+        import onnxruntime as ort  # an optional host (the export extra)
 
         cuda = device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers()
         opts = ort.SessionOptions()
@@ -72,6 +73,7 @@ def check_pt2(path: Path) -> None:
     program has, and every entry of every weights and constants config -- which is what decides what
     torch.export.load unpickles -- must name a plain tensor file (`schemas.Pt2Payload`: `weight_N`/`tensor_N`,
     no pickle)."""
+    # torch's private reader: imported where used, so a torch without it fails only here
     from torch.export.pt2_archive._package import PT2ArchiveReader
 
     try:
@@ -85,8 +87,6 @@ def check_pt2(path: Path) -> None:
                                           f"(objects or libraries that would run code when loaded); refused")
     for name in names:
         if name.startswith("data/sample_inputs/"):  # torch.load'ed by torch.export.load: tensors (or None) only
-            import io
-
             data = reader.read_bytes(name)
             try:  # (empty where the program was saved without example inputs, as the toolkit saves them)
                 data and torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

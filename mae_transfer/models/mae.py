@@ -11,8 +11,11 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.layers import PatchEmbed
+from timm.models import register_model
 from timm.models.vision_transformer import Block
 
+from .. import checkpoints
+from ..schemas import ModelArgs, validate
 from .masking import make_noise, random_masking
 from .pos_embed import get_2d_sincos_pos_embed
 from .sizes import ARCHS, SHORT
@@ -163,7 +166,6 @@ class MaskedAutoencoderViT(nn.Module):
 
 # ---------------------------------------------------------------------------------------- factories
 # Registered with timm too: timm.create_model('mae_vit_base_patch16', norm_pix_loss=True).
-from timm.models import register_model  # noqa: E402
 
 
 def _mae(pretrained=False, checkpoint=None, **kwargs) -> MaskedAutoencoderViT:
@@ -173,9 +175,7 @@ def _mae(pretrained=False, checkpoint=None, **kwargs) -> MaskedAutoencoderViT:
         raise ValueError("nothing is downloaded: pass checkpoint='path/to/mae_*.pth' instead of pretrained=True")
     model = MaskedAutoencoderViT(**kwargs)
     if checkpoint is not None:
-        from ..checkpoints import read_state_dict
-
-        model.load_state_dict(read_state_dict(checkpoint), strict=True)
+        model.load_state_dict(checkpoints.read_state_dict(checkpoint), strict=True)
     return model
 
 
@@ -270,8 +270,6 @@ def architecture(obj, sd) -> dict:
     official training checkpoint (`model`, `input_size`, `norm_pix_loss`); the table of known sizes."""
     rec = obj.get("model_args") if isinstance(obj, dict) else None
     if rec is not None:  # through its schema: a hand-edited or foreign record is one line, not a traceback
-        from ..schemas import ModelArgs, validate
-
         rec = validate(rec, ModelArgs, ValueError, "model_args").model_dump()
     args = training_args(obj)
     known = ARCHS.get(SHORT.get(rec.get("name"), rec.get("name")), {}) if isinstance(rec, dict) else {}
@@ -303,7 +301,6 @@ def mae_from_checkpoint(obj, sd) -> MaskedAutoencoderViT:
 def read_with(path, build: Callable):
     """(state dict, build(obj, sd)) of the checkpoint file at `path` -- `build` is `architecture` or
     `mae_from_checkpoint` -- its ValueError (unknown size, no decoder) a one-line CheckpointError."""
-    from .. import checkpoints
 
     obj = checkpoints.load_file(path)
     sd = checkpoints.read_state_dict(obj)
@@ -316,7 +313,6 @@ def read_with(path, build: Callable):
 def load_mae(path) -> MaskedAutoencoderViT:
     """The full MAE in the checkpoint file at `path`, rebuilt from what it records and loaded strictly;
     an encoder-only, unknown-size or unreadable file is a CheckpointError (one line)."""
-    from .. import checkpoints
 
     sd, model = read_with(path, mae_from_checkpoint)
     checkpoints.load_into(model, sd, f"{path} (as its model_args describe it)")  # strict, one line if not

@@ -12,6 +12,8 @@ from typing import Dict, Optional
 
 import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.beit import Beit
+from timm.models.beit import checkpoint_filter_fn as beit_filter
 from timm.models.vision_transformer import VisionTransformer
 
 from .. import checkpoints, hosts
@@ -78,8 +80,6 @@ def _beit(variant: str, sd: Optional[Dict], beit: Optional[Dict], global_pool: s
     """A BEiT checkpoint (or `beit` = its model_args, when rebuilt) fine-tunes as timm's own `Beit`: layer
     scale and relative position bias have no place in the MAE's ViT. `model.beit` is recorded with the
     model's arguments, so a fine-tuned BEiT is rebuilt as one."""
-    from timm.models.beit import Beit
-    from timm.models.beit import checkpoint_filter_fn as beit_filter
 
     beit = beit or {"use_abs_pos_emb": "pos_embed" in sd, "init_values": 1.0 if "blocks.0.gamma_1" in sd else None}
     model = build_model_with_cfg(Beit, variant, False, global_pool=global_pool, use_rel_pos_bias=True, **beit, **kwargs)

@@ -19,6 +19,7 @@ import types
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..checkpoints import allowing
 from ..env import log_patch, mmengine_checkpoint_types, version_tuple
 
 
@@ -46,7 +47,7 @@ def ensure_mmcv_ops() -> None:
     ops.__path__ = [str(Path(spec.origin).parent / "ops")]  # submodules load from mmcv's sources
     ops.__doc__ = "mmcv-lite stand-in registered by mae_transfer.seg.compat"
     sys.modules["mmcv.ops"] = ops
-    import mmcv
+    import mmcv  # only after the mmcv.ops stand-in above is in place
 
     mmcv.ops = ops
     ops.point_sample = importlib.import_module("mmcv.ops.point_sample").point_sample  # pure torch
@@ -67,9 +68,9 @@ def mmengine_checkpoints():
     if not types_:
         yield
         return
+    # after mmcv's compat is in place (this module runs before mmseg imports)
     from mmengine.logging import HistoryBuffer
 
-    from ..checkpoints import allowing
 
     def _getstate(self):
         return {k: v for k, v in self.__dict__.items() if k != "statistics_methods"}
@@ -93,7 +94,7 @@ def cpu_distributed(cfg) -> None:
     the gloo group first (mmengine then skips its own) and wrap with DDP without device ids."""
     if version_tuple("mmengine")[:2] != (0, 10):
         return
-    import torch.distributed as dist
+    import torch.distributed as dist  # only for the mmengine 0.10 CPU patch
     from mmengine.model import MMDistributedDataParallel
     from mmengine.registry import MODEL_WRAPPERS
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
+from PIL import Image
 
 from ..data.images import EXIF_ORIENTATION, IMG_EXTENSIONS, undecodable, upright_size
 from ..errors import DataError
@@ -110,7 +111,6 @@ def _items(ds) -> List[tuple]:
 def check_data(cfg, splits: Sequence[str] = ("train", "val")) -> None:
     """Every image has a mask of its size, and every label is a class or 255 (or 0 under
     reduce_zero_label) -- checked before training rather than discovered at iteration N."""
-    from PIL import Image
 
     for split in splits:
         ds = cfg[f"{split}_dataloader"].dataset
@@ -147,6 +147,6 @@ def _num_classes(ds, cfg) -> int:
     if classes:
         return len(classes)
     if ds.get("type") in ("PascalVOCDataset", "ADE20KDataset"):
-        from mmseg import datasets
+        from mmseg import datasets  # importing mmseg's datasets registers them all: only for a stock set's class count
         return len(getattr(datasets, ds.type).METAINFO["classes"])
     return cfg.model.decode_head.num_classes

@@ -9,22 +9,19 @@ from typing import List
 
 import numpy as np
 import torch
+from mmengine.config import Config
+from mmengine.visualization import Visualizer
+from mmseg.apis import inference_model, init_model
+from mmseg.visualization import SegLocalVisualizer
 
 from .. import checkpoints
 from ..data.images import load_rgb
 from ..identify import expect
+from .data import plain_bn
 
 
 class SegPredictor:
     def __init__(self, config: str, weights: str, device: str = "cpu"):
-        import mae_transfer.seg  # noqa: F401  (mmcv-lite compat, MAEViT)
-
-        # isort: split
-        from mmengine.config import Config
-        from mmseg.apis import init_model
-
-        from .data import plain_bn
-
         obj, sd = expect(weights, ("segmentor",), "predict seg", whole=True)  # read once, safely; one line if bad
         meta = obj.get("meta") or {}
         cfg = Config.fromfile(config)
@@ -45,8 +42,6 @@ class SegPredictor:
     @torch.no_grad()
     def __call__(self, images: List) -> list:
         """Image paths or BGR arrays (one batch) -> SegDataSamples, predictions at image size."""
-        from mmseg.apis import inference_model
-
         out = inference_model(self.model, list(images))
         return out if isinstance(out, list) else [out]
 
@@ -55,9 +50,6 @@ class SegPredictor:
         return result.pred_sem_seg.data[0].cpu().numpy().astype(np.uint8)
 
     def draw(self, image, result, out_file: str, opacity: float = 0.5) -> None:
-        from mmengine.visualization import Visualizer
-        from mmseg.visualization import SegLocalVisualizer
-
         name = "mae_transfer.predict"
         vis = (SegLocalVisualizer.get_instance(name) if Visualizer.check_instance_created(name)
                else SegLocalVisualizer(name=name, alpha=opacity))

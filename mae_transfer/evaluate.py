@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 from tqdm import tqdm
 
 from . import outputs, results
-from .suites import Task
+from .suites import Run, Task
 
 RANDOM = "random"  # the backbone name that means "same ViT, random init"
 
@@ -38,7 +38,7 @@ def backbone_names(backbones: Sequence[str]) -> Dict[str, str]:
     return out
 
 
-def plan(tasks: Sequence[Task], backbones: Dict[str, str], seeds: Sequence[int], out: Path) -> List[dict]:
+def plan(tasks: Sequence[Task], backbones: Dict[str, str], seeds: Sequence[int], out: Path) -> List[Run]:
     """Every run of the suite: seed-major, so after seed 0 every task has a number for every backbone.
     Each backbone has its own folder (names that read alike, `a b` and `a_b`, get distinct ones)."""
     folders: Dict[str, str] = {}
@@ -53,8 +53,7 @@ def plan(tasks: Sequence[Task], backbones: Dict[str, str], seeds: Sequence[int],
         for task in tasks:
             for name, ckpt in backbones.items():
                 d = out / "runs" / folders[name] / task.name / f"seed{seed}"
-                runs.append({"backbone": name, "task": task.name, "seed": seed, "dir": d, "metrics": task.metrics,
-                             "argv": task.command(ckpt, seed, d), "checkpoint": ckpt})
+                runs.append(Run(name, task.name, seed, d, task.metrics, task.command(ckpt, seed, d), ckpt))
     return runs
 
 
@@ -66,33 +65,33 @@ def _error_line(log: Path) -> Optional[str]:
     return next((x for x in reversed(lines) if x.startswith(("error:", "internal error:"))), None)
 
 
-def _run(r: dict, env: Dict[str, str]) -> Optional[str]:
+def _run(r: Run, env: Dict[str, str]) -> Optional[str]:
     """One run in a subprocess, its output in run.log; None when it succeeded, else the reason."""
-    r["dir"].mkdir(parents=True, exist_ok=True)
-    with open(r["dir"] / "run.log", "w") as f:
-        f.write(shlex.join(r["argv"]) + "\n")
+    r.dir.mkdir(parents=True, exist_ok=True)
+    with open(r.dir / "run.log", "w") as f:
+        f.write(shlex.join(r.argv) + "\n")
         f.flush()
-        rc = subprocess.run(r["argv"], stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        rc = subprocess.run(r.argv, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
     if rc != 0:
-        lines = (r["dir"] / "run.log").read_text(errors="replace").strip().splitlines() or [""]
-        line = _error_line(r["dir"] / "run.log") or lines[-1]  # the command's own line
-        return f"failed ({rc}): {r['backbone']} / {r['task']} / seed {r['seed']}: {line} (log: {f.name})"
+        lines = (r.dir / "run.log").read_text(errors="replace").strip().splitlines() or [""]
+        line = _error_line(r.dir / "run.log") or lines[-1]  # the command's own line
+        return f"failed ({rc}): {r.name}: {line} (log: {f.name})"
     return None
 
 
-def done(run: dict) -> bool:
+def done(run: Run) -> bool:
     try:
-        return results.read(run["dir"])["status"] == "ok"
+        return results.read(run.dir)["status"] == "ok"
     except (OSError, ValueError):
         return False
 
 
-def stale(run: dict) -> bool:
+def stale(run: Run) -> bool:
     """The run's folder holds a run of another checkpoint than the row's now (a file replaced under the same
     name): its numbers are not this checkpoint's, so the run starts again."""
-    ckpt = run.get("checkpoint")
+    ckpt = run.checkpoint
     try:
-        started = results.read(run["dir"])["checkpoint"]
+        started = results.read(run.dir)["checkpoint"]
     except (OSError, ValueError):
         return False
     if not ckpt or not Path(ckpt).is_file() or started is None or not started.get("sha256"):
@@ -100,16 +99,16 @@ def stale(run: dict) -> bool:
     return started["sha256"] != results.sha256(ckpt)
 
 
-def retire(run: dict) -> None:
+def retire(run: Run) -> None:
     """Move a stale run's folder aside (kept, renamed) so the row runs afresh."""
-    d = run["dir"]
+    d = run.dir
     aside = d.with_name(f"{d.name}.replaced-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     d.rename(aside)
-    print(f"{run['backbone']} / {run['task']} / seed {run['seed']}: its checkpoint changed since that run; "
+    print(f"{run.name}: its checkpoint changed since that run; "
           f"running again (the old run: {aside})", file=sys.stderr)
 
 
-def execute(runs: List[dict], jobs: int = 1) -> List[dict]:
+def execute(runs: List[Run], jobs: int = 1) -> List[dict]:
     """Run what has no successful result.json yet (a progress bar over the runs); a failed run is
     reported and the others go on. `jobs` > 1 runs that many at once with 1 thread each: these models are
     too small to keep 2 threads busy (ViTDet-Ti: 2 one-thread runs side by side do 1.29x the iterations
@@ -127,7 +126,7 @@ def execute(runs: List[dict], jobs: int = 1) -> List[dict]:
         running = {pool.submit(_run, r, env): r for r in todo}
         for fut in as_completed(running):
             r = running[fut]
-            bar.set_description(f"done: {r['backbone']} / {r['task']} / seed {r['seed']}")
+            bar.set_description(f"done: {r.name}")
             failure = fut.result()
             if failure:
                 bar.write(failure)
@@ -136,27 +135,27 @@ def execute(runs: List[dict], jobs: int = 1) -> List[dict]:
     return finished(runs)
 
 
-def _result(run: dict) -> dict:
+def _result(run: Run) -> dict:
     """A run's row, from its result.json alone: the task's metrics, minutes and threads; a run that
     failed (or left no readable result.json) is a row with status failed and its error line."""
-    row = {"backbone": run["backbone"], "task": run["task"], "seed": run["seed"]}
+    row = {"backbone": run.backbone, "task": run.task, "seed": run.seed}
     try:
-        res = results.read(run["dir"])
+        res = results.read(run.dir)
     except FileNotFoundError:  # a refused run leaves no result.json: its error line is in its log
-        return {**row, "status": "failed", "error": _error_line(run["dir"] / "run.log")
-                or f"no {results.NAME} (see {run['dir'] / 'run.log'})"}
+        return {**row, "status": "failed", "error": _error_line(run.dir / "run.log")
+                or f"no {results.NAME} (see {run.dir / 'run.log'})"}
     except ValueError as e:
         return {**row, "status": "failed", "error": str(e)}
     if res["status"] != "ok":
         return {**row, "status": "failed", "error": res["error"]}
     t0, t1 = (datetime.datetime.fromisoformat(res[k]) for k in ("started", "ended"))
-    return {**row, "status": "ok", "metrics": {m: res["metrics"][m] for m in run["metrics"] if m in res["metrics"]},
+    return {**row, "status": "ok", "metrics": {m: res["metrics"][m] for m in run.metrics if m in res["metrics"]},
             "minutes": (t1 - t0).total_seconds() / 60, "threads": res["threads"]}
 
 
-def finished(runs: List[dict]) -> List[dict]:
+def finished(runs: List[Run]) -> List[dict]:
     """The rows of the runs that have run (a report while a suite is still running): ok or failed."""
-    return [_result(r) for r in runs if (r["dir"] / results.NAME).is_file() or (r["dir"] / "run.log").is_file()]
+    return [_result(r) for r in runs if (r.dir / results.NAME).is_file() or (r.dir / "run.log").is_file()]
 
 
 def summarize(rows: List[dict]) -> Dict[str, Dict[str, dict]]:

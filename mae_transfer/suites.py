@@ -30,6 +30,23 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 @dataclass
+class Run:
+    """One run of a suite: the command a backbone's task and seed run as, and where it writes."""
+    backbone: str
+    task: str
+    seed: int
+    dir: Path
+    metrics: Sequence[str]
+    argv: List[str]
+    checkpoint: str                 # what the backbone is ("" for random init): a run of another one is stale
+    schedule: Optional[str] = None  # the budget, printed beside the plan
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone} / {self.task} / seed {self.seed}"
+
+
+@dataclass
 class Task:
     name: str
     metrics: Sequence[str]
@@ -288,7 +305,8 @@ def custom_suite(data: CustomData, recipe: str = "cpu", cls_epochs: Optional[int
     return tasks
 
 
-def pretrain_run(recipe: str, images: str, out: Path, epochs: Optional[int] = None, gpus: Optional[int] = None) -> dict:
+def pretrain_run(recipe: str, images: str, out: Path, epochs: Optional[int] = None,
+                 gpus: Optional[int] = None) -> Run:
     """`--pretrain-on`: an MAE pretrained on the user's unlabelled images with the recipe's pretraining
     config (its epochs, or `epochs` with the warm-up scaled alike), before the suite's runs."""
 
@@ -299,7 +317,6 @@ def pretrain_run(recipe: str, images: str, out: Path, epochs: Optional[int] = No
     extra = [*epoch_schedule(c, n, e, gpus), f"save_freq={e}", f"vis_freq={e}"]
     argv = [PY, "-m", "mae_transfer", "pretrain", "--config", str(config), "--data-path", images, "--output-dir",
             str(out), "--seed", "0", "--num-gpus", str(gpus), "--resume", *extra]
-    return {"backbone": "MAE (own images)", "task": "pretrain", "seed": 0, "dir": out, "metrics": ("train_loss",),
-            "argv": argv, "schedule": f"{n} unlabelled images x {e} epochs: " + " ".join(extra)
-            + " (seed 0: one pretrained model serves every seed)",
-            "checkpoint": str(out / "checkpoint-last.pth")}
+    return Run("MAE (own images)", "pretrain", 0, out, ("train_loss",), argv, str(out / "checkpoint-last.pth"),
+               f"{n} unlabelled images x {e} epochs: " + " ".join(extra)
+               + " (seed 0: one pretrained model serves every seed)")

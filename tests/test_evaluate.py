@@ -122,7 +122,7 @@ def test_backbone_folders_are_distinct_and_a_quick_set_is_not_reused(tmp_path, s
 
     names = evaluate.backbone_names(["a b=x.pth", "a_b=y.pth", "random"])
     runs = evaluate.plan(suites.cpu_suite(str(scenes_quick), quick=True)[:1], names, [0], tmp_path)
-    assert len({r["dir"] for r in runs}) == 3
+    assert len({r.dir for r in runs}) == 3
     with pytest.raises(DataError, match="not the 2000 / 200 of a full suite"):
         suites.cpu_suite(str(scenes_quick), quick=False)
 

@@ -243,12 +243,13 @@ def test_an_unexpected_exception_is_an_internal_error_line_with_a_log(tmp_path, 
 
 def test_evaluate_runs_a_row_again_when_its_checkpoint_changed(tmp_path, tiny_mae):
     from mae_transfer import evaluate, results
+    from mae_transfer.suites import Run
 
     ckpt, d = tmp_path / "mae.pth", tmp_path / "runs/mae/linprobe/seed0"
     checkpoints.save_official(ckpt, tiny_mae().state_dict())
     with results.recorded("linprobe", d, seed=0, checkpoint=ckpt) as rec:
         rec.metrics["top-1"] = 50.0
-    run = {"backbone": "mae", "task": "linprobe", "seed": 0, "dir": d, "checkpoint": str(ckpt)}
+    run = Run("mae", "linprobe", 0, d, ("top-1",), ["mae-transfer", "linprobe"], str(ckpt))
     assert evaluate.done(run) and not evaluate.stale(run)
     checkpoints.save_official(ckpt, tiny_mae(depth=1).state_dict())  # another model under the same name
     assert evaluate.stale(run)
@@ -256,7 +257,7 @@ def test_evaluate_runs_a_row_again_when_its_checkpoint_changed(tmp_path, tiny_ma
     assert not d.exists() and not evaluate.done(run) and len(list(d.parent.glob("seed0.replaced-*"))) == 1
     d.mkdir()  # a refused run: no result.json, its error line in run.log is what the report shows
     (d / "run.log").write_text("mae-transfer linprobe ...\nerror: no images found under /x\n")
-    assert evaluate.finished([{**run, "metrics": ("top-1",)}])[0]["error"] == "error: no images found under /x"
+    assert evaluate.finished([run])[0]["error"] == "error: no images found under /x"
 
 
 # ---------------------------------------------------------------------------------------------- EXIF

@@ -95,7 +95,7 @@ def main(argv: List[str], prog: str = "mae-transfer evaluate"):
         title = f"custom suite, {a.recipe} recipe, {a.seeds} seed(s)"
     pre = a.pretrain_on and suites.pretrain_run(a.recipe, a.pretrain_on, out / "pretrain", a.pretrain_epochs, a.gpus)
     if pre:
-        names[pre["backbone"]] = pre["checkpoint"]
+        names[pre.backbone] = pre.checkpoint
     wanted = a.tasks.split(",")
     unknown = set(wanted) - {"linprobe", "finetune", "det", "seg"}
     if unknown:
@@ -109,7 +109,7 @@ def main(argv: List[str], prog: str = "mae-transfer evaluate"):
         raise DataError(f"{len(missing)} data path(s) of the {a.suite} suite not found, e.g. {missing[0]}"
                         + (" (COCO is read under $DETECTRON2_DATASETS)" if missing[0].startswith("det") else ""))
     runs = evaluate.plan(tasks, names, range(a.seeds), out)
-    budgets = ([f"pretrain: {pre['schedule']}"] if pre else []) + [f"{t.name}: {t.schedule}" for t in tasks
+    budgets = ([f"pretrain: {pre.schedule}"] if pre else []) + [f"{t.name}: {t.schedule}" for t in tasks
                                                                     if t.schedule]
     for t in tasks:
         print(f"# {t.name}: {t.config}")
@@ -117,7 +117,7 @@ def main(argv: List[str], prog: str = "mae-transfer evaluate"):
         print(f"# {b}")
     if a.dry_run:
         for r in ([pre] if pre else []) + runs:
-            print(shlex.join(r["argv"]))
+            print(shlex.join(r.argv))
         return
     with outputs.claim(out, markers_ok=True):  # one suite at a time in a folder; a restart continues it
         cpu = a.suite == "cpu" or (a.suite == "custom" and a.recipe == "cpu")
@@ -125,7 +125,7 @@ def main(argv: List[str], prog: str = "mae-transfer evaluate"):
         if pre and not a.report_only:
             evaluate.execute([pre], 1)
             if not evaluate.done(pre):
-                sys.exit(f"error: pretraining on {a.pretrain_on} failed (log: {pre['dir']}/run.log); the suite needs "
+                sys.exit(f"error: pretraining on {a.pretrain_on} failed (log: {pre.dir}/run.log); the suite needs "
                          f"its checkpoint")
         rows = evaluate.finished(runs) if a.report_only else evaluate.execute(runs, jobs)
         evaluate.write_report(rows, out, reference, title, shlex.join(["mae-transfer", "evaluate", *argv]), budgets)

@@ -14,7 +14,8 @@ DOC = {
   mae-transfer finetune --config vit_large --backbone mae_pretrain_vit_large.pth --data-path /data/imagenet \\
       --num-gpus 8                                           # <data-path>/{train,val}/<class>/*
   mae-transfer finetune --config vit_base --backbone X.pth --finetune-last-k 4        # paper Fig. 9
-  mae-transfer finetune --config vit_base --eval-only output/finetune/vit_base/checkpoint-last.pth
+  mae-transfer finetune --config vit_base --eval-only output/finetune/vit_base/checkpoint-last.pth \\
+      --data-path /data/imagenet --output-dir output/finetune/vit_base-eval
 """,
     "linprobe": """Linear probing of an MAE encoder (frozen trunk, BatchNorm + linear head on the cls token, LARS).
 

@@ -66,10 +66,6 @@ def data_facts(args, cfg) -> dict:
     """The data checked once, in the launcher (before any process starts), and what the processes need to know
     of it: for the sets given by path, whether each has masks and the number of classes; the config's own
     registered sets (COCO 2017 under $DETECTRON2_DATASETS) registered, their json and images there."""
-    used = ([] if args.val_json else [cfg.dataloader.test.dataset.names]) + \
-        ([] if args.eval_only or args.train_json else [cfg.dataloader.train.dataset.names])
-    for names in used:
-        _check_registered(names)
     facts, cats = {}, {}
     for split in ("train", "val"):
         if getattr(args, f"{split}_json"):
@@ -80,6 +76,11 @@ def data_facts(args, cfg) -> dict:
         diff = sorted(set(cats["train"]) ^ set(cats["val"]))
         raise DataError(f"{args.train_json} and {args.val_json} list different categories (e.g. id/name {diff[0]}): "
                         f"the model's classes would not mean the same in training and evaluation")
+    # the config's own sets where none is given by path (after the user's own files: theirs is the likelier mistake)
+    used = ([] if args.val_json else [cfg.dataloader.test.dataset.names]) + \
+        ([] if args.eval_only or args.train_json else [cfg.dataloader.train.dataset.names])
+    for names in used:
+        _check_registered(names)
     return facts
 
 

@@ -172,9 +172,10 @@ def read_state_dict(path_or_sd, source=None) -> StateDict:
         raise CheckpointError(f"{where}: a {fmt} checkpoint with a tensor missing or of an odd shape "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); is the file "
                               f"complete?") from None
-    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = [k for k, v in sd.items() if v.is_floating_point()
+           and not bool(torch.isfinite(v if v.element_size() > 1 else v.float()).all())]  # fp8: no isfinite kernel
     if bad:
-        raise CheckpointError(f"{len(bad)} tensor(s) hold NaN or Inf, e.g. {bad[0]}: a run that diverged? "
+        raise CheckpointError(f"{where}: {len(bad)} tensor(s) hold NaN or Inf, e.g. {bad[0]}: a run that diverged? "
                               f"Use an earlier checkpoint")
     return sd
 
@@ -196,7 +197,8 @@ def _without_distillation(sd: StateDict) -> StateDict:
 
 def detect_format(sd: StateDict) -> str:
     keys = list(sd)
-    if any(k.startswith(("vit.embeddings.", "decoder.decoder_layers.")) for k in keys):
+    if any(k.startswith(("vit.embeddings.", "embeddings.patch_embeddings.", "decoder.decoder_layers.",
+                         "decoder.decoder_encoder.")) for k in keys):
         return "hf"
     if any(k.startswith("backbone.net.") for k in keys):
         return "detectron2"

@@ -49,6 +49,7 @@ def convert_checkpoint(src_path, target: str, out, det_patch_size: Optional[int]
     if target == "safetensors" and out.suffix != ".safetensors":
         raise CheckpointError(f"--to safetensors writes a .safetensors file, not {out.name}")
     outputs.refuse_inputs([out], [src_path])  # e.g. `convert X.pth --to timm X.pth` would replace X with its encoder
+    outputs.check_new(out, f"--to {target} output")
     obj = checkpoints.load_file(src_path)
     sd = checkpoints.read_state_dict(obj, src_path)
     arch = {"model_args": obj["model_args"]} if isinstance(obj, dict) and obj.get("model_args") else {}
@@ -77,6 +78,10 @@ def convert_checkpoint(src_path, target: str, out, det_patch_size: Optional[int]
             raise CheckpointError(f"--det-pretrain-img-size {det_pretrain_img_size} is smaller than one {patch}-px "
                                   f"patch")
         d2, notes = hosts.adapt(sd, "detectron2", patch_size=patch, grid=(side, side))
+        old = sd["pos_embed"].shape[1] - 1 if "pos_embed" in sd else side * side
+        if old != side * side:
+            notes = [*notes, f"position table resampled from {int(old ** 0.5)}x{int(old ** 0.5)} to {side}x{side} "
+                             f"(--det-pretrain-img-size {det_pretrain_img_size})"]
         checkpoints.save(out, {"model": d2, "__author__": "mae_transfer", "matching_heuristics": False, **arch})
         return _report(sd, d2, out, renamed=[k for k in sd if hosts.D2_PREFIX + k in d2], notes=notes)
     mm, notes = hosts.adapt(sd, "mmseg")

@@ -57,7 +57,9 @@ HF_CONFIG = {"image_size": "img_size", "patch_size": "patch_size", "num_channels
              "decoder_hidden_size": "decoder_embed_dim", "decoder_num_hidden_layers": "decoder_depth",
              "decoder_num_attention_heads": "decoder_num_heads", "norm_pix_loss": "norm_pix_loss"}
 _HF4_TO_5 = [
+    (r"^(embeddings|encoder|layernorm)\.", r"vit.\1."),  # ViTMAEModel's own file: no `vit.` prefix
     (r"^vit\.encoder\.layer\.", "vit.layers."),
+    (r"^decoder\.decoder_encoder\.layer\.", "decoder.decoder_layers."),  # as transformers 5 saves the decoder
     (r"\.attention\.attention\.(query|key|value)\.", lambda m: f".attention.{m.group(1)[0]}_proj."),
     (r"\.attention\.output\.dense\.", ".attention.o_proj."),
     (r"\.intermediate\.dense\.", ".mlp.fc1."),

@@ -29,6 +29,8 @@ SETTINGS = "settings.json"
 # files by which a folder is known to hold a run: the toolkit's, detectron2's, mmengine's, an export's
 RUN_MARKERS = ("result.json", "checkpoint-last.pth", "last_checkpoint", "export.json")
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".pt2", ".onnx", ".data")
+_UMASK = os.umask(0o022)  # read once, at import (single-threaded), and put back at once
+os.umask(_UMASK)
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -43,6 +45,7 @@ def atomic(path) -> Iterator[str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
         os.close(fd)  # mkstemp creates exclusively (O_EXCL): never through a link
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide every output from the user's group
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -85,6 +88,15 @@ def _same(a: Path, b: Path) -> bool:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def check_new(path, what: str = "output") -> None:
+    """ConfigError if `path` (a command's single output file, or folder) exists already and is not an empty
+    folder: a converted checkpoint or a picture never replaces a file the user has."""
+    p = Path(path)
+    if os.path.lexists(p) and not (p.is_dir() and not p.is_symlink() and not any(p.iterdir())):
+        raise ConfigError(f"{p} exists: the {what} is never written over a file or a folder that holds files; "
+                          f"choose a new name or remove it")
 
 
 def refuse_inputs(outputs: Iterable, inputs: Iterable) -> None:

@@ -161,3 +161,50 @@ def test_official_args_namespace_is_read_once_for_every_consumer(tmp_path):
     rebuilt = mae_from_checkpoint(obj, sd)
     assert rebuilt.norm_pix_loss and architecture(obj, sd)["img_size"] == 32
     rebuilt.load_state_dict(sd, strict=True)
+
+
+@pytest.mark.parametrize("cls", ["ViTMAEForPreTraining", "ViTMAEModel"])
+def test_hf_folders_saved_by_transformers_read_exactly(tmp_path, cls):
+    """A folder `save_pretrained` wrote (transformers saves its legacy names: `decoder.decoder_encoder.layer.N`,
+    a ViTMAEModel without the `vit.` prefix) reads as the same weights, and converts onward."""
+    import transformers
+
+    cfg = transformers.ViTMAEConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                                    image_size=32, patch_size=8, decoder_hidden_size=16, decoder_num_hidden_layers=2,
+                                    decoder_num_attention_heads=2, decoder_intermediate_size=64)
+    torch.manual_seed(0)
+    hf = getattr(transformers, cls)(cfg)
+    hf.save_pretrained(tmp_path / "hf")
+    sd = checkpoints.read_state_dict(tmp_path / "hf")
+    ours = M.MaskedAutoencoderViT(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16,
+                                  decoder_depth=2, decoder_num_heads=2)
+    own = ours.state_dict() if cls == "ViTMAEForPreTraining" else \
+        {k: v for k, v in ours.state_dict().items() if not k.startswith(("decoder", "mask_token"))}
+    assert sorted(sd) == sorted(own)
+    from mae_transfer import layouts
+
+    expected = hf.state_dict() if cls == "ViTMAEForPreTraining" else {"vit." + k: v for k, v in hf.state_dict().items()}
+    got = layouts.to_hf(sd)
+    assert sorted(got) == sorted(expected) and all(torch.equal(got[k], expected[k]) for k in got)
+    convert_checkpoint(tmp_path / "hf", "official", tmp_path / "o.pth")  # and onward
+
+
+def test_outputs_are_new_readable_files(tmp_path, src):
+    """A converted file never replaces one the user has, and gets the user's umask (not mkstemp's 0600)."""
+    import os
+
+    from mae_transfer.errors import ConfigError
+
+    path, _ = src
+    old = os.umask(0o022)
+    try:
+        convert_checkpoint(path, "timm", tmp_path / "vit.pth")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "vit.pth").stat().st_mode & 0o777 == 0o644
+    with pytest.raises(ConfigError, match="exists"):
+        convert_checkpoint(path, "official", tmp_path / "vit.pth")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "result.json").write_text("{}")
+    with pytest.raises(ConfigError, match="exists"):
+        convert_checkpoint(path, "hf", tmp_path / "hf")

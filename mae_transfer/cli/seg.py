@@ -3,6 +3,7 @@ import argparse
 import os
 from typing import List
 
+from .. import outputs
 from ..engine.config import resolve_config
 from ..identify import BACKBONES, check_backbone
 from . import common
@@ -52,6 +53,7 @@ def main(argv: List[str], prog: str = "mae-transfer seg"):
         if a.eval_only:
             check_backbone(a.eval_only, ("segmentor",), "seg --eval-only")  # a trained UperNet, read safely
         train.preflight(cfg, a)
-    common.relaunch_under_torchrun("seg", argv, a.num_gpus)
-    return train.main(a, cfg)  # claims the output directory before the runner starts
+    with outputs.claim(cfg.work_dir, a.resume, train.settings(a, cfg), a.allow_changes):  # held for the processes
+        common.relaunch_under_torchrun("seg", argv, a.num_gpus, cfg.work_dir)
+        return train.main(a, cfg)
 

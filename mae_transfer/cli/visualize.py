@@ -34,7 +34,13 @@ def main(argv: List[str], prog: str = "mae-transfer visualize"):
     a = p.parse_args(argv)
     if not 0 < a.mask_ratio < 1:
         raise ConfigError(f"--mask-ratio {a.mask_ratio}: must be inside (0, 1)")
+    if not a.output.lower().endswith(".png"):
+        raise ConfigError(f"-o {a.output}: the grid is a PNG file (name it *.png)")
     outputs.refuse_inputs([a.output], [a.checkpoint, *a.images])
+    outputs.check_new(a.output, "grid")
+    missing = [src for src in a.images if not os.path.exists(src)]
+    if missing:
+        raise DataError(f"--images {missing[0]}: no such file or folder")
     model = load_mae(a.checkpoint)
     files = [f for src in a.images for f in (find_images(src) if os.path.isdir(src) else [src])]
     size = model.grid_size[0] * model.patch_size
@@ -43,7 +49,7 @@ def main(argv: List[str], prog: str = "mae-transfer visualize"):
                      transforms.CenterCrop(size)] + tf.transforms[2:]  # no random crop / flip here
     imgs = [tf(im) for im in (load_rgb(f) for f in files[: a.max_images]) if im is not None]
     if not imgs:
-        raise DataError("none of the given images could be read")
+        raise DataError(f"none of the given images could be read, e.g. {files[0]}")
     batch = torch.stack(imgs)
     # which patches are hidden: drawn from the run's own generator (the process's global one is left alone)
     noise = make_noise(model.mask_strategy, batch.shape[0], model.grid_size, a.mask_ratio,

@@ -8,7 +8,7 @@ from mmengine.config import Config, DictAction
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-from .. import checkpoints, outputs, results
+from .. import checkpoints, results
 from ..engine.config import check_key_path, check_seed, check_value_type, split_override
 from ..engine.logger import setup_logging
 from .compat import cpu_distributed, mmengine_checkpoints
@@ -89,19 +89,23 @@ def preflight(cfg: Config, args) -> None:
 
 def main(args, cfg: Config) -> dict:
     """One process of a segmentation run: train (or evaluate) UperNet with `cfg` (`build_config`, its inputs
-    checked by `preflight`); writes result.json (mIoU, mAcc, aAcc) in the work dir."""
+    checked by `preflight`, its folder claimed by the launcher); writes result.json (mIoU, mAcc, aAcc) there."""
     setup_logging(None, is_main=True)  # the toolkit's own lines (compat patches) on stdout, beside mmengine's
     if cfg.launcher == "pytorch" and not torch.cuda.is_available():
         cpu_distributed(cfg)
     ckpt, seed = args.eval_only or args.backbone or None, cfg.get("randomness", {}).get("seed")
-    data = [args.data_root] + [getattr(args, f"{s}_{k}", None) for s in ("train", "val") for k in ("images", "masks")]
-    run = results.settings(args.config, seed, None, ckpt, data + [getattr(args, "classes", None)])
-    with outputs.claim(cfg.work_dir, args.resume, run, getattr(args, "allow_changes", False)):
-        # mmengine's own saves and loads (resume, --eval-only) need its message-hub types allowed
-        with results.recorded("seg", cfg.work_dir, args.config, seed, ckpt) as rec, mmengine_checkpoints():
-            runner = Runner.from_cfg(cfg)
-            keep = _KeepMetrics()
-            runner.register_hook(keep, priority="LOWEST")
-            runner.test() if args.eval_only else runner.train()
-            rec.metrics.update(keep.metrics)
+    # mmengine's own saves and loads (resume, --eval-only) need its message-hub types allowed
+    with results.recorded("seg", cfg.work_dir, args.config, seed, ckpt) as rec, mmengine_checkpoints():
+        runner = Runner.from_cfg(cfg)
+        keep = _KeepMetrics()
+        runner.register_hook(keep, priority="LOWEST")
+        runner.test() if args.eval_only else runner.train()
+        rec.metrics.update(keep.metrics)
     return rec.metrics
+
+
+def settings(args, cfg: Config) -> dict:
+    """What a resumed run must share with its first start (outputs.claim)."""
+    data = [args.data_root] + [getattr(args, f"{s}_{k}", None) for s in ("train", "val") for k in ("images", "masks")]
+    return results.settings(args.config, cfg.get("randomness", {}).get("seed"), None,
+                            args.eval_only or args.backbone or None, data + [getattr(args, "classes", None)])

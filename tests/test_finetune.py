@@ -94,8 +94,12 @@ def test_layer_decay_matches_official_formula(tmp_path):
 
 @pytest.mark.parametrize("ckpt", ["pre/checkpoint-last.pth", "official_full.pth", "official_encoder.pth"])
 def test_finetune_and_linprobe_from_any_checkpoint(tmp_path, data, ckpts, ckpt):
+    states = lambda: (random.getstate(), np.random.get_state()[1].tolist(), torch.get_rng_state())  # noqa: E731
+    before = states()
     stats = train(_cfg(tmp_path / "ft", f"finetune={ckpts / ckpt}", f"data_path={data}", "epochs=1"))
     assert stats["n"] == 18 and 0 <= stats["acc1"] <= 100
+    after = states()  # RandAugment, random erasing, Mixup/CutMix and drop path drew only inside seeded blocks
+    assert after[:2] == before[:2] and torch.equal(after[2], before[2])
     before = checkpoints.read_state_dict(str(ckpts / ckpt))
     train(_cfg(tmp_path / "lp", f"finetune={ckpts / ckpt}", f"data_path={data}", "epochs=2",
                base="configs/linprobe/vit_base.py"))

@@ -5,21 +5,19 @@ generator seeded with (seed, e, i), and (e, i) is what the sampler hands the wor
 therefore the same whatever the number of workers, their persistence, the number of processes or
 restarts -- which is what makes resume bit-identical and DDP equal to one process.
 """
-import contextlib
 import logging
 import os
-import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
 from timm.data.readers.reader_image_in_tar import ReaderImageInTar
 from torchvision import transforms
 
 from ..errors import DataError  # noqa: F401  (re-exported)
+from ..rng import seeded
 
 _logger = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -205,23 +203,6 @@ def demo_photos() -> List[Image.Image]:
     return photos
 
 
-@contextlib.contextmanager
-def seeded_globals(seed: int):
-    """Seed the global generators that transforms draw from -- torch (torchvision), `random` and
-    numpy (timm's RandAugment, RandomErasing) -- for one sample: ~10 us. torch's state is restored
-    afterwards (2 us); `random` and numpy are left seeded, since restoring numpy's state costs
-    ~150 us a sample and the training loop seeds the main process before every micro-batch anyway."""
-    gen = torch.default_generator
-    state = gen.get_state()
-    gen.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    try:
-        yield
-    finally:
-        gen.set_state(state)
-
-
 class SeededSamples(torch.utils.data.Dataset):
     """Wraps a source of PIL images (a Dataset, or a list of photos sampled with replacement to
     `length`) with per-sample seeded augmentation and extras such as mask noise.
@@ -232,15 +213,18 @@ class SeededSamples(torch.utils.data.Dataset):
     (image tensor, *rest, *extras(generator)) and `n_bad` = 1 if it was replaced. An unreadable
     image is replaced by a readable one drawn deterministically from the same seed when
     `replace_bad` (training: every batch stays full, so processes never disagree on the number of
-    backward passes), else `sample` is None (evaluation).
+    backward passes), else `sample` is None (evaluation). The transform draws from the global generators,
+    seeded for the sample and put back afterwards (`rng.seeded`); `python_numpy=False` where it draws from
+    torch's alone (torchvision's crops and flips), which saves restoring `random`'s and numpy's states.
     """
 
     MAX_TRIES = 50
 
     def __init__(self, source, transform: Callable, seed: int = 0, length: Optional[int] = None,
-                 extras: Sequence[Callable[[torch.Generator], torch.Tensor]] = (), replace_bad: bool = True):
+                 extras: Sequence[Callable[[torch.Generator], torch.Tensor]] = (), replace_bad: bool = True,
+                 python_numpy: bool = True):
         self.source, self.transform, self.seed, self.extras = source, transform, seed, tuple(extras)
-        self.length, self.replace_bad = length or len(source), replace_bad
+        self.length, self.replace_bad, self.python_numpy = length or len(source), replace_bad, python_numpy
 
     def __len__(self):
         return self.length
@@ -248,7 +232,7 @@ class SeededSamples(torch.utils.data.Dataset):
     def __getitem__(self, key):
         epoch, i = key if isinstance(key, tuple) else (0, key)
         seed = (self.seed * 1_000_003 + epoch) * 10_000_019 + i
-        with seeded_globals(seed):
+        with seeded(seed, self.python_numpy):
             for n_bad in range(self.MAX_TRIES if self.replace_bad else 1):
                 j = i if n_bad == 0 else int(torch.randint(len(self.source), ()))
                 if isinstance(self.source, list):  # demo photos: pick one at random

@@ -17,6 +17,7 @@ from .. import checkpoints, models
 from ..data import IMAGENET_MEAN, IMAGENET_STD, DataError, LabelledImageFolder, SeededSamples
 from ..data.compat import patch_timm_posterize
 from ..models.sizes import ENCODERS
+from ..rng import seeded
 from . import trainer
 from .config import ConfigError, at_least, one_of, positive, require
 from .distributed import DistInfo, cleanup
@@ -186,7 +187,8 @@ def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -
     train_tf, eval_tf = build_transforms(cfg)
     train_set, val_set = datasets or _datasets(cfg, train_tf, eval_tf)
     _check_labels(train_set, cfg.num_classes)
-    model = build_model(cfg).to(info.device)
+    with seeded(cfg.seed):  # the fresh head (and a random init) follow from the seed; global generators untouched
+        model = build_model(cfg).to(info.device)
     autocast, scaler, amp = trainer.amp_setup(cfg.amp, info.device)
     val_loader = trainer.make_loader(val_set, cfg.batch_size, info, cfg.seed, cfg.num_workers, shuffle=False,
                                      drop_last=False)

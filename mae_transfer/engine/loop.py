@@ -17,11 +17,12 @@ import torch
 from tqdm import tqdm
 
 from ..errors import RunFailed
+from ..rng import seeded
 from . import state as ckpt
 from .distributed import DistInfo, all_reduce_sum, barrier
 from .logger import RunLogger
 from .state import TrainState
-from .trainer import seed_micro_batch
+from .trainer import micro_batch_seed
 
 _logger = logging.getLogger("mae_transfer")
 
@@ -98,10 +99,10 @@ def train_one_epoch(run: Run, loss_fn: Callable[[list], torch.Tensor]) -> bool:
         for micro in range(run.accum):  # gradient accumulation; DDP syncs gradients on the last one only
             batch, n_bad = next(batches)
             st.n_bad += n_bad
-            seed_micro_batch(cfg.seed, st.epoch, st.batch, info.rank)
             batch = [t.to(info.device, non_blocking=True) for t in batch]
             syncing = not info.distributed or micro == run.accum - 1
-            with contextlib.nullcontext() if syncing else run.net.no_sync():
+            with contextlib.nullcontext() if syncing else run.net.no_sync(), \
+                    seeded(micro_batch_seed(cfg.seed, st.epoch, st.batch, info.rank)):
                 with run.autocast():
                     loss = loss_fn(batch)
                 (run.scaler.scale(loss / run.accum) if run.scaler else loss / run.accum).backward()

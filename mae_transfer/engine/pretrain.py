@@ -12,6 +12,7 @@ from ..data import SeededSamples, demo_photos, pretrain_transform
 from ..data.images import image_source
 from ..models.mae import load_mae
 from ..models.masking import make_noise
+from ..rng import seeded
 from ..visualize import NORM_PIX_NOTE, reconstruct, save_grid
 from . import trainer
 from .config import at_least, one_of, require
@@ -59,13 +60,14 @@ class PretrainConfig(TrainConfig):
 
 
 def build_data(cfg: PretrainConfig, grid, source=None):
-    transform = pretrain_transform(cfg.img_size, cfg.crop_scale)
+    transform = pretrain_transform(cfg.img_size, cfg.crop_scale)  # torchvision: draws from torch's generator only
     noise = lambda g: make_noise_1(cfg, grid, g)  # noqa: E731
-    if source is not None:
-        return SeededSamples(source, transform, cfg.seed, extras=[noise])
-    if cfg.data_path is None:
-        return SeededSamples(demo_photos(), transform, cfg.seed, length=cfg.demo_samples, extras=[noise])
-    return SeededSamples(image_source(cfg.data_path), transform, cfg.seed, extras=[noise])
+    length = None
+    if source is None and cfg.data_path is None:  # the demo photos, sampled with replacement
+        source, length = demo_photos(), cfg.demo_samples
+    elif source is None:
+        source = image_source(cfg.data_path)
+    return SeededSamples(source, transform, cfg.seed, length=length, extras=[noise], python_numpy=False)
 
 
 def make_noise_1(cfg: PretrainConfig, grid, g: torch.Generator) -> torch.Tensor:
@@ -80,8 +82,9 @@ def train(cfg: PretrainConfig, info: Optional[DistInfo] = None, source=None, met
     `source` (a Dataset of PIL images) replaces cfg.data_path, e.g. for in-memory arrays (bench/)."""
     info, out = trainer.start_run(cfg, info)
 
-    model = models.create_mae(cfg.model, img_size=cfg.img_size, norm_pix_loss=cfg.norm_pix_loss,
-                              mask_strategy=cfg.mask_strategy, **cfg.model_kwargs).to(info.device)
+    with seeded(cfg.seed):  # the initial weights follow from the seed; the process's generators are left alone
+        model = models.create_mae(cfg.model, img_size=cfg.img_size, norm_pix_loss=cfg.norm_pix_loss,
+                                  mask_strategy=cfg.mask_strategy, **cfg.model_kwargs).to(info.device)
     dataset = build_data(cfg, model.grid_size, source)
     loader, accum, eff, lr, steps_per_epoch = trainer.train_loader(dataset, cfg, info)
 

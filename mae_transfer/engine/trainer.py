@@ -2,12 +2,10 @@
 mixed precision, batch arithmetic, the scheduler and the optimizer flags."""
 import contextlib
 import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 from timm.scheduler import CosineLRScheduler
 
@@ -66,7 +64,8 @@ class TrainConfig:
 
 
 def start_run(cfg, info=None):
-    """Process group, output folder, logging and seeds: the common start of every recipe."""
+    """Process group, output folder and logging: the common start of every recipe (seeds: `rng.seeded`
+    around what draws, never the process's global generators)."""
 
     cfg.check()
     info = info or init_distributed(cfg.device)
@@ -75,7 +74,6 @@ def start_run(cfg, info=None):
         out.mkdir(parents=True, exist_ok=True)
     barrier(info)
     setup_logging(out, info.is_main)
-    seed_everything(cfg.seed)
     return info, out
 
 
@@ -86,17 +84,11 @@ def wrap_ddp(model, info: DistInfo):
         model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
 
 
-def seed_everything(seed: int):
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def seed_micro_batch(seed: int, epoch: int, batch: int, rank: int):
-    """The main process's random draws (drop path, Mixup/CutMix) for micro-batch `batch` of `epoch`
-    come from (seed, epoch, batch, rank) alone, so a resumed run draws what an uninterrupted one
-    does without restoring any generator state (~0.2 ms a micro-batch)."""
-    seed_everything(((seed * 1_000_003 + epoch) * 10_000_019 + batch) * 1_009 + rank)
+def micro_batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    """The seed of the main process's random draws (drop path, Mixup/CutMix) for micro-batch `batch` of
+    `epoch`: from (seed, epoch, batch, rank) alone, so a resumed run draws what an uninterrupted one does
+    without restoring any generator state (the draws run inside `rng.seeded`)."""
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + batch) * 1_009 + rank
 
 
 def make_loader(dataset, batch_size: int, info: DistInfo, seed: int, num_workers: int, collate_fn=None,
@@ -109,7 +101,8 @@ def make_loader(dataset, batch_size: int, info: DistInfo, seed: int, num_workers
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
         collate_fn=collate_fn or collate_skip_bad, pin_memory=info.device.type == "cuda", drop_last=drop_last,
-        persistent_workers=num_workers > 0, worker_init_fn=worker_threads if num_workers > 0 else None)
+        persistent_workers=num_workers > 0, worker_init_fn=worker_threads if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed))  # the workers' base seed: not from the global generator
 
 
 def amp_setup(mode: str, device: torch.device):

@@ -219,8 +219,10 @@ def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -
             model.eval()
             model.head.train()  # frozen trunk in eval mode; the head's BatchNorm learns statistics
 
-    run = Run(cfg, info, out, model, net, loader, optimizer, trainer.warmup_cosine(optimizer, cfg, steps_per_epoch),
-              scaler, autocast, accum, steps_per_epoch, RunLogger(out, enabled=info.is_main), train_mode)
+    run = Run(cfg=cfg, info=info, out=out, model=model, net=net, loader=loader, optimizer=optimizer,
+              scheduler=trainer.warmup_cosine(optimizer, cfg, steps_per_epoch), scaler=scaler, autocast=autocast,
+              accum=accum, steps_per_epoch=steps_per_epoch, log=RunLogger(out, enabled=info.is_main),
+              train_mode=train_mode)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     _logger.info("%s %s | %d train / %d val | %.2fM trained params | batch %d x accum %d x %d = %d | lr %.3g | amp %s",
                  cfg.mode, cfg.model, len(train_set), len(val_set), n_train / 1e6, cfg.batch_size, accum,

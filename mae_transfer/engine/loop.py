@@ -31,9 +31,9 @@ class NonFiniteLoss(RunFailed):
     pass
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
-    """What a recipe builds and hands to `fit`."""
+    """What a recipe builds and hands to `fit` (by keyword: `Run(cfg=..., model=..., ...)`)."""
     cfg: Any
     info: DistInfo
     out: Path

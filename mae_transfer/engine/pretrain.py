@@ -95,8 +95,9 @@ def train(cfg: PretrainConfig, info: Optional[DistInfo] = None, source=None, met
     net = trainer.wrap_ddp(model, info)
     if cfg.compile:
         net = torch.compile(net)
-    run = Run(cfg, info, out, model, net, loader, optimizer, trainer.warmup_cosine(optimizer, cfg, steps_per_epoch),
-              scaler, autocast, accum, steps_per_epoch, RunLogger(out, enabled=info.is_main))
+    run = Run(cfg=cfg, info=info, out=out, model=model, net=net, loader=loader, optimizer=optimizer,
+              scheduler=trainer.warmup_cosine(optimizer, cfg, steps_per_epoch), scaler=scaler, autocast=autocast,
+              accum=accum, steps_per_epoch=steps_per_epoch, log=RunLogger(out, enabled=info.is_main))
     _logger.info("model %s (%.1fM params) | %d samples | batch %d x accum %d x %d procs = %d | lr %.3g | amp %s",
                  cfg.model, sum(p.numel() for p in model.parameters()) / 1e6, len(dataset), cfg.batch_size, accum,
                  info.world_size, eff, lr, amp)

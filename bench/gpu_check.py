@@ -177,20 +177,20 @@ def step_finetune_speed(smoke: bool, work: Path) -> dict:
     import torch
 
     from mae_transfer import models
-    from mae_transfer.engine.trainer import amp_setup
+    from mae_transfer.engine.common import autocast, resolve_amp
 
     dev = torch.device(_device())
     name, batch, n = ("vit_tiny_patch8", 4, 3) if smoke else ("vit_base_patch16", 64, 20)
     model = models.create_encoder(name, num_classes=1000, drop_path_rate=0.1, **({"img_size": 64} if smoke else {}))
     model = model.to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev.type == "cuda")
-    autocast, _, amp = amp_setup("auto", dev)
+    amp = resolve_amp("auto", dev)
     x = torch.randn(batch, 3, 64 if smoke else 224, 64 if smoke else 224, device=dev)
     y = torch.randint(0, 1000, (batch,), device=dev)
     times = []
     for _ in range(n + 2):
         t = time.perf_counter()
-        with autocast():
+        with autocast(amp, dev):
             loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()

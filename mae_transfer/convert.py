@@ -32,11 +32,12 @@ def hf_config(obj, sd) -> dict:
     arch = "ViTMAEForPreTraining" if "decoder_embed_dim" in kw else "ViTMAEModel"
     cfg = {"model_type": "vit_mae", "architectures": [arch], **{hf: kw[ours] for hf, ours in HF_CONFIG.items()
                                                                   if ours in kw},
-           "intermediate_size": 4 * kw["embed_dim"], "hidden_act": "gelu", "layer_norm_eps": 1e-6, "qkv_bias": True,
+           "intermediate_size": int(kw.get("mlp_ratio", 4) * kw["embed_dim"]), "hidden_act": "gelu",
+           "layer_norm_eps": 1e-6, "qkv_bias": True,
            "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02,
            "mask_ratio": args.get("mask_ratio", 0.75)}
     if "decoder_embed_dim" in kw:
-        cfg["decoder_intermediate_size"] = 4 * kw["decoder_embed_dim"]
+        cfg["decoder_intermediate_size"] = int(kw.get("decoder_mlp_ratio", 4) * kw["decoder_embed_dim"])
     return cfg
 
 

@@ -100,11 +100,12 @@ def free_port() -> int:
 
 
 def kill_mid_epoch(cmd, checkpoint: Path, at_step: int, timeout: float = 300):
-    """Start `cmd`, SIGKILL it once `checkpoint` holds a mid-epoch state at or past `at_step`
-    optimizer steps, and return that state (the run writes checkpoint-last every step)."""
+    """Start `cmd`, SIGKILL it and every process it started (torchrun's, `--num-gpus N`'s) once `checkpoint`
+    holds a mid-epoch state at or past `at_step` optimizer steps, and return that state (the run writes
+    checkpoint-last every step)."""
     from mae_transfer import checkpoints
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline, st = time.time() + timeout, None
     try:
         while time.time() < deadline and proc.poll() is None:
@@ -114,7 +115,7 @@ def kill_mid_epoch(cmd, checkpoint: Path, at_step: int, timeout: float = 300):
                     break
             time.sleep(0.02)
     finally:
-        proc.send_signal(signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole session, as a machine that goes away
         proc.wait()
     assert st is not None and st["batch"] > 0, f"no mid-epoch checkpoint before the run ended: {st}"
     return st

@@ -44,7 +44,7 @@ def test_recipe_defaults_are_the_papers():
         (0.9, 0.95), 0.05, 1.5e-4, 0.0, 40, 800)
     assert (c.mask_ratio, c.norm_pix_loss, c.crop_scale, c.img_size, c.effective_batch_size) == (
         0.75, True, (0.2, 1.0), 224, 4096)
-    from mae_transfer.engine.trainer import resolve_batch
+    from mae_transfer.engine.common import resolve_batch
     accum, eff, lr = resolve_batch(c, world_size=8)  # 64 x 8 GPUs -> accum 8
     assert (accum, eff, lr) == (8, 4096, 1.5e-4 * 4096 / 256)
     from mae_transfer.engine.config import load_config
@@ -144,7 +144,7 @@ def test_num_gpus_runs_torchrun_processes(tmp_path):
 
 
 def test_epochs_draw_fresh_crops_and_masks_under_any_worker_count():
-    from mae_transfer.engine import trainer
+    from mae_transfer.engine import common
     from mae_transfer.engine.config import apply_overrides, load_config
     from mae_transfer.engine.distributed import DistInfo
     from mae_transfer.engine.pretrain import build_data
@@ -153,7 +153,7 @@ def test_epochs_draw_fresh_crops_and_masks_under_any_worker_count():
     ds = build_data(cfg, (4, 4))
 
     def epochs(workers):
-        loader = trainer.make_loader(ds, 8, DistInfo(), cfg.seed, workers)
+        loader = common.make_loader(ds, 8, DistInfo(), cfg.seed, workers)
         out = []
         for e in range(3):
             loader.sampler.set_epoch(e)
@@ -327,7 +327,7 @@ def _flaky_loss(monkeypatch, bad_calls):
 
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     from mae_transfer.engine.config import apply_overrides, load_config
-    from mae_transfer.engine.loop import NonFiniteLoss
+    from mae_transfer.engine.trainer import NonFiniteLoss
     cfg = apply_overrides(load_config(ROOT / "configs/pretrain/demo_tiny.py"), TINY_RUN + [f"output_dir={tmp_path}"])
     _flaky_loss(monkeypatch, range(9, 100))  # epoch 0 has 6 steps
     with pytest.raises(NonFiniteLoss, match="Last good checkpoint"):
@@ -337,7 +337,7 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
 
 def test_nonfinite_loss_rolls_back_and_goes_on(tmp_path, monkeypatch):
     from mae_transfer.engine.config import apply_overrides, load_config
-    from mae_transfer.engine.loop import NonFiniteLoss
+    from mae_transfer.engine.trainer import NonFiniteLoss
     base = load_config(ROOT / "configs/pretrain/demo_tiny.py")
     cfg = apply_overrides(base, TINY_RUN + [f"output_dir={tmp_path / 'a'}", "on_nonfinite=rollback", "epochs=2"])
     _flaky_loss(monkeypatch, {8, 10})  # steps 2 and 4 of epoch 1 (6 steps an epoch)

@@ -133,6 +133,17 @@ def add_data_path(p: argparse.ArgumentParser, help_text: str) -> None:
     p.add_argument("--data-path", metavar="DIR", help=help_text)
 
 
+def main_process() -> bool:
+    """Rank 0 of a torchrun group, or a lone process: the one that prints the closing summary."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def add_strategy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strategy", choices=("ddp", "fsdp"),
+                   help="ddp: the whole model on every process; fsdp: FSDP2, each of N processes holds 1/N of "
+                        "weights, gradients and optimizer state (ViT-H and beyond). Default: the config's (ddp)")
+
+
 def flag_overrides(a: argparse.Namespace, names) -> List[str]:
     """`--flag value` options given on the command line as `field=value` overrides (before the
     trailing ones, which therefore win; a flag and an override of one field both given is an error)."""

@@ -32,10 +32,11 @@ def classify(mode: str, argv: List[str], prog: str):
     p.add_argument("--img-size", type=int, help="input size (the position table is resampled)")
     if mode == "finetune":
         p.add_argument("--finetune-last-k", type=int, metavar="K", help="train only the last K blocks and the head")
+    common.add_strategy(p)
     a = common.parse(p, argv)
     path = resolve_config(a.config or "vit_base", mode)
     cfg = load_config(path, ClassifyConfig)
-    flags = ("finetune", "data_path", "output_dir", "seed", "img_size", "finetune_last_k", "eval_only")
+    flags = ("finetune", "data_path", "output_dir", "seed", "img_size", "finetune_last_k", "eval_only", "strategy")
     cfg = apply_overrides(cfg, common.flag_overrides(a, flags) + (["resume=auto"] if a.resume else []) + a.overrides)
     if cfg.mode != mode:
         raise ConfigError(f"{path} is a {cfg.mode} config (mode={cfg.mode}); use `mae-transfer {cfg.mode}` "
@@ -53,8 +54,9 @@ def classify(mode: str, argv: List[str], prog: str):
         with results.recorded(mode, out, path, cfg.seed, cfg.eval_only or cfg.finetune) as rec:
             stats = train(cfg)
             rec.metrics.update({"top-1": stats.get("acc1"), "top-5": stats.get("acc5")})
-    print(f"top-1 {stats.get('acc1', float('nan')):.2f}  top-5 {stats.get('acc5', float('nan')):.2f}  "
-          f"(result: {out / results.NAME})")
+    if common.main_process():
+        print(f"top-1 {stats.get('acc1', float('nan')):.2f}  top-5 {stats.get('acc5', float('nan')):.2f}  "
+              f"(result: {out / results.NAME})")
     return rec.metrics
 
 

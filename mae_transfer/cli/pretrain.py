@@ -12,6 +12,7 @@ PRETRAIN_DOC = """MAE pretraining (the paper's recipe; configs: mae_vit_{base,la
 
   mae-transfer pretrain                                         # the CPU demo on embedded photos
   mae-transfer pretrain --config mae_vit_large --data-path /datasets/imagenet/train --num-gpus 8 epochs=1600
+  mae-transfer pretrain --config mae_vit_giant --data-path /datasets/imagenet/train --num-gpus 8 --strategy fsdp
   mae-transfer pretrain --config mae_vit_large --data-path ... --eval-only checkpoint-last.pth   # masked loss
 """
 
@@ -19,10 +20,11 @@ def pretrain(argv: List[str], prog: str = "mae-transfer pretrain"):
     p = common.parser(prog, PRETRAIN_DOC, "pretrain", "demo_tiny (mae_vit_large with --data-path)")
     common.add_data_path(p, "ImageFolder tree, flat folder of images, a .tar or a folder of .tar shards "
                             "(default: the embedded demo photos)")
+    common.add_strategy(p)
     a = common.parse(p, argv)
     path = resolve_config(a.config or ("demo_tiny" if a.data_path is None else "mae_vit_large"), "pretrain")
     cfg = load_config(path, PretrainConfig)
-    cfg = apply_overrides(cfg, common.flag_overrides(a, ("data_path", "output_dir", "seed"))
+    cfg = apply_overrides(cfg, common.flag_overrides(a, ("data_path", "output_dir", "seed", "strategy"))
                           + (["resume=auto"] if a.resume else []) + a.overrides)
     out = Path(cfg.output_dir)
     if a.eval_only:
@@ -41,9 +43,10 @@ def pretrain(argv: List[str], prog: str = "mae-transfer pretrain"):
         with results.recorded("pretrain", out, path, cfg.seed) as rec:
             train(cfg, metrics=rec.metrics)
             rec.checkpoint = out / "checkpoint-last.pth"
-    print(f"checkpoint: {out / 'checkpoint-last.pth'}\nloss curve: {out / 'loss_curve.png'}\n"
-          f"reconstructions: {out / 'reconstructions.png'}\nresult: {out / results.NAME}\n"
-          f"logs: {out / 'log.txt'} (JSON lines), tensorboard --logdir {out / 'tensorboard'}")
+    if common.main_process():
+        print(f"checkpoint: {out / 'checkpoint-last.pth'}\nloss curve: {out / 'loss_curve.png'}\n"
+              f"reconstructions: {out / 'reconstructions.png'}\nresult: {out / results.NAME}\n"
+              f"logs: {out / 'log.txt'} (JSON lines), tensorboard --logdir {out / 'tensorboard'}")
     return rec.metrics
 
 
@@ -55,6 +58,7 @@ def submit_pretrain(argv: List[str], prog: str = "mae-transfer submit-pretrain")
                       "  mae-transfer submit-pretrain --nodes 8 --gpus 8 --partition learn --config mae_vit_large "
                       "--data-path /datasets/imagenet/train", "pretrain", "mae_vit_large", eval_only=False)
     common.add_data_path(p, "ImageFolder tree, flat folder, .tar or folder of .tar shards")
+    common.add_strategy(p)
     p.add_argument("--nodes", type=int, default=8)
     p.add_argument("--gpus", type=int, default=8, help="GPUs per node")
     p.add_argument("--partition", default="")
@@ -63,7 +67,7 @@ def submit_pretrain(argv: List[str], prog: str = "mae-transfer submit-pretrain")
     if not a.data_path:
         p.error("--data-path is required")
     cfg = load_config(resolve_config(a.config or "mae_vit_large", "pretrain"), PretrainConfig)
-    cfg = apply_overrides(cfg, common.flag_overrides(a, ("data_path", "output_dir", "seed"))
+    cfg = apply_overrides(cfg, common.flag_overrides(a, ("data_path", "output_dir", "seed", "strategy"))
                           + (["resume=auto"] if a.resume else []) + a.overrides)
     outputs.check_fresh(cfg.output_dir, a.resume)
     job = submit(train, cfg, a.nodes, a.gpus, a.partition, a.timeout_min)

@@ -18,12 +18,12 @@ from ..data import IMAGENET_MEAN, IMAGENET_STD, DataError, LabelledImageFolder, 
 from ..data.compat import patch_timm_posterize
 from ..models.sizes import ENCODERS
 from ..rng import seeded
-from . import trainer
+from . import common
+from .common import TrainConfig
 from .config import ConfigError, at_least, one_of, positive, require
 from .distributed import DistInfo, cleanup
-from .logger import RunLogger, log_lr_table
-from .loop import Run, fit
-from .trainer import TrainConfig
+from .logger import log_lr_table
+from .trainer import Trainer
 
 _logger = logging.getLogger("mae_transfer")
 
@@ -31,7 +31,7 @@ _logger = logging.getLogger("mae_transfer")
 @dataclass
 class ClassifyConfig(TrainConfig):
     """Defaults: ViT-B end-to-end fine-tuning (appendix Table 9); configs/finetune and
-    configs/linprobe hold the per-size presets. Shared fields: trainer.TrainConfig."""
+    configs/linprobe hold the per-size presets. Shared fields: common.TrainConfig."""
     mode: str = "finetune"              # finetune | linprobe
     model: str = "vit_base_patch16"
     model_kwargs: dict = field(default_factory=dict)  # e.g. depth/embed_dim for CPU-sized models
@@ -132,7 +132,7 @@ def build_optimizer(cfg: ClassifyConfig, model: nn.Module, lr: float, device=tor
                     lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
     # AdamW with layer-wise lr decay (timm's param groups: decay ** (num_layers + 1 - layer_id))
     return create_optimizer_v2(model, "adamw", lr=lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay,
-                               filter_bias_and_bn=True, **trainer.fused_adamw(device))
+                               filter_bias_and_bn=True, **common.fused_adamw(device))
 
 
 @torch.no_grad()
@@ -183,24 +183,22 @@ def _datasets(cfg: ClassifyConfig, train_tf, eval_tf):
 def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -> dict:
     """Fine-tune / probe; returns the last evaluation. `datasets` (train, val) replaces the
     ImageFolder reading (e.g. Fashion-MNIST arrays in bench/; the val set with replace_bad=False)."""
-    info, out = trainer.start_run(cfg, info)
+    info, out = common.start_run(cfg, info)
     train_tf, eval_tf = build_transforms(cfg)
     train_set, val_set = datasets or _datasets(cfg, train_tf, eval_tf)
     _check_labels(train_set, cfg.num_classes)
     with seeded(cfg.seed):  # the fresh head (and a random init) follow from the seed; global generators untouched
         model = build_model(cfg).to(info.device)
-    autocast, scaler, amp = trainer.amp_setup(cfg.amp, info.device)
-    val_loader = trainer.make_loader(val_set, cfg.batch_size, info, cfg.seed, cfg.num_workers, shuffle=False,
-                                     drop_last=False)
+    val_loader = common.make_loader(val_set, cfg.batch_size, info, cfg.seed, cfg.num_workers, shuffle=False,
+                                    drop_last=False)
     if cfg.eval_only:
         model.load_state_dict(checkpoints.read_state_dict(cfg.eval_only), strict=True)
-        stats = evaluate(model, val_loader, info, autocast)
+        amp = common.resolve_amp(cfg.amp, info.device)
+        stats = evaluate(model, val_loader, info, lambda: common.autocast(amp, info.device))
         _logger.info("top-1 %.2f  top-5 %.2f  loss %.4f  (%d images)", stats["acc1"], stats["acc5"], stats["loss"],
                      stats["n"])
         return stats
 
-    loader, accum, eff, lr, steps_per_epoch = trainer.train_loader(train_set, cfg, info)
-    optimizer = build_optimizer(cfg, model, lr, info.device)
     mixup = None
     if cfg.mode == "finetune" and (cfg.mixup > 0 or cfg.cutmix > 0):
         mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
@@ -211,38 +209,33 @@ def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -
         criterion = LabelSmoothingCrossEntropy(cfg.smoothing)
     else:
         criterion = nn.CrossEntropyLoss()
-    net = trainer.wrap_ddp(model, info)
-
-    def train_mode():
-        net.train()
-        if cfg.mode == "linprobe":
-            model.eval()
-            model.head.train()  # frozen trunk in eval mode; the head's BatchNorm learns statistics
-
-    run = Run(cfg=cfg, info=info, out=out, model=model, net=net, loader=loader, optimizer=optimizer,
-              scheduler=trainer.warmup_cosine(optimizer, cfg, steps_per_epoch), scaler=scaler, autocast=autocast,
-              accum=accum, steps_per_epoch=steps_per_epoch, log=RunLogger(out, enabled=info.is_main),
-              train_mode=train_mode)
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    _logger.info("%s %s | %d train / %d val | %.2fM trained params | batch %d x accum %d x %d = %d | lr %.3g | amp %s",
-                 cfg.mode, cfg.model, len(train_set), len(val_set), n_train / 1e6, cfg.batch_size, accum,
-                 info.world_size, eff, lr, amp)
-    log_lr_table(_logger, optimizer.param_groups, model, lr)
 
     def loss_fn(batch):
         imgs, target = batch  # labels were checked against the head once, before training (_check_labels)
         if mixup is not None:
             imgs, target = mixup(imgs, target)
-        return criterion(net(imgs), target)
+        return criterion(trainer.net(imgs), target)
 
+    def train_mode():
+        trainer.net.train()
+        if cfg.mode == "linprobe":
+            model.eval()
+            model.head.train()  # frozen trunk in eval mode; the head's BatchNorm learns statistics
+
+    trainer = Trainer(cfg=cfg, info=info, out=out, model=model, dataset=train_set, loss_fn=loss_fn,
+                      optimizer=lambda model, lr: build_optimizer(cfg, model, lr, info.device), train_mode=train_mode)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    _logger.info("%s %s | %d train / %d val | %.2fM trained params | %s", cfg.mode, cfg.model, len(train_set),
+                 len(val_set), n_train / 1e6, trainer.describe())
+    log_lr_table(_logger, trainer.optimizer.param_groups, model, trainer.lr)
     stats = {}
 
     def after_epoch(epoch):
         if (epoch + 1) % cfg.eval_freq and epoch + 1 != cfg.epochs:
             return {}
-        stats.update(evaluate(model, val_loader, info, autocast))
+        stats.update(evaluate(model, val_loader, info, trainer.strategy.autocast))
         return {"test_loss": stats["loss"], "test_acc1": stats["acc1"], "test_acc5": stats["acc5"]}
 
-    fit(run, loss_fn, after_epoch)
+    trainer.fit(after_epoch)
     cleanup(info)
     return stats

@@ -14,12 +14,11 @@ from ..models.mae import load_mae
 from ..models.masking import make_noise
 from ..rng import seeded
 from ..visualize import NORM_PIX_NOTE, reconstruct, save_grid
-from . import trainer
+from . import common
+from .common import TrainConfig
 from .config import at_least, one_of, require
 from .distributed import DistInfo, cleanup
-from .logger import RunLogger
-from .loop import Run, fit
-from .trainer import TrainConfig
+from .trainer import Trainer
 
 _logger = logging.getLogger("mae_transfer")
 
@@ -27,7 +26,7 @@ _logger = logging.getLogger("mae_transfer")
 @dataclass
 class PretrainConfig(TrainConfig):
     """Defaults = the paper's recipe (Table 8 of the appendix), not the official code's CLI defaults
-    (which are blr 1e-3, 400 epochs and norm_pix_loss off). Shared fields: trainer.TrainConfig."""
+    (which are blr 1e-3, 400 epochs and norm_pix_loss off). Shared fields: common.TrainConfig."""
     model: str = "mae_vit_large_patch16"
     model_kwargs: dict = field(default_factory=dict)  # e.g. depth/embed_dim for CPU-sized models
     img_size: int = 224
@@ -45,7 +44,6 @@ class PretrainConfig(TrainConfig):
     crop_scale: Tuple[float, float] = (0.2, 1.0)
     data_path: Optional[str] = None     # ImageFolder, flat folder, .tar or folder of .tar shards; None: demo photos
     demo_samples: int = 1024            # samples per epoch drawn from the demo photos
-    compile: bool = False
     output_dir: str = "output/pretrain"
     vis_freq: int = 20                  # reconstruction grid every N epochs
 
@@ -80,39 +78,33 @@ def train(cfg: PretrainConfig, info: Optional[DistInfo] = None, source=None, met
     """Run (or resume) pretraining; returns the trained model (every rank), checkpoints in output_dir;
     `metrics` (a dict) receives the last epoch's train loss.
     `source` (a Dataset of PIL images) replaces cfg.data_path, e.g. for in-memory arrays (bench/)."""
-    info, out = trainer.start_run(cfg, info)
+    info, out = common.start_run(cfg, info)
 
     with seeded(cfg.seed):  # the initial weights follow from the seed; the process's generators are left alone
         model = models.create_mae(cfg.model, img_size=cfg.img_size, norm_pix_loss=cfg.norm_pix_loss,
                                   mask_strategy=cfg.mask_strategy, **cfg.model_kwargs).to(info.device)
     dataset = build_data(cfg, model.grid_size, source)
-    loader, accum, eff, lr, steps_per_epoch = trainer.train_loader(dataset, cfg, info)
 
-    # AdamW; no weight decay on biases, norms and the pos/cls/mask tokens (model.no_weight_decay()).
-    optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
-                                    **trainer.fused_adamw(info.device))
-    autocast, scaler, amp = trainer.amp_setup(cfg.amp, info.device)
-    net = trainer.wrap_ddp(model, info)
-    if cfg.compile:
-        net = torch.compile(net)
-    run = Run(cfg=cfg, info=info, out=out, model=model, net=net, loader=loader, optimizer=optimizer,
-              scheduler=trainer.warmup_cosine(optimizer, cfg, steps_per_epoch), scaler=scaler, autocast=autocast,
-              accum=accum, steps_per_epoch=steps_per_epoch, log=RunLogger(out, enabled=info.is_main))
-    _logger.info("model %s (%.1fM params) | %d samples | batch %d x accum %d x %d procs = %d | lr %.3g | amp %s",
-                 cfg.model, sum(p.numel() for p in model.parameters()) / 1e6, len(dataset), cfg.batch_size, accum,
-                 info.world_size, eff, lr, amp)
-    vis_batch = _fixed_batch(dataset, 4)
+    def optimizer(model, lr):  # AdamW; no weight decay on biases, norms and the cls/mask tokens (no_weight_decay())
+        return create_optimizer_v2(model, "adamw", lr=lr, weight_decay=cfg.weight_decay, betas=cfg.betas,
+                                   **common.fused_adamw(info.device))
 
     def loss_fn(batch):
         imgs, noise = batch  # [N, 3, H, W], [N, L]
-        return net(imgs, mask_ratio=cfg.mask_ratio, noise=noise)[0]
+        return trainer.net(imgs, mask_ratio=cfg.mask_ratio, noise=noise)[0]
+
+    trainer = Trainer(cfg=cfg, info=info, out=out, model=model, dataset=dataset, optimizer=optimizer, loss_fn=loss_fn)
+    n_params = sum(p.numel() for p in model.parameters())
+    _logger.info("model %s (%.1fM params) | %d samples | %s", cfg.model, n_params / 1e6, len(dataset),
+                 trainer.describe())
+    vis_batch = _fixed_batch(dataset, 4)
 
     def after_epoch(epoch):
-        if info.is_main and ((epoch + 1) % cfg.vis_freq == 0 or epoch + 1 == cfg.epochs):
-            _save_recon(model, vis_batch, cfg, out / "reconstructions.png", epoch)
+        if (epoch + 1) % cfg.vis_freq == 0 or epoch + 1 == cfg.epochs:  # every process: sharded weights gather
+            _save_recon(model, vis_batch, cfg, out / "reconstructions.png", epoch, info.is_main)
         return {}
 
-    record = fit(run, loss_fn, after_epoch)
+    record = trainer.fit(after_epoch)
     if metrics is not None and "train_loss" in record:
         metrics["train_loss"] = record["train_loss"]
     cleanup(info)
@@ -125,13 +117,14 @@ def _fixed_batch(dataset: SeededSamples, n: int):
     return torch.stack([x[0] for x in items]), torch.stack([x[1] for x in items])
 
 
-def _save_recon(model, vis_batch, cfg, path: Path, epoch: int):
+def _save_recon(model, vis_batch, cfg, path: Path, epoch: int, write: bool):
     imgs, noise = vis_batch
     was_training = model.training
     dev = next(model.parameters()).device
     images = reconstruct(model, imgs.to(dev), cfg.mask_ratio, noise.to(dev))
-    title = f"{cfg.model}, epoch {epoch + 1}, mask ratio {cfg.mask_ratio}" + NORM_PIX_NOTE * cfg.norm_pix_loss
-    save_grid(images, path, title)
+    if write:
+        title = f"{cfg.model}, epoch {epoch + 1}, mask ratio {cfg.mask_ratio}" + NORM_PIX_NOTE * cfg.norm_pix_loss
+        save_grid(images, path, title)
     model.train(was_training)
 
 
@@ -142,11 +135,12 @@ def evaluate_checkpoint(cfg: PretrainConfig, checkpoint) -> dict:
 
     model = load_mae(checkpoint)
     info = DistInfo()
-    loader = trainer.make_loader(build_data(cfg, model.grid_size), cfg.batch_size, info, cfg.seed, cfg.num_workers,
+    loader = common.make_loader(build_data(cfg, model.grid_size), cfg.batch_size, info, cfg.seed, cfg.num_workers,
                                  shuffle=False, drop_last=False)
     loader.sampler.set_epoch(0)
     total, n = 0.0, 0
-    for imgs, noise in loader:
+    for batch, _bad in loader:  # unreadable images are replaced by readable ones, as in training
+        imgs, noise = batch
         total += float(model.eval()(imgs, mask_ratio=cfg.mask_ratio, noise=noise)[0]) * len(imgs)
         n += len(imgs)
     return {"loss": total / max(1, n), "images": n}

@@ -1,17 +1,37 @@
-"""Training checkpoints: what a run must carry to continue exactly where it stopped, written
-atomically in the official MAE layout (`model`, `optimizer`, `epoch`, `scaler`, `args`) plus
-`scheduler`, `step` and `train_state` (the position inside the data)."""
+"""Training checkpoints: what a run must carry to continue exactly where it stopped.
+
+`checkpoint-last.pth` is always one file holding the whole model and its `model_args` (what det, seg,
+convert, export and evaluate read), written atomically in the official MAE layout (`model`, `optimizer`,
+`epoch`, `scaler`, `args`) plus `scheduler`, `step`, `train_state` (the position inside the data) and
+`world_size`. Under strategy=fsdp the optimizer (and the model again, sharded) are saved instead by every
+process in parallel with `torch.distributed.checkpoint` into `shards/step-N/`, which the file names in
+`sharded`; that folder loads at any world size (resharded as it is read), so a run moves from 2 processes
+to 1, or from 8 to 64, with its optimizer state. The position inside an epoch is kept as images seen by
+all processes together and turned back into this run's micro-batches on resume."""
 import dataclasses
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_optimizer_state_dict,
+    set_state_dict,
+)
+
 from .. import checkpoints
+from ..checkpoints import CheckpointError
+from ..models.mae import training_args
 from ..outputs import check_fresh
-from .trainer import unwrap_model
+from .distributed import barrier
 
 _logger = logging.getLogger("mae_transfer")
+SHARDS = "shards"
 
 
 @dataclass
@@ -30,20 +50,59 @@ class TrainState:
         self.epoch, self.batch, self.loss_sum, self.n_loss, self.n_bad = self.epoch + 1, 0, 0.0, 0, 0
 
 
-def save_checkpoint(run, extra_names=()) -> Path:
-    """checkpoint-last.pth (and each of `extra_names`) from `run`'s model, optimizer, scheduler,
-    scaler and state. `epoch` is the last finished epoch (-1 inside the first), as officially."""
-    st = run.state
-    obj = {"model": unwrap_model(run.model).state_dict(), "optimizer": run.optimizer.state_dict(),
-           "epoch": st.epoch - 1, "step": st.step, "scheduler": run.scheduler.state_dict(),
-           "train_state": dataclasses.asdict(st), "args": dataclasses.asdict(run.cfg),
-           "model_args": getattr(unwrap_model(run.model), "model_args", None)}
-    if run.scaler is not None:
-        obj["scaler"] = run.scaler.state_dict()
-    last = checkpoints.save(run.out / "checkpoint-last.pth", obj)
-    for name in extra_names:
-        checkpoints.save(run.out / name, obj)
+def save_checkpoint(tr, extra_names=()) -> Optional[Path]:
+    """checkpoint-last.pth (and each of `extra_names`) from trainer `tr`; called by every process (the
+    sharded state and the whole model are gathered collectively), written by rank 0, which returns its path.
+    `epoch` is the last finished epoch (-1 inside the first), as officially."""
+    st, info, strategy = tr.state, tr.info, tr.strategy
+    obj = {"epoch": st.epoch - 1, "step": st.step, "scheduler": tr.scheduler.state_dict(),
+           "train_state": dataclasses.asdict(st), "args": dataclasses.asdict(tr.cfg),
+           "model_args": getattr(tr.model, "model_args", None), "world_size": info.world_size}
+    if tr.scaler is not None:
+        obj["scaler"] = tr.scaler.state_dict()
+    if strategy.sharded:
+        name = f"{SHARDS}/step-{st.step:09d}"
+        tmp = tr.out / SHARDS / f".writing-step-{st.step:09d}"
+        if info.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)  # a write a crash interrupted
+        barrier(info)
+        model_sd, optim_sd = get_state_dict(tr.model, tr.optimizer)
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp)  # every process its shards
+        obj["sharded"] = name
+    else:
+        obj["optimizer"] = tr.optimizer.state_dict()
+    model = strategy.full_state_dict(tr.model)  # collective under FSDP
+    barrier(info)
+    if not info.is_main:
+        return None
+    obj["model"] = model
+    if strategy.sharded:
+        final = tr.out / name
+        shutil.rmtree(final, ignore_errors=True)  # the same step written again (a rollback)
+        os.replace(tmp, final)
+    last = checkpoints.save(tr.out / "checkpoint-last.pth", obj)
+    for extra in extra_names:
+        if strategy.sharded:  # a kept epoch keeps its own folder: hard links to the same files, no copy
+            obj["sharded"] = f"{SHARDS}/{Path(extra).stem}"
+            _link_tree(final, tr.out / obj["sharded"])
+        checkpoints.save(tr.out / extra, obj)
+    if strategy.sharded:
+        for old in (tr.out / SHARDS).glob("step-*"):
+            if old.name != final.name:
+                shutil.rmtree(old, ignore_errors=True)
     return last
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst, copy_function=_link_or_copy)
+
+
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copy2(src, dst)
 
 
 def find_resume(output_dir: Path, resume: str) -> Optional[Path]:
@@ -59,26 +118,58 @@ def find_resume(output_dir: Path, resume: str) -> Optional[Path]:
     return Path(resume)
 
 
-def load_checkpoint(path: Path, run) -> TrainState:
-    """Model, optimizer, scheduler and scaler from `path` into `run`; returns the saved TrainState
-    (for checkpoints without one: the start of the epoch after `epoch`)."""
-    obj = checkpoints.load_file(path)
-    unwrap_model(run.model).load_state_dict(obj["model"], strict=True)
-    run.optimizer.load_state_dict(obj["optimizer"])
+def load_checkpoint(path: Path, tr) -> TrainState:
+    """Model, optimizer, scheduler and scaler from `path` into trainer `tr` (any strategy from any strategy,
+    any world size from any other); returns the saved TrainState in this run's micro-batches."""
+    path = Path(path)
+    obj = checkpoints.load_file(path, peek=True)  # memory-mapped: a sharded run never reads the whole model
+    if not obj.get("sharded"):
+        obj = checkpoints.load_file(path)  # read: loaded optimizer tensors must not be views of a mapped file
+    if obj.get("sharded"):
+        folder = path.parent / obj["sharded"]
+        if not (folder / ".metadata").is_file():
+            raise CheckpointError(f"{path} keeps its optimizer state in {folder}, which is missing or incomplete")
+        model_sd, optim_sd = get_state_dict(tr.model, tr.optimizer)
+        state = {"model": model_sd, "optimizer": optim_sd}
+        dcp.load(state, checkpoint_id=folder)  # each process reads the parts of its own shards
+        set_state_dict(tr.model, tr.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    elif tr.strategy.sharded and tr.info.distributed:  # a ddp run's file: whole weights, optimizer by name
+        tr.strategy.load_full_state_dict(tr.model, obj["model"])
+        set_optimizer_state_dict(tr.model, tr.optimizer, _by_name(tr.model, tr.optimizer, obj["optimizer"]),
+                                 options=StateDictOptions(full_state_dict=True))
+    else:
+        tr.model.load_state_dict(obj["model"], strict=True)
+        tr.optimizer.load_state_dict(obj["optimizer"])
     if obj.get("scheduler") is not None:
-        run.scheduler.load_state_dict(obj["scheduler"])
-    if run.scaler is not None and "scaler" in obj:
-        run.scaler.load_state_dict(obj["scaler"])
-    if "train_state" in obj:
-        return TrainState(**obj["train_state"])
-    return TrainState(epoch=obj["epoch"] + 1, step=obj.get("step", 0))
+        tr.scheduler.load_state_dict(obj["scheduler"])
+    if tr.scaler is not None and "scaler" in obj:
+        tr.scaler.load_state_dict(obj["scaler"])
+    if "train_state" not in obj:
+        return TrainState(epoch=obj["epoch"] + 1, step=obj.get("step", 0))
+    st = TrainState(**obj["train_state"])
+    seen = st.batch * training_args(obj).get("batch_size", tr.cfg.batch_size) * obj.get("world_size", 1)
+    per = tr.cfg.batch_size * tr.info.world_size
+    if seen % per:
+        raise CheckpointError(f"{path} stopped {seen} images into epoch {st.epoch}, which is not a whole number of "
+                              f"batches of {tr.cfg.batch_size} x {tr.info.world_size} processes: resume with the "
+                              f"batch_size and number of processes it was written with")
+    st.batch = seen // per
+    return st
 
 
-def resume(run) -> None:
+def _by_name(model, optimizer, saved: dict) -> dict:
+    """A torch optimizer state dict (parameters numbered in group order) keyed by parameter names."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    groups = [{**g, "params": [order[i] for i in g["params"]]} for g in saved["param_groups"]]
+    return {"state": {order[i]: s for i, s in saved["state"].items()}, "param_groups": groups}
+
+
+def resume(tr) -> None:
     """Continue from cfg.resume (auto: the run's own checkpoint-last) if there is one."""
-    path = find_resume(run.out, run.cfg.resume)
+    path = find_resume(tr.out, tr.cfg.resume)
     if path is None:
         return
-    run.state = load_checkpoint(path, run)
-    _logger.info("resumed from %s: epoch %d, micro-batch %d, step %d", path, run.state.epoch, run.state.batch,
-                 run.state.step)
+    tr.state = load_checkpoint(path, tr)
+    _logger.info("resumed from %s: epoch %d, micro-batch %d, step %d", path, tr.state.epoch, tr.state.batch,
+                 tr.state.step)

@@ -1,161 +1,196 @@
-"""What every training recipe builds the same way: the shared config fields, run start, loaders,
-mixed precision, batch arithmetic, the scheduler and the optimizer flags."""
-import contextlib
+"""The one trainer of every recipe (pretraining, fine-tuning, linear probing).
+
+A recipe builds the model, the data, the optimizer's parameter groups and the loss, then
+
+    trainer = Trainer(cfg=cfg, info=info, out=out, model=model, dataset=train_set,
+                      optimizer=lambda model, lr: create_optimizer_v2(model, "adamw", lr=lr, ...),
+                      loss_fn=lambda batch: model_loss(...))
+    trainer.fit(after_epoch=evaluate)
+
+and the trainer owns the rest: the loader and its batch arithmetic, the parallel strategy (ddp / fsdp),
+mixed precision, the lr schedule per optimizer step, gradient accumulation and clipping, mid-epoch and
+end-of-epoch checkpoints, resume at the exact sample (at any world size under fsdp), the non-finite-loss
+policy and the logs. Random draws of the main process (drop path, Mixup/CutMix) run inside `rng.seeded`
+with a seed from (seed, epoch, micro-batch, rank); the process's own generators are never touched.
+"""
 import logging
-from dataclasses import dataclass
+import math
+import sys
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
-from timm.scheduler import CosineLRScheduler
+from tqdm import tqdm
 
-from ..data import DataError, EpochSampler, collate_skip_bad
-from ..data.images import worker_threads
-from .config import at_least, check_seed, one_of, positive, require
-from .distributed import DistInfo, barrier, init_distributed
-from .logger import setup_logging
+from ..errors import RunFailed
+from ..rng import seeded
+from . import state as ckpt
+from .common import micro_batch_seed, resolve_amp, train_loader, warmup_cosine
+from .distributed import DistInfo, all_reduce_sum, barrier
+from .logger import RunLogger
+from .state import TrainState
+from .strategy import STRATEGIES
 
 _logger = logging.getLogger("mae_transfer")
 
 
-@dataclass
-class TrainConfig:
-    """Fields every recipe has; PretrainConfig and ClassifyConfig add their own and set the
-    paper's values as defaults."""
-    epochs: int = 100
-    warmup_epochs: int = 5
-    blr: float = 1e-3                   # lr = blr * effective_batch_size / 256
-    lr: Optional[float] = None          # absolute lr; overrides blr
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
-    batch_size: int = 64                # per device
-    effective_batch_size: int = 1024    # batch_size * accum_iter * world_size; sets accum_iter
-    accum_iter: Optional[int] = None    # None: derived from effective_batch_size
-    num_workers: int = 10               # persistent loader workers (the epoch reaches them through the sampler)
-    amp: str = "auto"                   # auto | bf16 | fp16 | none
-    device: str = "auto"
-    seed: int = 0
-    output_dir: str = "output"
-    resume: str = "none"                # none (fresh; refuses a directory holding a run) | auto (--resume) | path
-    save_freq: int = 20                 # keep checkpoint-<epoch>.pth every N epochs (+ the last)
-    # checkpoint-last.pth is also written inside an epoch, every N optimizer steps and/or every M
-    # minutes (an ImageNet epoch on a few GPUs is long; preemptible machines stop jobs at any time).
-    # Resume continues at the exact sample. 30 min costs ~0.1 % of a ViT-L run in checkpoint writes.
-    ckpt_every_steps: Optional[int] = None
-    ckpt_every_minutes: Optional[float] = 30.0
-    on_nonfinite: str = "stop"          # stop | rollback (to checkpoint-last, then on with the next data)
-    max_rollbacks: int = 3              # rollbacks per run before stopping anyway
-    max_steps: Optional[int] = None     # stop after this many optimizer steps (tests, smoke runs)
-
-    def check(self) -> None:
-        """Every value in its range, before any work starts (one ConfigError line otherwise)."""
-
-        at_least(self, 1, "epochs", "batch_size", "effective_batch_size", "accum_iter", "save_freq",
-                 "ckpt_every_steps", "max_steps")
-        at_least(self, 0, "warmup_epochs", "num_workers", "max_rollbacks", "min_lr", "weight_decay")
-        check_seed(self.seed)
-        positive(self, "blr", "lr", "ckpt_every_minutes")
-        one_of(self, "amp", ("auto", "bf16", "fp16", "none"))
-        one_of(self, "on_nonfinite", ("stop", "rollback"))
-        require(self.device in ("auto", "cpu") or self.device.startswith("cuda"),
-                f"device={self.device!r}: choose auto, cpu, cuda or cuda:N")
-        if self.device.startswith("cuda"):
-            require(torch.cuda.is_available(), f"device={self.device}: this machine has no CUDA GPU (use auto or cpu)")
+class NonFiniteLoss(RunFailed):
+    pass
 
 
-def start_run(cfg, info=None):
-    """Process group, output folder and logging: the common start of every recipe (seeds: `rng.seeded`
-    around what draws, never the process's global generators)."""
+class Trainer:
+    def __init__(self, *, cfg, info: DistInfo, out: Path, model: torch.nn.Module, dataset,
+                 optimizer: Callable[[torch.nn.Module, float], torch.optim.Optimizer],
+                 loss_fn: Callable[[list], torch.Tensor], train_mode: Optional[Callable[[], None]] = None):
+        """`optimizer(model, lr)` builds the optimizer once the strategy has placed the model (FSDP replaces
+        its parameters by shards); `train_mode()` replaces `net.train()` (linear probing keeps the trunk in
+        eval); `loss_fn(batch)` runs the forward through `trainer.net`."""
+        self.cfg, self.info, self.out, self.model, self.loss_fn = cfg, info, out, model, loss_fn
+        self.loader, self.accum, self.eff, self.lr, self.steps_per_epoch = train_loader(dataset, cfg, info)
+        self.amp = resolve_amp(cfg.amp, info.device)
+        self.scaler = torch.amp.GradScaler(info.device.type) if self.amp == "fp16" else None
+        self.strategy = STRATEGIES[cfg.strategy](info, self.amp, cfg.compile, cfg.grad_checkpointing,
+                                                 cfg.reshard_after_forward)
+        self.net = self.strategy.wrap(model)
+        self.optimizer = optimizer(model, self.lr)
+        self.scheduler = warmup_cosine(self.optimizer, cfg, self.steps_per_epoch)
+        self.train_mode = train_mode or self.net.train
+        self.log = RunLogger(out, enabled=info.is_main)
+        self.state = TrainState()
 
-    cfg.check()
-    info = info or init_distributed(cfg.device)
-    out = Path(cfg.output_dir)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    barrier(info)
-    setup_logging(out, info.is_main)
-    return info, out
+    def describe(self) -> str:
+        return (f"batch {self.cfg.batch_size} x accum {self.accum} x {self.info.world_size} procs = {self.eff} | "
+                f"lr {self.lr:.3g} | amp {self.amp} | {self.strategy.name}")
+
+    # ------------------------------------------------------------------------------------------ epochs
+    def fit(self, after_epoch: Optional[Callable[[int], Dict[str, Any]]] = None) -> Dict[str, Any]:
+        """Resume if asked, then train to cfg.epochs. `after_epoch(epoch)` runs on every process after
+        each finished epoch (evaluation, pictures) and returns items for the epoch's log record.
+        Returns the last epoch's record ({} when nothing was left to train)."""
+        cfg, info = self.cfg, self.info
+        ckpt.resume(self)
+        st, record = self.state, {}
+        while st.epoch < cfg.epochs:
+            t0 = time.time()
+            if not self.train_one_epoch():  # max_steps: keep the exact position
+                ckpt.save_checkpoint(self)
+                break
+            epoch = st.epoch
+            n_bad = all_reduce_sum(st.n_bad, info)
+            record = {"epoch": epoch, "train_loss": st.loss_sum / max(1, st.n_loss),
+                      "train_lr": peak_lr(self.optimizer), "skipped_images": n_bad,
+                      "epoch_time_s": round(time.time() - t0, 2)}
+            record.update(after_epoch(epoch) if after_epoch else {})
+            st.next_epoch()
+            keep = (epoch + 1) % cfg.save_freq == 0 or epoch + 1 == cfg.epochs
+            ckpt.save_checkpoint(self, extra_names=(f"checkpoint-{epoch}.pth",) if keep else ())
+            if info.is_main:
+                self.log.epoch(record)
+                _logger.info(_epoch_line(record, cfg.epochs, n_bad))
+            barrier(info)
+        self.log.close()
+        return record
+
+    def train_one_epoch(self) -> bool:
+        """Optimizer steps of `state.epoch` from where the state stands; True when the epoch is complete
+        (False when max_steps stopped it)."""
+        cfg, st, info = self.cfg, self.state, self.info
+        self.loader.sampler.set_epoch(st.epoch, start=st.batch * cfg.batch_size)
+        self.train_mode()
+        batches = iter(self.loader)
+        bar = tqdm(total=self.steps_per_epoch, initial=st.batch // self.accum, desc=f"epoch {st.epoch}",
+                   leave=False, dynamic_ncols=True, disable=not (info.is_main and sys.stderr.isatty()))
+        last_save = time.monotonic()
+        while st.batch // self.accum < self.steps_per_epoch:
+            if cfg.max_steps is not None and st.step >= cfg.max_steps:
+                bar.close()
+                return False
+            self.scheduler.step_update(st.step)
+            losses = []
+            for micro in range(self.accum):  # gradient accumulation: gradients reduced on the last one only
+                batch, n_bad = next(batches)
+                st.n_bad += n_bad
+                batch = [t.to(info.device, non_blocking=True) for t in batch]
+                with self.strategy.sync(self.net, micro == self.accum - 1), \
+                        seeded(micro_batch_seed(cfg.seed, st.epoch, st.batch, info.rank)):
+                    with self.strategy.autocast():
+                        loss = self.loss_fn(batch)
+                    (self.scaler.scale(loss / self.accum) if self.scaler else loss / self.accum).backward()
+                losses.append(loss.detach())
+                st.batch += 1
+            minutes = cfg.ckpt_every_minutes
+            late = minutes is not None and time.monotonic() - last_save > 60 * minutes
+            loss_value, late = _reduce(torch.stack(losses).float().mean(), late, info)
+            if not math.isfinite(loss_value):
+                self.optimizer.zero_grad(set_to_none=True)
+                self._nonfinite(loss_value)
+                continue
+            self._step()
+            st.step += 1
+            st.loss_sum, st.n_loss = st.loss_sum + loss_value, st.n_loss + 1
+            lr = peak_lr(self.optimizer)
+            bar.update()
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+            self.log.scalars({"train/loss": loss_value, "train/lr": lr}, st.step)
+            every = cfg.ckpt_every_steps
+            if (late or (every and st.step % every == 0)) and st.batch // self.accum < self.steps_per_epoch:
+                ckpt.save_checkpoint(self)
+                last_save = time.monotonic()
+        bar.close()
+        return True
+
+    def _step(self):
+        """Unscale (fp16), clip (cfg.clip_grad: the norm over all shards under fsdp), step, clear."""
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None],
+                                           self.cfg.clip_grad)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _nonfinite(self, loss_value: float):
+        """Stop with the last good checkpoint's path, or (on_nonfinite=rollback) reload it and go on
+        with the next data, at most cfg.max_rollbacks times."""
+        cfg, st = self.cfg, self.state
+        last = self.out / "checkpoint-last.pth"
+        where = f"epoch {st.epoch}, step {st.step}"
+        if cfg.on_nonfinite == "rollback" and st.rollbacks < cfg.max_rollbacks and last.exists():
+            saved = ckpt.load_checkpoint(last, self)
+            st.step, st.rollbacks = saved.step, st.rollbacks + 1
+            _logger.warning("loss is %s at %s: rolled back to %s (step %d) and continuing with the next data "
+                            "(rollback %d of at most %d)", loss_value, where, last, st.step, st.rollbacks,
+                            cfg.max_rollbacks)
+            self.log.event({"event": "rollback", "loss": str(loss_value), "epoch": st.epoch, "batch": st.batch,
+                            "to_step": st.step})
+            return
+        raise NonFiniteLoss(f"loss is {loss_value} at {where}; stopping. Last good checkpoint: "
+                            f"{last if last.exists() else 'none yet'} (lower the lr, use amp=bf16 instead of fp16, "
+                            f"or on_nonfinite=rollback)")
 
 
-def wrap_ddp(model, info: DistInfo):
-    if not info.distributed:
-        return model
-    return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+def _reduce(loss: torch.Tensor, flag: bool, info: DistInfo):
+    """(mean loss over processes, whether any process raised `flag`): one host sync per step."""
+    t = torch.stack([loss.detach().double(), torch.tensor(float(flag), dtype=torch.float64, device=loss.device)])
+    if info.distributed:
+        torch.distributed.all_reduce(t)
+    loss_value, flags = t.tolist()
+    return loss_value / info.world_size, flags > 0
 
 
-def micro_batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
-    """The seed of the main process's random draws (drop path, Mixup/CutMix) for micro-batch `batch` of
-    `epoch`: from (seed, epoch, batch, rank) alone, so a resumed run draws what an uninterrupted one does
-    without restoring any generator state (the draws run inside `rng.seeded`)."""
-    return ((seed * 1_000_003 + epoch) * 10_000_019 + batch) * 1_009 + rank
+def _epoch_line(record: dict, epochs: int, n_bad: int) -> str:
+    line = [f"epoch {record['epoch'] + 1}/{epochs}", f"loss {record['train_loss']:.4f}",
+            f"lr {record['train_lr']:.3g}"]
+    line += [f"{k} {v:.4g}" for k, v in record.items() if k.startswith("test_")]
+    line += [f"{record['epoch_time_s']:.1f}s"] + ([f"({n_bad} unreadable images replaced)"] if n_bad else [])
+    return "  ".join(line)
 
 
-def make_loader(dataset, batch_size: int, info: DistInfo, seed: int, num_workers: int, collate_fn=None,
-                shuffle: bool = True, drop_last: bool = True):
-    """Loader over an `EpochSampler`: one process with batch B*k sees exactly the samples that k
-    processes with batch B see, and each index carries its epoch to the (persistent) workers."""
-
-    sampler = EpochSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle, seed=seed,
-                           drop_last=drop_last)
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-        collate_fn=collate_fn or collate_skip_bad, pin_memory=info.device.type == "cuda", drop_last=drop_last,
-        persistent_workers=num_workers > 0, worker_init_fn=worker_threads if num_workers > 0 else None,
-        generator=torch.Generator().manual_seed(seed))  # the workers' base seed: not from the global generator
-
-
-def amp_setup(mode: str, device: torch.device):
-    """mode: auto | bf16 | fp16 | none. `auto` = bf16 autocast where the device has fast bf16
-    (recent GPUs), fp32 elsewhere (CPU bf16 autocast is slower than fp32 on most CPUs)."""
-    if mode == "auto":
-        mode = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
-    if mode == "none":
-        return contextlib.nullcontext, None, mode
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
-    if dtype is None:
-        raise ValueError(f"amp must be auto, bf16, fp16 or none, not {mode!r}")
-    scaler = torch.amp.GradScaler(device.type) if mode == "fp16" else None
-    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler, mode
-
-
-def resolve_batch(cfg, world_size: int):
-    """(accum_iter, effective batch, lr): accumulation derived from cfg.effective_batch_size unless
-    given; lr = blr * effective batch / 256 unless cfg.lr is set (the MAE papers' linear scaling)."""
-    per_step = cfg.batch_size * world_size
-    accum = cfg.accum_iter or max(1, round(cfg.effective_batch_size / per_step))
-    eff = per_step * accum
-    return accum, eff, (cfg.lr if cfg.lr is not None else cfg.blr * eff / 256)
-
-
-def train_loader(dataset, cfg, info: DistInfo):
-    """The training loader and its arithmetic: (loader, accum_iter, effective batch, lr, optimizer
-    steps per epoch); an epoch too small for one accumulation is a clear error."""
-
-    accum, eff, lr = resolve_batch(cfg, info.world_size)
-    loader = make_loader(dataset, cfg.batch_size, info, cfg.seed, cfg.num_workers)
-    n_batches = loader.sampler.full_length() // cfg.batch_size
-    if n_batches < accum:
-        raise DataError(f"{len(dataset)} training images make {n_batches} full batches of {cfg.batch_size}, "
-                        f"fewer than accum_iter={accum}; lower batch_size / effective_batch_size")
-    return loader, accum, eff, lr, n_batches // accum  # an incomplete accumulation at the end is dropped
-
-
-def warmup_cosine(optimizer, cfg, steps_per_epoch: int):
-    """Linear warm-up from 0, then half-cycle cosine to cfg.min_lr, updated every optimizer step
-    (timm's scheduler; it applies each group's `lr_scale`, i.e. layer decay)."""
-
-    return CosineLRScheduler(
-        optimizer, t_initial=max(1, (cfg.epochs - cfg.warmup_epochs) * steps_per_epoch), lr_min=cfg.min_lr,
-        warmup_t=cfg.warmup_epochs * steps_per_epoch, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
-
-
-def fused_adamw(device: torch.device) -> dict:
-    """torch's fused AdamW (one kernel for all parameters; ~4x faster steps than foreach on a CPU
-    for 100M parameters) wherever it exists; timm's create_optimizer_v2 passes it through."""
-    return {"fused": True} if device.type in ("cpu", "cuda") else {}
-
-
-def unwrap_model(model):
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    return getattr(model, "module", model)  # DDP
+def peak_lr(optimizer) -> float:
+    """The largest group lr: the base lr of a layer-decayed run (the head's), not layer 0's."""
+    return max(g["lr"] for g in optimizer.param_groups)

@@ -13,6 +13,7 @@ import torch.nn as nn
 from timm.layers import PatchEmbed
 from timm.models import register_model
 from timm.models.vision_transformer import Block
+from torch.utils.checkpoint import checkpoint
 
 from .. import checkpoints
 from ..schemas import ModelArgs, validate
@@ -29,12 +30,13 @@ class MaskedAutoencoderViT(nn.Module):
         self, img_size: Union[int, Tuple[int, int]] = 224, patch_size: int = 16, in_chans: int = 3,
         embed_dim: int = 1024, depth: int = 24, num_heads: int = 16,
         decoder_embed_dim: int = 512, decoder_depth: int = 8, decoder_num_heads: int = 16,
-        mlp_ratio: float = 4.0, norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        mlp_ratio: float = 4.0, norm_layer=partial(nn.LayerNorm, eps=1e-6), decoder_mlp_ratio: float = 4.0,
         norm_pix_loss: bool = False, mask_strategy: str = "random",
     ):
         super().__init__()
         self.patch_size, self.in_chans = patch_size, in_chans
         self.norm_pix_loss, self.mask_strategy = norm_pix_loss, mask_strategy
+        self.grad_checkpointing = False
 
         # --- encoder ---
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -55,7 +57,7 @@ class MaskedAutoencoderViT(nn.Module):
             torch.zeros(1, num_patches + 1, decoder_embed_dim), requires_grad=False
         )
         self.decoder_blocks = nn.ModuleList(
-            [Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+            [Block(decoder_embed_dim, decoder_num_heads, decoder_mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
              for _ in range(decoder_depth)]
         )
         self.decoder_norm = norm_layer(decoder_embed_dim)
@@ -117,6 +119,18 @@ class MaskedAutoencoderViT(nn.Module):
             raise ValueError(f"image size {H}x{W} is not divisible by the patch size {self.patch_size}")
         return H // self.patch_size, W // self.patch_size
 
+    def set_grad_checkpointing(self, enable: bool = True):
+        """Recompute each block's activations in the backward pass instead of keeping them (timm's switch)."""
+        self.grad_checkpointing = enable
+
+    def _run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+        for blk in blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return x
+
     # --- the model ---
     def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, noise: Optional[torch.Tensor] = None):
         grid = self._grid(imgs)
@@ -128,8 +142,7 @@ class MaskedAutoencoderViT(nn.Module):
         x, mask, ids_restore = random_masking(x, mask_ratio, noise)  # x: [N, L_vis, D]
         cls_token = (self.cls_token + pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
         x = torch.cat((cls_token, x), dim=1)
-        for blk in self.blocks:
-            x = blk(x)
+        x = self._run_blocks(self.blocks, x)
         return self.norm(x), mask, ids_restore  # latent: [N, 1 + L_vis, D]
 
     def forward_decoder(self, x: torch.Tensor, ids_restore: torch.Tensor, grid: Optional[Tuple[int, int]] = None):
@@ -141,10 +154,8 @@ class MaskedAutoencoderViT(nn.Module):
         x_ = torch.cat([x[:, 1:, :], mask_tokens], dim=1)  # [N, L, Dd] in shuffled order
         x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))
         x = torch.cat([x[:, :1, :], x_], dim=1) + decoder_pos_embed
-        for blk in self.decoder_blocks:
-            x = blk(x)
-        x = self.decoder_pred(self.decoder_norm(x))  # [N, 1 + L, p*p*C]
-        return x[:, 1:, :]
+        x = self._run_blocks(self.decoder_blocks, x)
+        return self.decoder_pred(self.decoder_norm(x[:, 1:, :]))  # [N, L, p*p*C]: no prediction for cls
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean squared error on the removed patches only; targets normalised per patch when
@@ -206,6 +217,16 @@ def mae_vit_huge_patch14_dec512d8b(pretrained=False, **kwargs):
     return _mae(pretrained, **{**ARCHS["mae_vit_huge_patch14_dec512d8b"], **kwargs})
 
 
+@register_model
+def mae_vit_giant_patch14_dec512d8b(pretrained=False, **kwargs):
+    return _mae(pretrained, **{**ARCHS["mae_vit_giant_patch14_dec512d8b"], **kwargs})
+
+
+@register_model
+def mae_vit_2b_patch14_dec512d8b(pretrained=False, **kwargs):
+    return _mae(pretrained, **{**ARCHS["mae_vit_2b_patch14_dec512d8b"], **kwargs})
+
+
 # recommended archs under the official short names, registered with timm as well
 @register_model
 def mae_vit_tiny_patch8(pretrained=False, **kwargs):
@@ -232,6 +253,16 @@ def mae_vit_huge_patch14(pretrained=False, **kwargs):  # decoder: 512 dim, 8 blo
     return mae_vit_huge_patch14_dec512d8b(pretrained, **kwargs)
 
 
+@register_model
+def mae_vit_giant_patch14(pretrained=False, **kwargs):  # decoder: 512 dim, 8 blocks
+    return mae_vit_giant_patch14_dec512d8b(pretrained, **kwargs)
+
+
+@register_model
+def mae_vit_2b_patch14(pretrained=False, **kwargs):  # decoder: 512 dim, 8 blocks
+    return mae_vit_2b_patch14_dec512d8b(pretrained, **kwargs)
+
+
 # --------------------------------------------------------------------- which MAE a checkpoint holds
 def training_args(obj) -> dict:
     """The `args` a training checkpoint carries -- an `argparse.Namespace` in official ones, a dict in
@@ -253,6 +284,7 @@ def _from_shapes(sd) -> dict:
                          f"checkpoint records no model_args: its head count cannot be told from its weights")
     kw = dict(patch_size=p, in_chans=sd["patch_embed.proj.weight"].shape[1], embed_dim=d, depth=depth,
               num_heads=enc[(d, depth)], img_size=int(round((sd["pos_embed"].shape[1] - 1) ** 0.5)) * p)
+    kw["mlp_ratio"] = sd["blocks.0.mlp.fc1.weight"].shape[0] / d  # ViT-g's 48/11
     if "decoder_pred.weight" in sd:
         dd = sd["mask_token"].shape[-1]
         ddepth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("decoder_blocks."))
@@ -260,7 +292,8 @@ def _from_shapes(sd) -> dict:
         if (dd, ddepth) not in dec:
             raise ValueError(f"a {dd}-wide, {ddepth}-block MAE decoder is not a known size and the checkpoint "
                              f"records no model_args")
-        kw.update(decoder_embed_dim=dd, decoder_depth=ddepth, decoder_num_heads=dec[(dd, ddepth)])
+        kw.update(decoder_embed_dim=dd, decoder_depth=ddepth, decoder_num_heads=dec[(dd, ddepth)],
+                  decoder_mlp_ratio=sd["decoder_blocks.0.mlp.fc1.weight"].shape[0] / dd)
     return kw
 
 

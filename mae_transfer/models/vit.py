@@ -125,6 +125,8 @@ default_cfgs = generate_default_cfgs({
     "vit_huge_patch14.mae_ft_in1k": _cfg(f"{_FB}/finetune/mae_finetuned_vit_huge.pth"),
     "vit_tiny_patch8.untrained": _cfg(input_size=(3, 64, 64), crop_pct=1.0),
     "vit_small_patch4.untrained": _cfg(input_size=(3, 28, 28), crop_pct=1.0),
+    "vit_giant_patch14.untrained": _cfg(),
+    "vit_2b_patch14.untrained": _cfg(),
 })
 
 
@@ -151,3 +153,13 @@ def vit_large_patch16(pretrained=False, **kwargs) -> VisionTransformer:
 @register_model
 def vit_huge_patch14(pretrained=False, **kwargs) -> VisionTransformer:
     return _create("vit_huge_patch14", pretrained, **{**ENCODERS["vit_huge_patch14"], **kwargs})
+
+
+@register_model
+def vit_giant_patch14(pretrained=False, **kwargs) -> VisionTransformer:
+    return _create("vit_giant_patch14", pretrained, **{**ENCODERS["vit_giant_patch14"], **kwargs})
+
+
+@register_model
+def vit_2b_patch14(pretrained=False, **kwargs) -> VisionTransformer:
+    return _create("vit_2b_patch14", pretrained, **{**ENCODERS["vit_2b_patch14"], **kwargs})

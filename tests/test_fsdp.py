@@ -159,14 +159,17 @@ def test_fsdp_checkpoint_feeds_every_command(runs, tmp_path):
            "img_size=32", "demo_samples=16", "num_workers=0")
     assert r.returncode == 0 and "masked-patch loss" in r.stdout, r.stderr[-3000:]
     data = _classes(tmp_path / "cls")
-    r = ok("evaluate", str(ck), "--suite", "custom", "--tasks", "linprobe", "--cls-data", str(data), "--recipe", "cpu",
+    # the suite's cpu recipe and det's tiny config build the 12-block ViT-Ti/8
+    _pretrain(tmp_path / "vit_ti", "model_kwargs={}", "max_steps=2")
+    vit_ti = str(tmp_path / "vit_ti" / "checkpoint-last.pth")
+    r = ok("evaluate", vit_ti, "--suite", "custom", "--tasks", "linprobe", "--cls-data", str(data), "--recipe", "cpu",
            "--cls-epochs", "1", "--seeds", "1", "--output-dir", str(tmp_path / "suite"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "failed" not in (tmp_path / "suite" / "report.md").read_text().lower()
     from mae_transfer.data.synthetic import make_coco_shapes
 
     coco = make_coco_shapes(tmp_path / "coco", n_train=6, n_val=2)
-    r = ok("det", "--backbone", str(ck), "--config", "tiny_cpu", "--output-dir", str(tmp_path / "det"),
+    r = ok("det", "--backbone", vit_ti, "--config", "tiny_cpu", "--output-dir", str(tmp_path / "det"),
            "--train-json", coco["train_json"], "--train-images", coco["train_images"], "--val-json", coco["val_json"],
            "--val-images", coco["val_images"], "train.max_iter=1", "dataloader.train.total_batch_size=2",
            "dataloader.train.num_workers=0", "dataloader.test.num_workers=0")

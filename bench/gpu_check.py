@@ -20,6 +20,10 @@ code, the tail of its output) and the next one runs. <out>/gpu_check.json holds 
   seg             UperNet ViT-B at 512 (mae_vit_base_upernet_160k_ade20k), batch 2, 20 iterations: s/iter, peak
                   memory (mmseg: 9.96 GB) and inference img/s (mmseg: 7.14)
   finetune_speed  ViT-B/16 fine-tuning steps, bf16, batch 64: img/s
+  fsdp            MAE ViT-H/14 (batch 64) and ViT-2B/14 (batch 32) pretraining steps through strategy=fsdp with
+                  activation checkpointing, bf16 policy: img/s, MFU (model FLOPs, recomputation not counted), peak
+                  memory. On one GPU FSDP has nothing to shard (the toolkit runs the model whole); the sharded
+                  path is what tests/test_fsdp.py checks on 2 CPU processes
 """
 import argparse
 import json
@@ -48,7 +52,8 @@ def steps(smoke: bool, out: Path):
             ("det", child + ["--step", "det"], 150),
             ("det_ckpt", child + ["--step", "det_ckpt"], 150),
             ("seg", child + ["--step", "seg"], 150),
-            ("finetune_speed", child + ["--step", "finetune_speed"], 90)]
+            ("finetune_speed", child + ["--step", "finetune_speed"], 90),
+            ("fsdp", child + ["--step", "fsdp"], 150)]
 
 
 # ------------------------------------------------------------------------------------------ child steps
@@ -200,6 +205,51 @@ def step_finetune_speed(smoke: bool, work: Path) -> dict:
         times.append(time.perf_counter() - t)
     return {"img/s": batch / statistics.median(times[2:]), "batch": batch, "amp": amp, "model": name,
             "peak GiB": _peak_gib()}
+
+
+def step_fsdp(smoke: bool, work: Path) -> dict:
+    import torch
+    from pretrain_speed import train_flops  # bench/, beside this file
+    from timm.optim import create_optimizer_v2
+
+    from mae_transfer import models
+    from mae_transfer.engine.common import resolve_amp
+    from mae_transfer.engine.distributed import DistInfo
+    from mae_transfer.engine.strategy import FSDP
+    from mae_transfer.models.sizes import ARCHS
+
+    dev = torch.device(_device())
+    amp = resolve_amp("auto", dev)
+    runs = [("mae_vit_tiny_patch8_dec128d2b", 4, 64)] if smoke else [
+        ("mae_vit_huge_patch14_dec512d8b", 64, 224), ("mae_vit_2b_patch14_dec512d8b", 32, 224)]
+    out = {"amp": amp}
+    for name, batch, size in runs:
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        model = models.create_mae(name, img_size=size, norm_pix_loss=True).to(dev)
+        strategy = FSDP(DistInfo(device=dev), amp, grad_checkpointing=True)
+        net = strategy.wrap(model)
+        opt = create_optimizer_v2(model, "adamw", lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95), fused=True)
+        x = torch.randn(batch, 3, size, size, device=dev)
+        times = []
+        for _ in range(3 if smoke else 8):
+            t = time.perf_counter()
+            with strategy.autocast():
+                loss = net(x, mask_ratio=0.75)[0]
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        s = statistics.median(times[1:])
+        short = name.split("_dec")[0].replace("mae_vit_", "")
+        out[f"{short} img/s"] = batch / s
+        out[f"{short} MFU"] = train_flops({**ARCHS[name], "img_size": size}, batch, 0.75) / s / 989e12
+        out[f"{short} peak GiB"] = _peak_gib()
+        del model, net, opt
+    return out
 
 
 # ------------------------------------------------------------------------------------------- driver

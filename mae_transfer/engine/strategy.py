@@ -91,8 +91,8 @@ class FSDP(Strategy):
         fully_shard(model, **kw)  # the rest: patch embedding, tokens, norms, decoder embedding, head
         return model
 
-    def autocast(self):
-        return contextlib.nullcontext()  # the policy casts parameters to bf16; reductions stay fp32
+    def autocast(self):  # sharded: the policy casts parameters to bf16, reductions stay fp32; whole: autocast
+        return contextlib.nullcontext() if self.info.distributed else super().autocast()
 
     def sync(self, net, syncing):
         if self.info.distributed:

@@ -2,6 +2,7 @@
 the same weights as DDP, a SIGKILLed run resumed bit-identical, checkpoints that move between world sizes,
 and a checkpoint-last.pth every other command reads."""
 import json
+import pickle
 import random
 import subprocess
 import sys
@@ -108,12 +109,28 @@ def test_fsdp_checkpoint_resumes_at_another_world_size(runs, tmp_path, first, th
     _close(ck["model"], _model(runs / "fsdp"))
 
 
-def test_world_size_change_that_splits_a_batch_is_one_line(runs, tmp_path):
+class _Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path(self.flag),))
+
+
+def test_resume_mistakes_and_crafted_folders_are_one_line(tmp_path):
+    """A world size that splits a batch; a checkpoint-last naming a folder outside its run; a folder whose
+    .metadata pickle would run code (torch's own reader unpickles it whole): one error line each, nothing run."""
     run = tmp_path / "run"
     _pretrain(run, "max_steps=1", procs=1, check=True)  # 1 process, accum 2: stopped after 16 images
     r = _pretrain(run, "--resume", "batch_size=32", "effective_batch_size=32", procs=1, check=False)
-    assert r.returncode != 0 and "not a whole number of batches" in r.stderr
-    assert r.stderr.count("Traceback") == 0, r.stderr[-3000:]
+    assert r.returncode == 2 and "not a whole number of batches" in r.stderr and "Traceback" not in r.stderr
+    ck = checkpoints.load_file(run / "checkpoint-last.pth")
+    payload = _Payload()
+    payload.flag = str(tmp_path / "PWNED")
+    (run / ck["sharded"] / ".metadata").write_bytes(pickle.dumps(payload))
+    r = _pretrain(run, "--resume", procs=1, check=False)
+    assert r.returncode == 2 and "not part of a checkpoint folder's metadata" in r.stderr, r.stderr[-3000:]
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "PWNED").exists()
+    checkpoints.save(run / "checkpoint-last.pth", {**ck, "sharded": "../../elsewhere"})
+    r = _pretrain(run, "--resume", procs=1, check=False)
+    assert r.returncode == 2 and "is not a folder under shards/" in r.stderr, r.stderr[-3000:]
 
 
 def _classes(root: Path):

@@ -11,12 +11,15 @@ all processes together and turned back into this run's micro-batches on resume."
 import dataclasses
 import logging
 import os
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_state_dict,
@@ -105,6 +108,42 @@ def _link_or_copy(src, dst):
         shutil.copy2(src, dst)
 
 
+_DCP_METADATA = {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch.serialization", "_get_layout"),
+                 ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("torch", "Size")} | {
+    ("torch.distributed.checkpoint.metadata", n) for n in (
+        "Metadata", "MetadataIndex", "StorageMeta", "ChunkStorageMetadata", "TensorProperties",
+        "TensorStorageMetadata", "BytesStorageMetadata", "_MEM_FORMAT_ENCODING")}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """The classes a checkpoint folder's `.metadata` is made of, and nothing else: torch's own reader unpickles it
+    whole, so a crafted folder would run code on resume."""
+
+    def find_class(self, module, name):
+        if (module, name) in _DCP_METADATA or (module == "torch" and isinstance(getattr(torch, name, None),
+                                                                                torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint folder's metadata")
+
+
+class SafeReader(dcp.FileSystemReader):
+    """torch's folder reader with the metadata read through the allow-list (the tensors it reads are raw bytes,
+    other items through torch.load(weights_only=True))."""
+
+    def read_metadata(self, *args, **kwargs):
+        rank = kwargs.get("rank")
+        path = Path(self.path) / (".metadata" if rank is None else f"__{rank}.metadata")
+        try:
+            with open(path, "rb") as f:
+                metadata = _MetadataUnpickler(f).load()
+        except Exception as e:  # refused, truncated, not a pickle
+            raise CheckpointError(f"{self.path}: its .metadata is not a checkpoint folder's ({e})") from None
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
 def find_resume(output_dir: Path, resume: str) -> Optional[Path]:
     """`auto` (`--resume`): the run's own checkpoint-last if present; '' / 'none': start fresh, which
     a directory already holding a run's checkpoint refuses (its results would be overwritten); else a path."""
@@ -126,12 +165,16 @@ def load_checkpoint(path: Path, tr) -> TrainState:
     if not obj.get("sharded"):
         obj = checkpoints.load_file(path)  # read: loaded optimizer tensors must not be views of a mapped file
     if obj.get("sharded"):
-        folder = path.parent / obj["sharded"]
+        rel = Path(str(obj["sharded"]))
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.parts[0] != SHARDS:
+            raise CheckpointError(f"{path}: sharded={obj['sharded']!r} is not a folder under {SHARDS}/ beside it")
+        folder = path.parent / rel
         if not (folder / ".metadata").is_file():
             raise CheckpointError(f"{path} keeps its optimizer state in {folder}, which is missing or incomplete")
+        SafeReader(folder).read_metadata()  # refused here, in one line, before torch's reader retries per rank
         model_sd, optim_sd = get_state_dict(tr.model, tr.optimizer)
         state = {"model": model_sd, "optimizer": optim_sd}
-        dcp.load(state, checkpoint_id=folder)  # each process reads the parts of its own shards
+        dcp.load(state, storage_reader=SafeReader(folder))  # each process reads the parts of its own shards
         set_state_dict(tr.model, tr.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     elif tr.strategy.sharded and tr.info.distributed:  # a ddp run's file: whole weights, optimizer by name
         tr.strategy.load_full_state_dict(tr.model, obj["model"])

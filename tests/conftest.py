@@ -1,3 +1,4 @@
+import contextlib
 import os
 import signal
 import socket
@@ -5,7 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import pytest
 import torch
@@ -99,6 +100,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _descendants(pid: int) -> List[int]:
+    """Every process below `pid` (from /proc's parent links), whatever session it is in."""
+    children: Dict[int, List[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
 def kill_mid_epoch(cmd, checkpoint: Path, at_step: int, timeout: float = 300):
     """Start `cmd`, SIGKILL it and every process it started (torchrun's, `--num-gpus N`'s) once `checkpoint`
     holds a mid-epoch state at or past `at_step` optimizer steps, and return that state (the run writes
@@ -115,7 +131,11 @@ def kill_mid_epoch(cmd, checkpoint: Path, at_step: int, timeout: float = 300):
                     break
             time.sleep(0.02)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the whole session, as a machine that goes away
+        tree = _descendants(proc.pid)  # torchrun starts its workers in sessions of their own
+        os.killpg(proc.pid, signal.SIGKILL)  # everything at once, as a machine that goes away
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         proc.wait()
     assert st is not None and st["batch"] > 0, f"no mid-epoch checkpoint before the run ended: {st}"
     return st

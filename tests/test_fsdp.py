@@ -120,8 +120,22 @@ def test_resume_mistakes_and_crafted_folders_are_one_line(tmp_path):
     run = tmp_path / "run"
     _pretrain(run, "max_steps=1", procs=1, check=True)  # 1 process, accum 2: stopped after 16 images
     r = _pretrain(run, "--resume", "batch_size=32", "effective_batch_size=32", procs=1, check=False)
-    assert r.returncode == 2 and "not a whole number of batches" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "not a whole number of" in r.stderr and "Traceback" not in r.stderr
+    r = _pretrain(run, "--resume", "effective_batch_size=32", procs=1, check=False)  # 16 images: half a step of 32
+    assert r.returncode == 2 and "optimizer steps" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
     ck = checkpoints.load_file(run / "checkpoint-last.pth")
+    shard = next((run / ck["sharded"]).glob("*.distcp"))
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])  # a damaged shard: one line naming the folder
+    r = _pretrain(run, "--resume", procs=1, check=False)
+    assert r.returncode == 2 and "cannot be loaded" in r.stderr and len(r.stderr.strip().splitlines()) == 1, \
+        r.stderr[-3000:]
+    shard.write_bytes(data)
+    (run / "checkpoint-last.pth").rename(run / "checkpoint-0.pth")  # a run whose last checkpoint is gone
+    r = _pretrain(run, "--resume", procs=1, check=False)
+    assert r.returncode == 2 and "resume=" in r.stderr and "checkpoint-0.pth" in r.stderr, r.stderr[-3000:]
+    assert (run / ck["sharded"]).is_dir()  # nothing deleted
+    (run / "checkpoint-0.pth").rename(run / "checkpoint-last.pth")
     payload = _Payload()
     payload.flag = str(tmp_path / "PWNED")
     (run / ck["sharded"] / ".metadata").write_bytes(pickle.dumps(payload))
@@ -162,6 +176,20 @@ def test_fsdp_finetuning_with_layer_decay_matches_ddp(runs, tmp_path):
     _close(_model(out["ddp"]), _model(out["fsdp"]))
     res = [json.loads((out[s] / "result.json").read_text())["metrics"] for s in ("ddp", "fsdp")]
     assert res[0]["top-1"] == res[1]["top-1"]
+    # linear probing: the head's BatchNorm statistics are averaged over the processes every step, so the
+    # accuracy the 2-process run reports is the one its checkpoint gives when evaluated alone
+    common = ["--config", "vit_base", "--data-path", str(data), "model=vit_tiny_patch8", "img_size=32",
+              "num_classes=3", "model_kwargs={'depth': 4}", "batch_size=4", "num_workers=1"]
+    r = subprocess.run(CLI + ["linprobe", *common, "--backbone", str(runs / "fsdp" / "checkpoint-last.pth"),
+                              "--output-dir", str(tmp_path / "lp"), "--num-gpus", "2", "--strategy", "fsdp",
+                              "effective_batch_size=8", "epochs=2", "warmup_epochs=1"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    r = subprocess.run(CLI + ["linprobe", *common, "--eval-only", str(tmp_path / "lp" / "checkpoint-last.pth"),
+                              "--output-dir", str(tmp_path / "lp_eval")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    trained, alone = (json.loads((tmp_path / d / "result.json").read_text())["metrics"] for d in ("lp", "lp_eval"))
+    assert trained["top-1"] == alone["top-1"], (trained, alone)
 
 
 def test_fsdp_checkpoint_feeds_every_command(runs, tmp_path):

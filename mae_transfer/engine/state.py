@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -29,6 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from .. import checkpoints
 from ..checkpoints import CheckpointError
+from ..errors import RunFailed
 from ..models.mae import training_args
 from ..outputs import check_fresh
 from .distributed import barrier
@@ -70,7 +72,10 @@ def save_checkpoint(tr, extra_names=()) -> Optional[Path]:
             shutil.rmtree(tmp, ignore_errors=True)  # a write a crash interrupted
         barrier(info)
         model_sd, optim_sd = get_state_dict(tr.model, tr.optimizer)
-        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp)  # every process its shards
+        try:  # every process writes its own shards
+            dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp, no_dist=not info.distributed)
+        except CheckpointException as e:  # a BaseException in torch: say where and why, as a failed run
+            raise RunFailed(f"writing the sharded checkpoint {tmp} failed: {_first_line(e)}") from None
         obj["sharded"] = name
     else:
         obj["optimizer"] = tr.optimizer.state_dict()
@@ -89,11 +94,16 @@ def save_checkpoint(tr, extra_names=()) -> Optional[Path]:
             obj["sharded"] = f"{SHARDS}/{Path(extra).stem}"
             _link_tree(final, tr.out / obj["sharded"])
         checkpoints.save(tr.out / extra, obj)
-    if strategy.sharded:
-        for old in (tr.out / SHARDS).glob("step-*"):
-            if old.name != final.name:
-                shutil.rmtree(old, ignore_errors=True)
+    current = final.name if strategy.sharded else None
+    for old in [*(tr.out / SHARDS).glob("step-*"), *(tr.out / SHARDS).glob(".writing-*")]:
+        if old.name != current:  # superseded (or left by a killed write, or by an fsdp run now resumed with ddp)
+            shutil.rmtree(old, ignore_errors=True)
     return last
+
+
+def _first_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
 
 
 def _link_tree(src: Path, dst: Path) -> None:
@@ -153,7 +163,13 @@ def find_resume(output_dir: Path, resume: str) -> Optional[Path]:
             check_fresh(output_dir, resume=False)
         return None
     if resume == "auto":
-        return last if last.is_file() else None
+        if last.is_file():
+            return last
+        kept = sorted(Path(output_dir).glob("checkpoint-*.pth"))
+        if kept:  # a run was here and its last checkpoint is gone: starting over would delete its state
+            raise CheckpointError(f"{output_dir} holds {kept[-1].name} but no checkpoint-last.pth: continue from it "
+                                  f"with resume={kept[-1]}, or start fresh in another --output-dir")
+        return None  # nothing yet (a first start, e.g. a requeued Slurm job's)
     return Path(resume)
 
 
@@ -174,8 +190,12 @@ def load_checkpoint(path: Path, tr) -> TrainState:
         SafeReader(folder).read_metadata()  # refused here, in one line, before torch's reader retries per rank
         model_sd, optim_sd = get_state_dict(tr.model, tr.optimizer)
         state = {"model": model_sd, "optimizer": optim_sd}
-        dcp.load(state, storage_reader=SafeReader(folder))  # each process reads the parts of its own shards
-        set_state_dict(tr.model, tr.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        try:  # each process reads the parts of its own shards
+            dcp.load(state, storage_reader=SafeReader(folder), no_dist=not tr.info.distributed)
+            set_state_dict(tr.model, tr.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        except (CheckpointException, RuntimeError, KeyError, OSError, ValueError) as e:
+            raise CheckpointError(f"{folder} (named by {path.name}) cannot be loaded into this run's model and "
+                                  f"optimizer -- damaged, incomplete or of another model: {_first_line(e)}") from None
     elif tr.strategy.sharded and tr.info.distributed:  # a ddp run's file: whole weights, optimizer by name
         tr.strategy.load_full_state_dict(tr.model, obj["model"])
         set_optimizer_state_dict(tr.model, tr.optimizer, _by_name(tr.model, tr.optimizer, obj["optimizer"]),
@@ -183,8 +203,8 @@ def load_checkpoint(path: Path, tr) -> TrainState:
     else:
         tr.model.load_state_dict(obj["model"], strict=True)
         tr.optimizer.load_state_dict(obj["optimizer"])
-    if obj.get("scheduler") is not None:
-        tr.scheduler.load_state_dict(obj["scheduler"])
+    # The schedule is not restored: it is a function of the step and this run's config (epochs, lr, warm-up), so
+    # a resumed run that extends `epochs` or changes the batch follows its new schedule, not the saved one.
     if tr.scaler is not None and "scaler" in obj:
         tr.scaler.load_state_dict(obj["scaler"])
     if "train_state" not in obj:
@@ -192,10 +212,11 @@ def load_checkpoint(path: Path, tr) -> TrainState:
     st = TrainState(**obj["train_state"])
     seen = st.batch * training_args(obj).get("batch_size", tr.cfg.batch_size) * obj.get("world_size", 1)
     per = tr.cfg.batch_size * tr.info.world_size
-    if seen % per:
+    if seen % (per * tr.accum):
         raise CheckpointError(f"{path} stopped {seen} images into epoch {st.epoch}, which is not a whole number of "
-                              f"batches of {tr.cfg.batch_size} x {tr.info.world_size} processes: resume with the "
-                              f"batch_size and number of processes it was written with")
+                              f"this run's optimizer steps of {tr.cfg.batch_size} x {tr.accum} x "
+                              f"{tr.info.world_size} processes = {per * tr.accum} images: resume with the "
+                              f"effective_batch_size it was written with")
     st.batch = seen // per
     return st
 

@@ -3,10 +3,11 @@ both AdamW moments: 16 bytes a parameter) or `fsdp` (torch's FSDP2, `fully_shard
 holds 1/N of them, whole blocks gathered only while they compute).
 
 FSDP2 is applied per transformer block and then to the root, so one block's parameters are gathered at a
-time; under amp=bf16 its mixed-precision policy computes in bf16 and reduces gradients in fp32 (no autocast
-around it); on a CPU it runs in fp32. The order that works: activation checkpointing, then compiling each
-block, then sharding (torchtitan's order). Parameter names are unchanged by sharding, so timm's parameter
-groups (no weight decay on biases and norms, layer-wise lr decay) are the same under both strategies.
+time; under amp=bf16 its mixed-precision policy gathers parameters in bf16 and reduces gradients in fp32, and
+the forward runs under autocast as under ddp (the loss and its targets in fp32); on a CPU it runs in fp32. The
+order that works: activation checkpointing, then compiling each block, then sharding (torchtitan's order).
+Parameter names are unchanged by sharding, so timm's parameter groups (no weight decay on biases and norms,
+layer-wise lr decay) are the same under both strategies.
 """
 import contextlib
 import logging
@@ -83,16 +84,15 @@ class FSDP(Strategy):
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mesh = init_device_mesh(self.info.device.type, (self.info.world_size,))
-        policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-                  if self.amp == "bf16" else MixedPrecisionPolicy())
-        kw = dict(mesh=mesh, mp_policy=policy, reshard_after_forward=self.reshard_after_forward)
+        bf16 = self.amp == "bf16"
+        policy = lambda cast: (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,  # noqa
+                                                    cast_forward_inputs=cast) if bf16 else MixedPrecisionPolicy())
         for blk in blocks(model):
-            fully_shard(blk, **kw)
-        fully_shard(model, **kw)  # the rest: patch embedding, tokens, norms, decoder embedding, head
+            fully_shard(blk, mesh=mesh, mp_policy=policy(True), reshard_after_forward=self.reshard_after_forward)
+        # the rest (patch embedding, tokens, norms, decoder embedding, head); the images stay fp32, so the loss's
+        # norm-pix targets are computed from them as under ddp (autocast runs the root's own ops)
+        fully_shard(model, mesh=mesh, mp_policy=policy(False), reshard_after_forward=self.reshard_after_forward)
         return model
-
-    def autocast(self):  # sharded: the policy casts parameters to bf16, reductions stay fp32; whole: autocast
-        return contextlib.nullcontext() if self.info.distributed else super().autocast()
 
     def sync(self, net, syncing):
         if self.info.distributed:

@@ -56,6 +56,9 @@ class Trainer:
         self.optimizer = optimizer(model, self.lr)
         self.scheduler = warmup_cosine(self.optimizer, cfg, self.steps_per_epoch)
         self.train_mode = train_mode or self.net.train
+        # running statistics (linear probing's BatchNorm) are each process's own: averaged after every step, so the
+        # evaluation, the checkpoint and a resumed run at any world size all see the same ones
+        self.float_buffers = [b for b in model.buffers() if b.is_floating_point()] if info.distributed else []
         self.log = RunLogger(out, enabled=info.is_main)
         self.state = TrainState()
 
@@ -153,6 +156,9 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        for b in self.float_buffers:
+            torch.distributed.all_reduce(b)
+            b.div_(self.info.world_size)
 
     def _nonfinite(self, loss_value: float):
         """Stop with the last good checkpoint's path, or (on_nonfinite=rollback) reload it and go on

@@ -178,6 +178,24 @@ def step_seg(smoke: bool, work: Path) -> dict:
             "infer img/s": len(imgs) / (time.perf_counter() - t), "iterations": iters, "batch": 2}
 
 
+def _train_steps(n: int, loss, opt, dev, autocast) -> list:
+    """Seconds of each of `n` training steps: `loss()` under `autocast()`, backward, optimizer step."""
+    import torch
+
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        with autocast():
+            value = loss()
+        value.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return times
+
+
 def step_finetune_speed(smoke: bool, work: Path) -> dict:
     import torch
 
@@ -192,17 +210,8 @@ def step_finetune_speed(smoke: bool, work: Path) -> dict:
     amp = resolve_amp("auto", dev)
     x = torch.randn(batch, 3, 64 if smoke else 224, 64 if smoke else 224, device=dev)
     y = torch.randint(0, 1000, (batch,), device=dev)
-    times = []
-    for _ in range(n + 2):
-        t = time.perf_counter()
-        with autocast(amp, dev):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
+    times = _train_steps(n + 2, lambda: torch.nn.functional.cross_entropy(model(x), y), opt, dev,
+                         lambda: autocast(amp, dev))
     return {"img/s": batch / statistics.median(times[2:]), "batch": batch, "amp": amp, "model": name,
             "peak GiB": _peak_gib()}
 
@@ -232,23 +241,14 @@ def step_fsdp(smoke: bool, work: Path) -> dict:
         net = strategy.wrap(model)
         opt = create_optimizer_v2(model, "adamw", lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95), fused=True)
         x = torch.randn(batch, 3, size, size, device=dev)
-        times = []
-        for _ in range(3 if smoke else 8):
-            t = time.perf_counter()
-            with strategy.autocast():
-                loss = net(x, mask_ratio=0.75)[0]
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
+        step = lambda net=net: net(x, mask_ratio=0.75)[0]  # noqa: E731  (bound now: deleted below)
+        times = _train_steps(3 if smoke else 8, step, opt, dev, strategy.autocast)
         s = statistics.median(times[1:])
         short = name.split("_dec")[0].replace("mae_vit_", "")
         out[f"{short} img/s"] = batch / s
         out[f"{short} MFU"] = train_flops({**ARCHS[name], "img_size": size}, batch, 0.75) / s / 989e12
         out[f"{short} peak GiB"] = _peak_gib()
-        del model, net, opt
+        del model, net, opt, step
     return out
 
 

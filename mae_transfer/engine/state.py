@@ -8,11 +8,13 @@ process in parallel with `torch.distributed.checkpoint` into `shards/step-N/`, w
 `sharded`; that folder loads at any world size (resharded as it is read), so a run moves from 2 processes
 to 1, or from 8 to 64, with its optimizer state. The position inside an epoch is kept as images seen by
 all processes together and turned back into this run's micro-batches on resume."""
+import contextlib
 import dataclasses
 import logging
 import os
 import pickle
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -73,7 +75,8 @@ def save_checkpoint(tr, extra_names=()) -> Optional[Path]:
         barrier(info)
         model_sd, optim_sd = get_state_dict(tr.model, tr.optimizer)
         try:  # every process writes its own shards
-            dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp, no_dist=not info.distributed)
+            with _one_process_quiet(info):
+                dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp, no_dist=not info.distributed)
         except CheckpointException as e:  # a BaseException in torch: say where and why, as a failed run
             raise RunFailed(f"writing the sharded checkpoint {tmp} failed: {_first_line(e)}") from None
         obj["sharded"] = name
@@ -102,8 +105,25 @@ def save_checkpoint(tr, extra_names=()) -> Optional[Path]:
 
 
 def _first_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
+    """What went wrong, in one line: a CheckpointException's first process's own error, not its traceback."""
+    failures = getattr(e, "failures", None)
+    if failures:
+        first = next(iter(failures.values()))
+        e = getattr(first, "exc", first)
+        if isinstance(e, tuple):  # (exception, its stack) as torch keeps it
+            e = next((x for x in e if isinstance(x, BaseException)), e[0])
+    text = " ".join(f"{type(e).__name__}: {e}".split())
     return text[:300] + ("..." if len(text) > 300 else "")
+
+
+@contextlib.contextmanager
+def _one_process_quiet(info):
+    """DCP warns on every call that it assumes a single process when there is no process group: that is the
+    intent here (one process runs the model whole), so the warning is dropped -- inside this block only."""
+    with warnings.catch_warnings():
+        if not info.distributed:
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def _link_tree(src: Path, dst: Path) -> None:
@@ -191,7 +211,8 @@ def load_checkpoint(path: Path, tr) -> TrainState:
         model_sd, optim_sd = get_state_dict(tr.model, tr.optimizer)
         state = {"model": model_sd, "optimizer": optim_sd}
         try:  # each process reads the parts of its own shards
-            dcp.load(state, storage_reader=SafeReader(folder), no_dist=not tr.info.distributed)
+            with _one_process_quiet(tr.info):
+                dcp.load(state, storage_reader=SafeReader(folder), no_dist=not tr.info.distributed)
             set_state_dict(tr.model, tr.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
         except (CheckpointException, RuntimeError, KeyError, OSError, ValueError) as e:
             raise CheckpointError(f"{folder} (named by {path.name}) cannot be loaded into this run's model and "

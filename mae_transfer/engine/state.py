@@ -222,7 +222,7 @@ def load_checkpoint(path: Path, tr) -> TrainState:
         set_optimizer_state_dict(tr.model, tr.optimizer, _by_name(tr.model, tr.optimizer, obj["optimizer"]),
                                  options=StateDictOptions(full_state_dict=True))
     else:
-        tr.model.load_state_dict(obj["model"], strict=True)
+        tr.strategy.load_full_state_dict(tr.model, obj["model"])
         tr.optimizer.load_state_dict(obj["optimizer"])
     # The schedule is not restored: it is a function of the step and this run's config (epochs, lr, warm-up), so
     # a resumed run that extends `epochs` or changes the batch follows its new schedule, not the saved one.

@@ -10,17 +10,17 @@ Parameter names are unchanged by sharding, so timm's parameter groups (no weight
 layer-wise lr decay) are the same under both strategies.
 """
 import contextlib
-import logging
 from typing import Dict, Iterator
 
 import torch
 from timm.models.vision_transformer import Block
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from .common import autocast
 from .distributed import DistInfo
 
-_logger = logging.getLogger("mae_transfer")
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # the whole tensors, on rank 0, in CPU memory
 
 
@@ -80,9 +80,6 @@ class FSDP(Strategy):
                 blk.compile()  # in place, before sharding: FSDP's hooks stay outside the compiled graph
         if not self.info.distributed:
             return model
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
         mesh = init_device_mesh(self.info.device.type, (self.info.world_size,))
         bf16 = self.amp == "bf16"
         policy = lambda cast: (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,  # noqa
@@ -101,12 +98,12 @@ class FSDP(Strategy):
 
     def full_state_dict(self, model):
         if not self.info.distributed:
-            return model.state_dict()
+            return super().full_state_dict(model)
         return get_model_state_dict(model, options=FULL)  # all-gathered block by block; {} on ranks > 0
 
     def load_full_state_dict(self, model, sd):
         if not self.info.distributed:
-            return model.load_state_dict(sd, strict=True)
+            return super().load_full_state_dict(model, sd)
         set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 

@@ -121,8 +121,8 @@ def model_name(cfg) -> str:
 
 def settings(config, seed, model=None, backbone=None, data=()) -> Dict[str, Optional[str]]:
     """What a resumed run must share with its first start (`check_settings`), as text; paths absolute."""
-    def where(x):
-        return str(Path(x).resolve()) if x else None
+    def where(x):  # a URL, a `pipe:` command or a brace pattern of them is kept as given
+        return (x if str(x).startswith("pipe:") or "://" in str(x) else str(Path(x).resolve())) if x else None
     return {"config": where(config), "seed": None if seed is None else str(seed), "model": model,
             "backbone": where(backbone), "data": ", ".join(where(d) for d in data if d) or None}
 

@@ -254,6 +254,24 @@ GraphName = Annotated[StrictStr, Field(pattern=r"^[A-Za-z_][\w]*$", max_length=6
 FileName = Annotated[StrictStr, Field(pattern=r"^[\w][\w.-]*$", max_length=255)]  # a name in the folder, no path
 
 
+# ------------------------------------------------------------------------------ shards (mae-transfer shards)
+Count = Annotated[StrictInt, Field(ge=0)]
+
+
+class ShardEntry(_Strict):
+    name: FileName       # the shard, beside index.json
+    samples: Count       # samples with an image: the epoch's length is known without reading a shard
+    bytes: Count         # its size: an index that no longer matches its shard is not trusted
+    sha256: Sha256
+
+
+class ShardIndex(_Strict):
+    format: Literal["mae-transfer shards"]
+    version: Literal[1]
+    shards: List[ShardEntry]
+    classes: Optional[List[Name]] = None   # class names, by `.cls` index (from an ImageFolder)
+    settings: Dict[StrictStr, Union[StrictStr, StrictInt, None]] = {}  # how they were written (resume checks)
+
 class GraphSpec(_Strict):
     inputs: Dict[StrictStr, List[Union[StrictStr, Annotated[StrictInt, Field(ge=0)]]]]
     outputs: List[StrictStr]

@@ -280,8 +280,8 @@ def test_bad_images_replaced_and_counted(tmp_path):
 
 @pytest.mark.cli
 def test_pretrains_from_a_folder_of_tar_shards(tmp_path):
-    """WebDataset-style shards on disk (timm's tar reader), loader worker on; same batches as the
-    images unpacked into a folder, since samples are indexed and seeded alike."""
+    """A folder of tar files of plain images (each its own WebDataset sample), loader worker on, broken members
+    replaced and counted."""
     import tarfile
     _image_folder(tmp_path / "imgs")
     (tmp_path / "shards").mkdir()
@@ -290,9 +290,10 @@ def test_pretrains_from_a_folder_of_tar_shards(tmp_path):
         with tarfile.open(tmp_path / "shards" / f"shard-{k:05d}.tar", "w") as tf:
             for f in files[k::2]:
                 tf.add(f, arcname=f"{f.parent.name}_{f.name}")
-    from mae_transfer.data.images import TarImages, image_source
+    from mae_transfer.data.shards import Shards
+    from mae_transfer.data.sources import image_source
     src = image_source(tmp_path / "shards")
-    assert isinstance(src, TarImages) and len(src) == len(files)
+    assert isinstance(src, Shards) and len(src) == len(files)
     out = tmp_path / "run"
     _run(out, "--data-path", str(tmp_path / "shards"), "epochs=2", "batch_size=4", "effective_batch_size=8")
     recs = [json.loads(x) for x in (out / "log.txt").read_text().splitlines()]

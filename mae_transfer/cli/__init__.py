@@ -26,6 +26,7 @@ COMMANDS = {
     "visualize": ("visualize", "main", "reconstruction grid of a full MAE checkpoint"),
     "evaluate": ("evaluate", "main", "score backbones on every task, N seeds (the report card)"),
     "submit-pretrain": ("pretrain", "submit_pretrain", "pretraining on Slurm (requeued jobs resume)"),
+    "shards": ("shards", "main", "a folder of images as WebDataset shards with an index"),
 }
 
 # Deprecation chatter from the host libraries' current releases, printed on every run; not actionable

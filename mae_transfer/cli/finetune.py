@@ -28,7 +28,7 @@ def classify(mode: str, argv: List[str], prog: str):
     p = common.parser(prog, DOC[mode], mode, "vit_base")
     p.add_argument("--backbone", "--finetune", dest="finetune", metavar="CKPT",
                    help="pretrained checkpoint (any MAE format; none: random init)")
-    common.add_data_path(p, "<data-path>/{train,val}/<class>/<image>")
+    common.add_data_path(p, "<data-path>/{train,val}: class folders (<class>/<image>) or shards with .cls labels")
     p.add_argument("--img-size", type=int, help="input size (the position table is resampled)")
     if mode == "finetune":
         p.add_argument("--finetune-last-k", type=int, metavar="K", help="train only the last K blocks and the head")

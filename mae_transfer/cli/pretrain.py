@@ -13,13 +13,15 @@ PRETRAIN_DOC = """MAE pretraining (the paper's recipe; configs: mae_vit_{base,la
   mae-transfer pretrain                                         # the CPU demo on embedded photos
   mae-transfer pretrain --config mae_vit_large --data-path /datasets/imagenet/train --num-gpus 8 epochs=1600
   mae-transfer pretrain --config mae_vit_giant --data-path /datasets/imagenet/train --num-gpus 8 --strategy fsdp
+  mae-transfer pretrain --config mae_vit_large --data-path 'shards/in1k-{000000..001281}.tar' --num-gpus 8
   mae-transfer pretrain --config mae_vit_large --data-path ... --eval-only checkpoint-last.pth   # masked loss
 """
 
 def pretrain(argv: List[str], prog: str = "mae-transfer pretrain"):
     p = common.parser(prog, PRETRAIN_DOC, "pretrain", "demo_tiny (mae_vit_large with --data-path)")
-    common.add_data_path(p, "ImageFolder tree, flat folder of images, a .tar or a folder of .tar shards "
-                            "(default: the embedded demo photos)")
+    common.add_data_path(p, "a folder of images (ImageFolder or flat), or shards: a brace pattern "
+                            "'shards/train-{000000..001023}.tar', a folder of .tar / .parquet files, a .txt list of "
+                            "URLs (pipe:, s3://, https://), an HF save_to_disk folder (default: the demo photos)")
     common.add_strategy(p)
     a = common.parse(p, argv)
     path = resolve_config(a.config or ("demo_tiny" if a.data_path is None else "mae_vit_large"), "pretrain")
@@ -57,7 +59,7 @@ def submit_pretrain(argv: List[str], prog: str = "mae-transfer submit-pretrain")
     p = common.parser(prog, "Submit pretraining to Slurm (submitit); preempted jobs requeue and resume.\n\n"
                       "  mae-transfer submit-pretrain --nodes 8 --gpus 8 --partition learn --config mae_vit_large "
                       "--data-path /datasets/imagenet/train", "pretrain", "mae_vit_large", eval_only=False)
-    common.add_data_path(p, "ImageFolder tree, flat folder, .tar or folder of .tar shards")
+    common.add_data_path(p, "a folder of images, or shards (see `mae-transfer pretrain --help`)")
     common.add_strategy(p)
     p.add_argument("--nodes", type=int, default=8)
     p.add_argument("--gpus", type=int, default=8, help="GPUs per node")

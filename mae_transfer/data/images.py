@@ -1,4 +1,4 @@
-"""Image data for pretraining: ImageFolder or flat folders, tar shards, robust decoding, embedded demo photos.
+"""Image data: ImageFolder or flat folders (shards: shards.py), the one image reader, embedded demo photos.
 
 Randomness is per sample: sample `i` of epoch `e` draws its crop, flip and mask noise from a
 generator seeded with (seed, e, i), and (e, i) is what the sampler hands the worker. A batch is
@@ -13,7 +13,6 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image, ImageFile, ImageOps
-from timm.data.readers.reader_image_in_tar import ReaderImageInTar
 from torchvision import transforms
 
 from ..errors import DataError  # noqa: F401  (re-exported)
@@ -131,39 +130,6 @@ class ImageDataset(torch.utils.data.Dataset):
         return load_rgb(self.files[i])
 
 
-class TarImages(torch.utils.data.Dataset):
-    """Images inside .tar shards -- one tar, or a folder of them (WebDataset-style shards on local
-    disk) -- read by timm's `ReaderImageInTar`. Indexable, so per-sample seeding holds as for a
-    folder. Open tar handles are not cached: a handle opened in the main process and inherited by
-    forked loader workers would be read by several processes at once."""
-
-    def __init__(self, root):
-        try:
-            self.reader = ReaderImageInTar(str(root), cache_tarfiles=False)
-        except (AssertionError, OSError) as e:
-            raise DataError(f"cannot read tar shards at {root}: {e}") from None
-        if not len(self.reader):
-            raise DataError(f"no images ({', '.join(IMG_EXTENSIONS)}) inside the tar files at {root}")
-
-    def __len__(self):
-        return len(self.reader)
-
-    def __getitem__(self, i):
-        return load_rgb(self.reader[i][0])
-
-
-def image_source(path) -> torch.utils.data.Dataset:
-    """Unlabelled images for pretraining: a .tar file or a folder of .tar shards (TarImages), else an
-    ImageFolder tree or a flat folder (ImageDataset)."""
-    p = Path(path)
-    if (p.is_file() and p.suffix == ".tar") or (p.is_dir() and any(p.glob("*.tar"))):
-        return TarImages(p)
-    if "://" in str(path) or str(path).startswith(("pipe:", "wds/", "hfds/")):
-        raise DataError(f"{path}: remote / streaming datasets (WebDataset URLs, HF datasets) are not supported yet; "
-                        "copy the shards to a local folder of .tar files")
-    return ImageDataset(p)
-
-
 class LabelledImageFolder(torch.utils.data.Dataset):
     """An ImageFolder (one folder per class) returning (PIL image or None, label). `classes` pins the
     class list (the training set's), so a validation set cannot silently shift label indices."""
@@ -265,9 +231,12 @@ class EpochSampler(torch.utils.data.Sampler):
                                                          shuffle=shuffle, seed=seed, drop_last=drop_last)
         self.epoch, self.start = 0, 0
 
-    def set_epoch(self, epoch: int, start: int = 0):
+    def set_epoch(self, epoch: int, start: int = 0, segments=None) -> list:
+        """`segments`: ShardSampler's record of an epoch's layouts; this order needs none (the position alone
+        is exact at any world size)."""
         self.order.set_epoch(epoch)
         self.epoch, self.start = epoch, start
+        return []
 
     def __iter__(self):
         for pos, i in enumerate(self.order):

@@ -11,6 +11,8 @@ from timm.scheduler import CosineLRScheduler
 
 from ..data import DataError, EpochSampler, collate_skip_bad
 from ..data.images import worker_threads
+from ..data.order import ShardSampler
+from ..data.shards import Shards
 from .config import at_least, check_seed, one_of, positive, require
 from .distributed import DistInfo, barrier, init_distributed
 from .logger import setup_logging
@@ -32,6 +34,9 @@ class TrainConfig:
     effective_batch_size: int = 1024    # batch_size * accum_iter * world_size; sets accum_iter
     accum_iter: Optional[int] = None    # None: derived from effective_batch_size
     num_workers: int = 10               # persistent loader workers (the epoch reaches them through the sampler)
+    # shards: each loader worker reads its shards forward and shuffles within this many samples (WebDataset's
+    # buffer); it keeps up to 2x as many undecoded samples in memory (~110 KB each for ImageNet JPEGs)
+    shuffle_window: int = 1000
     amp: str = "auto"                   # auto | bf16 | fp16 | none
     device: str = "auto"
     seed: int = 0
@@ -59,7 +64,7 @@ class TrainConfig:
 
         at_least(self, 1, "epochs", "batch_size", "effective_batch_size", "accum_iter", "save_freq",
                  "ckpt_every_steps", "max_steps")
-        at_least(self, 0, "warmup_epochs", "num_workers", "max_rollbacks", "min_lr", "weight_decay")
+        at_least(self, 0, "warmup_epochs", "num_workers", "max_rollbacks", "min_lr", "weight_decay", "shuffle_window")
         check_seed(self.seed)
         positive(self, "blr", "lr", "ckpt_every_minutes")
         one_of(self, "amp", ("auto", "bf16", "fp16", "none"))
@@ -98,11 +103,16 @@ def micro_batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
 
 def make_loader(dataset, batch_size: int, info: DistInfo, seed: int, num_workers: int, collate_fn=None,
                 shuffle: bool = True, drop_last: bool = True):
-    """Loader over an `EpochSampler`: one process with batch B*k sees exactly the samples that k
-    processes with batch B see, and each index carries its epoch to the (persistent) workers."""
+    """Loader over an `EpochSampler` (one process with batch B*k sees exactly the samples that k processes with
+    batch B see), or over a `ShardSampler` for shards (each worker reads its own shards forward); either way each
+    index carries its epoch to the (persistent) workers."""
 
-    sampler = EpochSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle, seed=seed,
-                           drop_last=drop_last)
+    if isinstance(getattr(dataset, "source", None), Shards):
+        sampler = ShardSampler(dataset.source, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle,
+                               seed=seed, drop_last=drop_last, batch_size=batch_size, num_workers=num_workers)
+    else:
+        sampler = EpochSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle, seed=seed,
+                               drop_last=drop_last)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
         collate_fn=collate_fn or collate_skip_bad, pin_memory=info.device.type == "cuda", drop_last=drop_last,

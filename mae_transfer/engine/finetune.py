@@ -14,8 +14,10 @@ from timm.utils import accuracy
 from torchvision import transforms
 
 from .. import checkpoints, models
-from ..data import IMAGENET_MEAN, IMAGENET_STD, DataError, LabelledImageFolder, SeededSamples
+from ..data import IMAGENET_MEAN, IMAGENET_STD, DataError, SeededSamples
 from ..data.compat import patch_timm_posterize
+from ..data.shards import Shards
+from ..data.sources import labelled_source
 from ..models.sizes import ENCODERS
 from ..rng import seeded
 from . import common
@@ -55,7 +57,7 @@ class ClassifyConfig(TrainConfig):
     aa: Optional[str] = "rand-m9-mstd0.5-inc1"  # RandAugment
     reprob: float = 0.25                # random erasing
     head_init_std: float = 2e-5         # trunc_normal std of the fresh head (0.01 for linear probing)
-    data_path: Optional[str] = None     # <data_path>/{train,val}/<class>/<image>
+    data_path: Optional[str] = None     # <data_path>/{train,val}: class folders, or shards with labels (.cls)
     output_dir: str = "output/finetune"
     save_freq: int = 10
     eval_freq: int = 1                  # evaluate every N epochs (and after the last)
@@ -160,21 +162,27 @@ def evaluate(model: nn.Module, loader, info: DistInfo, autocast) -> dict:
     return {"loss": t[0].item() / n, "acc1": t[1].item() / n, "acc5": t[2].item() / n, "n": int(t[3].item())}
 
 
-def _check_labels(dataset, num_classes: int) -> None:
+def _check_labels(dataset, num_classes: int) -> bool:
     """Every label fits the head: checked once on the labels a dataset lists (ImageFolder samples or
-    `targets`), instead of a GPU sync on every micro-batch."""
+    `targets`), instead of a GPU sync on every micro-batch. False where the labels are only known as they are
+    read (shards): the loss then checks each batch's."""
     src = getattr(dataset, "source", dataset)
+    if isinstance(src, Shards):
+        if src.classes and len(src.classes) > num_classes:
+            raise DataError(f"{len(src.classes)} classes in {src.spec} but the head has num_classes={num_classes}")
+        return False
     labels = [s[1] for s in getattr(src, "samples", [])] or list(getattr(src, "targets", []))
     if labels and max(int(v) for v in labels) >= num_classes:
         raise DataError(f"label {max(int(v) for v in labels)} is outside the head (num_classes={num_classes})")
+    return True
 
 
 def _datasets(cfg: ClassifyConfig, train_tf, eval_tf):
     if not cfg.data_path:
         raise DataError("data_path is required: <data_path>/train/<class>/*.jpg and <data_path>/val/<class>/*.jpg")
-    train_src = LabelledImageFolder(Path(cfg.data_path) / "train")
-    val_src = LabelledImageFolder(Path(cfg.data_path) / "val", classes=train_src.classes)
-    if len(train_src.classes) > cfg.num_classes:
+    train_src = labelled_source(Path(cfg.data_path) / "train", window=cfg.shuffle_window)
+    val_src = labelled_source(Path(cfg.data_path) / "val", classes=train_src.classes, train=False)
+    if train_src.classes and len(train_src.classes) > cfg.num_classes:
         raise DataError(f"{len(train_src.classes)} classes in {cfg.data_path}/train but the head has "
                         f"num_classes={cfg.num_classes}")
     return SeededSamples(train_src, train_tf, cfg.seed), SeededSamples(val_src, eval_tf, cfg.seed, replace_bad=False)
@@ -186,7 +194,7 @@ def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -
     info, out = common.start_run(cfg, info)
     train_tf, eval_tf = build_transforms(cfg)
     train_set, val_set = datasets or _datasets(cfg, train_tf, eval_tf)
-    _check_labels(train_set, cfg.num_classes)
+    checked = _check_labels(train_set, cfg.num_classes)
     with seeded(cfg.seed):  # the fresh head (and a random init) follow from the seed; global generators untouched
         model = build_model(cfg).to(info.device)
     val_loader = common.make_loader(val_set, cfg.batch_size, info, cfg.seed, cfg.num_workers, shuffle=False,
@@ -211,7 +219,9 @@ def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -
         criterion = nn.CrossEntropyLoss()
 
     def loss_fn(batch):
-        imgs, target = batch  # labels were checked against the head once, before training (_check_labels)
+        imgs, target = batch  # labels were checked against the head once, before training (_check_labels) ...
+        if not checked and int(target.max()) >= cfg.num_classes:  # ... or, read from shards, here (one sync)
+            raise DataError(f"label {int(target.max())} is outside the head (num_classes={cfg.num_classes})")
         if mixup is not None:
             imgs, target = mixup(imgs, target)
         return criterion(trainer.net(imgs), target)

@@ -9,7 +9,7 @@ from timm.optim import create_optimizer_v2
 
 from .. import models
 from ..data import SeededSamples, demo_photos, pretrain_transform
-from ..data.images import image_source
+from ..data.sources import image_source
 from ..models.mae import load_mae
 from ..models.masking import make_noise
 from ..rng import seeded
@@ -42,7 +42,7 @@ class PretrainConfig(TrainConfig):
     batch_size: int = 64                # per device
     effective_batch_size: int = 4096    # 64 per GPU x 64 GPUs in the paper
     crop_scale: Tuple[float, float] = (0.2, 1.0)
-    data_path: Optional[str] = None     # ImageFolder, flat folder, .tar or folder of .tar shards; None: demo photos
+    data_path: Optional[str] = None     # folder of images, or shards (data/sources.py); None: the demo photos
     demo_samples: int = 1024            # samples per epoch drawn from the demo photos
     output_dir: str = "output/pretrain"
     vis_freq: int = 20                  # reconstruction grid every N epochs
@@ -64,7 +64,7 @@ def build_data(cfg: PretrainConfig, grid, source=None):
     if source is None and cfg.data_path is None:  # the demo photos, sampled with replacement
         source, length = demo_photos(), cfg.demo_samples
     elif source is None:
-        source = image_source(cfg.data_path)
+        source = image_source(cfg.data_path, window=cfg.shuffle_window)
     return SeededSamples(source, transform, cfg.seed, length=length, extras=[noise], python_numpy=False)
 
 

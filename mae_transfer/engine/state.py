@@ -52,9 +52,11 @@ class TrainState:
     n_loss: int = 0
     n_bad: int = 0
     rollbacks: int = 0
+    segments: list = dataclasses.field(default_factory=list)  # how a sharded epoch was split so far (data/order.py)
 
     def next_epoch(self):
         self.epoch, self.batch, self.loss_sum, self.n_loss, self.n_bad = self.epoch + 1, 0, 0.0, 0, 0
+        self.segments = []
 
 
 def save_checkpoint(tr, extra_names=()) -> Optional[Path]:

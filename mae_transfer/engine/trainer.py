@@ -99,7 +99,7 @@ class Trainer:
         """Optimizer steps of `state.epoch` from where the state stands; True when the epoch is complete
         (False when max_steps stopped it)."""
         cfg, st, info = self.cfg, self.state, self.info
-        self.loader.sampler.set_epoch(st.epoch, start=st.batch * cfg.batch_size)
+        st.segments = self.loader.sampler.set_epoch(st.epoch, start=st.batch * cfg.batch_size, segments=st.segments)
         self.train_mode()
         batches = iter(self.loader)
         bar = tqdm(total=self.steps_per_epoch, initial=st.batch // self.accum, desc=f"epoch {st.epoch}",

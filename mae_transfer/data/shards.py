@@ -1,0 +1,397 @@
+"""Images from WebDataset shards and HF datasets, read forward, one shard at a time.
+
+A source is a list of shards whose sample counts are known before the first batch (from the `index.json` that
+`mae-transfer shards` writes, from parquet metadata, or by one scan of the tar headers), so every sample has a
+global index: shard s, member k -> offsets[s] + k. `Shards[i]` returns that sample's image (and label) and is
+meant to be asked in the order `order.ShardSampler` plans -- forward through a few shards per loader worker --
+which it serves from one open stream per shard, keeping the samples it passes over (raw bytes, not decoded) for
+the shuffle window to ask for. Asked out of order it is still right, only slower (the shard is read again). A
+sample's content is a function of its index alone: that is what makes a resumed epoch exact.
+
+WebDataset's convention: a sample is the consecutive members sharing a key (the member name up to the first dot
+of its base name); its image is the member ending in .jpg/.jpeg/.png/.webp, its label `KEY.cls` (an integer) or
+`KEY.json` ({"label": n} or {"cls": n}). Other members are ignored. HF datasets: parquet files or a `save_to_disk`
+folder (Arrow files) with an image column (HF's Image feature: {bytes, path}, or raw bytes) and an optional
+integer `label` column.
+"""
+import io
+import json
+import logging
+import os
+import posixpath
+import subprocess
+import tarfile
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import fsspec
+import torch
+from braceexpand import braceexpand
+
+from ..errors import DataError
+from ..schemas import ShardIndex, read_json
+from .images import load_rgb
+
+_logger = logging.getLogger(__name__)
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+INDEX = "index.json"
+Sample = Tuple[str, Dict[str, bytes]]  # (key, {extension: bytes})
+
+
+@dataclass(frozen=True)
+class Shard:
+    url: str    # a local path, a `pipe:` command, or any URL fsspec opens (s3://, gs://, https://)
+    count: int  # samples with an image
+    kind: str   # tar | parquet | arrow
+
+
+# ----------------------------------------------------------------------------------------------- opening
+def _local(url: str) -> bool:
+    return not url.startswith("pipe:") and "://" not in url
+
+
+def _kind(url: str) -> str:
+    name = url.split("?")[0].lower()
+    return "parquet" if name.endswith(".parquet") else "arrow" if name.endswith(".arrow") else "tar"
+
+
+class _Stream:
+    """A shard's bytes: a local file (seekable), a `pipe:` command's output, or an fsspec URL."""
+
+    def __init__(self, url: str):
+        self.url, self.proc = url, None
+        if url.startswith("pipe:"):
+            self.proc = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.f = self.proc.stdout
+        elif _local(url):
+            self.f = open(url, "rb")
+        else:
+            try:
+                self.f = fsspec.open(url, "rb").open()
+            except ImportError as e:  # the protocol's fsspec backend (s3fs, gcsfs, aiohttp) is not installed
+                raise OSError(f"no reader for {url.split('://')[0]}:// URLs here ({e})") from None
+
+    @property
+    def seekable(self) -> bool:
+        return self.proc is None and _local(self.url)
+
+    def close(self) -> Optional[str]:
+        """Close; for a command, why it failed (its stderr's last line) or None."""
+        self.f.close()
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.kill()
+        code, err = self.proc.wait(), self.proc.stderr.read().decode(errors="replace").strip()
+        self.proc.stderr.close()
+        if code <= 0:  # done, or killed here (a shard left before its end)
+            return None
+        return f"`{self.url[5:]}` exited with status {code}: {err.splitlines()[-1] if err else ''}"
+
+
+def _split_name(name: str) -> Optional[Tuple[str, str]]:
+    """WebDataset's (key, extension) of a member name: the key ends at the first dot of the base name."""
+    folder, base = posixpath.split(name)
+    if base.startswith((".", "__")) or "." not in base:
+        return None
+    stem, ext = base.split(".", 1)
+    return posixpath.join(folder, stem), ext.lower()
+
+
+def _is_image(ext: str) -> bool:
+    return ext.rsplit(".", 1)[-1] in IMAGE_EXTS
+
+
+def tar_samples(f, seekable: bool, data: bool = True) -> Iterator[Sample]:
+    """The samples of a tar stream in order (with their members' bytes when `data`); samples without an image
+    are left out. Raises (tarfile.TarError, EOFError, OSError) where the stream is damaged."""
+    key, parts = None, {}
+    with tarfile.open(fileobj=f, mode="r:" if seekable else "r|") as tf:
+        for m in tf:
+            split = _split_name(m.name) if m.isfile() else None
+            if split is None:
+                continue
+            if split[0] != key:
+                if any(map(_is_image, parts)):
+                    yield key, parts
+                key, parts = split[0], {}
+            wanted = _is_image(split[1]) or split[1] in ("cls", "json")
+            parts[split[1]] = tf.extractfile(m).read() if data and wanted else b""
+    if any(map(_is_image, parts)):
+        yield key, parts
+
+
+def _table_samples(url: str, kind: str, start: int = 0) -> Iterator[Sample]:
+    """Rows of a parquet or Arrow file from row `start` (whole row groups before it are not read)."""
+    import pyarrow as pa  # noqa: F401  (optional: HF sources only)
+    import pyarrow.parquet as pq
+
+    if kind == "parquet":
+        pf = pq.ParquetFile(url if _local(url) else fsspec.open(url, "rb").open())
+        first, groups = 0, []
+        for g in range(pf.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            if first + n > start or groups:
+                groups.append(g)
+            else:
+                first += n
+        batches = pf.iter_batches(batch_size=256, row_groups=groups) if groups else iter(())
+    else:
+        batches, first = pa.ipc.open_stream(pa.memory_map(url)), 0
+    for batch in batches:
+        cols = batch.to_pydict()
+        image = cols.get("image", cols.get("img"))
+        if image is None:
+            raise DataError(f"{url}: no `image` column (columns: {', '.join(cols)})")
+        labels = cols.get("label")
+        for r, value in enumerate(image):
+            row = first
+            first += 1
+            if row < start:
+                continue
+            value = value.get("bytes") if isinstance(value, dict) else value
+            parts = {"jpg": value or b""}
+            if labels is not None and labels[r] is not None:
+                parts["cls"] = str(labels[r]).encode()
+            yield f"{row:09d}", parts
+
+
+def count_samples(url: str) -> int:
+    """Samples in one shard, read from its metadata (parquet) or headers (tar); DataError if it cannot be read."""
+    kind = _kind(url)
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq  # optional: HF sources only
+
+            return pq.ParquetFile(url if _local(url) else fsspec.open(url, "rb").open()).metadata.num_rows
+        if kind == "arrow":
+            return sum(1 for _ in _table_samples(url, kind))
+        stream, n, damage = _Stream(url), 0, None
+        try:
+            for _ in tar_samples(stream.f, stream.seekable, data=False):
+                n += 1
+        except (OSError, EOFError, tarfile.TarError) as e:
+            damage = e
+        failed = stream.close()  # a `pipe:` command's own failure says more than the empty stream it left
+        if failed or (damage and not n):
+            raise OSError(failed or damage)
+        if damage:
+            _logger.warning("shard %s is damaged after %d samples (%s): those are used", url, n, damage)
+        return n
+    except ImportError:
+        raise DataError(f"{url}: reading HF datasets needs pyarrow (pip install pyarrow)") from None
+    except (OSError, EOFError, tarfile.TarError, ValueError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"cannot read the shard {url}: {' '.join(str(e).split()) or type(e).__name__}") from None
+
+
+# ------------------------------------------------------------------------------------------------ sources
+def is_shard_source(spec) -> bool:
+    s = str(spec)
+    p = Path(s)
+    if s.startswith("pipe:") or "://" in s or ("{" in s and "}" in s) or p.suffix in (".tar", ".parquet", ".txt"):
+        return True
+    return p.is_dir() and (any(p.glob("*.tar")) or any(p.glob("*.parquet")) or any(p.glob("data/*.parquet"))
+                           or (p / "state.json").is_file())
+
+
+def shard_urls(spec) -> List[str]:
+    """The shards a `--data-path` names: a brace pattern, a list file (.txt, one URL or path per line, relative to
+    the file), one shard, a folder of .tar or .parquet files (or data/*.parquet, as on the HF hub), or a
+    `save_to_disk` folder."""
+    s = str(spec)
+    p = Path(s)
+    if s.startswith("hf://") or s.startswith("hfds/"):
+        raise DataError(f"{s}: hub datasets are not downloaded at run time; fetch it first (datasets' "
+                        "load_dataset(...).save_to_disk(DIR), or `huggingface-cli download` for its parquet files) "
+                        "and give the folder")
+    if p.suffix == ".txt" and _local(s):
+        from ..schemas import read_lines
+
+        lines = [ln for ln in read_lines(p, "shard list", DataError) if not ln.startswith("#")]
+        urls = [ln if not _local(ln) or os.path.isabs(ln) else str(p.parent / ln) for ln in lines]
+    elif "{" in s and "}" in s:
+        urls = list(braceexpand(s))
+    elif p.is_dir():
+        if (p / "state.json").is_file():
+            files = read_json(p / "state.json", None, DataError, "save_to_disk state file").get("_data_files", [])
+            urls = [str(p / f["filename"]) for f in files if isinstance(f, dict) and "filename" in f]
+        else:
+            urls = sorted(map(str, p.glob("*.tar"))) or sorted(map(str, p.glob("*.parquet"))) or sorted(
+                map(str, p.glob("data/*.parquet")))
+    else:
+        urls = [s]
+    if not urls:
+        raise DataError(f"{s}: no shards (.tar, .parquet or .arrow files) found")
+    missing = [u for u in urls if _local(u) and not os.path.isfile(u)]
+    if missing:
+        raise DataError(f"{missing[0]}: shard not found" + (f" (and {len(missing) - 1} more of {len(urls)})"
+                                                            if len(missing) > 1 else ""))
+    return urls
+
+
+def _index_counts(urls: Sequence[str]) -> Dict[str, int]:
+    """Sample counts from an index.json in the shards' (local) folder, for shards whose size still matches."""
+    folders = {os.path.dirname(u) for u in urls if _local(u)}
+    if len(folders) != 1 or not os.path.isfile(os.path.join(*folders, INDEX)):
+        return {}
+    folder = folders.pop()
+    index = read_json(os.path.join(folder, INDEX), ShardIndex, DataError, "shard index")
+    counts = {}
+    for e in index.shards:
+        path = os.path.join(folder, e.name)
+        if os.path.isfile(path) and os.path.getsize(path) == e.bytes:
+            counts[path] = e.samples
+    return counts
+
+
+def read_index_classes(urls: Sequence[str]) -> Optional[List[str]]:
+    folders = {os.path.dirname(u) for u in urls if _local(u)}
+    if len(folders) == 1 and os.path.isfile(os.path.join(*folders, INDEX)):
+        return read_json(os.path.join(*folders, INDEX), ShardIndex, DataError, "shard index").classes
+    return None
+
+
+def list_shards(spec) -> List[Shard]:
+    """The shards of `spec` with their counts: from the index where one matches, else read (in threads)."""
+    urls = shard_urls(spec)
+    known = _index_counts(urls)
+    todo = [u for u in urls if u not in known]
+    if todo:
+        if len(todo) > 16:
+            _logger.info("counting the samples of %d shards (no index.json beside them; `mae-transfer shards` "
+                         "writes one)", len(todo))
+        with ThreadPoolExecutor(min(16, len(todo))) as pool:
+            known.update(zip(todo, pool.map(count_samples, todo)))
+    shards = [Shard(u, known[u], _kind(u)) for u in urls]
+    if not sum(s.count for s in shards):
+        raise DataError(f"{spec}: the shards hold no images ({', '.join(IMAGE_EXTS)} members)")
+    return shards
+
+
+# -------------------------------------------------------------------------------------------------- reader
+class _Cursor:
+    """One shard open for reading forward; `pos` is the ordinal of the next sample."""
+
+    def __init__(self, shard: Shard, start: int = 0):
+        self.shard, self.pos, self.stream = shard, 0, None
+        if shard.kind == "tar":
+            self.stream = _Stream(shard.url)
+            self.samples = tar_samples(self.stream.f, self.stream.seekable)
+        else:
+            self.samples, self.pos = _table_samples(shard.url, shard.kind, start), start
+
+    def next(self) -> Sample:
+        sample = next(self.samples)
+        self.pos += 1
+        return sample
+
+    def close(self) -> Optional[str]:
+        return self.stream.close() if self.stream else None
+
+
+class Shards(torch.utils.data.Dataset):
+    """The samples of a list of shards by global index (see the module's docstring). Returns a PIL image, or
+    (image, label) when `labelled`; None for a sample that cannot be read (a damaged member, a shard that ends
+    early or cannot be opened), which SeededSamples replaces and counts. `window` is the shuffle window the
+    sampler plans with: up to 2x that many passed-over samples are kept (raw bytes) per open shard."""
+
+    def __init__(self, spec, labelled: bool = False, window: int = 1000, shards: Optional[List[Shard]] = None):
+        self.spec, self.labelled, self.window = str(spec), labelled, window
+        self.shards = shards if shards is not None else list_shards(spec)
+        self.offsets = [0]
+        for s in self.shards:
+            self.offsets.append(self.offsets[-1] + s.count)
+        self.classes = read_index_classes([s.url for s in self.shards])
+        self._open: "OrderedDict[int, _Cursor]" = OrderedDict()
+        self._kept: "OrderedDict[int, Dict[str, bytes]]" = OrderedDict()
+        self._broken: Dict[int, int] = {}  # shard -> the first sample it could not read
+        self._warned = set()
+
+    def __len__(self):
+        return self.offsets[-1]
+
+    def __getstate__(self):  # open streams stay in the process that opened them (forked loader workers)
+        return {**self.__dict__, "_open": OrderedDict(), "_kept": OrderedDict(), "_broken": {}, "_warned": set()}
+
+    def locate(self, i: int) -> Tuple[int, int]:
+        import bisect
+
+        s = bisect.bisect_right(self.offsets, i) - 1
+        return s, i - self.offsets[s]
+
+    def __getitem__(self, i: int):
+        parts = self._kept.pop(i, None)
+        if parts is None:
+            parts = self._read(i)
+        return self._decode(i, parts)
+
+    def _decode(self, i: int, parts: Optional[Dict[str, bytes]]):
+        img = None
+        if parts:
+            data = next((v for k, v in parts.items() if _is_image(k)), b"")
+            img = load_rgb(io.BytesIO(data)) if data else None
+        if not self.labelled:
+            return img
+        label = _label(parts) if parts else None
+        return (img, label) if img is not None and label is not None else (None, -1)
+
+    def _read(self, i: int) -> Optional[Dict[str, bytes]]:
+        s, k = self.locate(i)
+        if k >= self._broken.get(s, k + 1):
+            return None
+        cur = self._open.get(s)
+        if cur is None or cur.pos > k:
+            if cur is not None:
+                cur.close()
+            try:
+                cur = _Cursor(self.shards[s], start=k)
+            except Exception as e:  # noqa: BLE001  a shard that cannot be opened: its samples are unreadable
+                return self._lost(s, 0, f"cannot be opened ({e})")
+            self._open[s] = cur
+        self._open.move_to_end(s)
+        while len(self._open) > 2:  # the worker's current shard and one more (a replaced sample's)
+            self._open.popitem(last=False)[1].close()
+        while cur.pos <= k:
+            at = self.offsets[s] + cur.pos
+            try:
+                _, parts = cur.next()
+            except StopIteration:
+                return self._lost(s, cur.pos, f"ends after {cur.pos} samples; the index said {self.shards[s].count}")
+            except Exception as e:  # noqa: BLE001  a truncated or corrupt tar: the rest of the shard is unreadable
+                return self._lost(s, cur.pos, f"is damaged after {cur.pos} samples ({type(e).__name__}: {e})")
+            if at == i:
+                return parts
+            self._kept[at] = parts
+            while len(self._kept) > 2 * max(1, self.window):
+                self._kept.popitem(last=False)
+        return None
+
+    def _lost(self, s: int, k: int, what: str) -> None:
+        self._broken[s] = k
+        self._warn(s, what)
+
+    def _warn(self, s: int, what: str):
+        if s not in self._warned:
+            self._warned.add(s)
+            failed = self._open.pop(s).close() if s in self._open else None
+            _logger.warning("shard %s %s%s: its unreadable samples are replaced and counted", self.shards[s].url,
+                            what, f"; {failed}" if failed else "")
+
+
+def _label(parts: Dict[str, bytes]) -> Optional[int]:
+    """A sample's class from `.cls` (an integer) or `.json` ({"label": n} or {"cls": n}); None if absent or bad."""
+    try:
+        if "cls" in parts:
+            return int(parts["cls"].decode().strip())
+        if "json" in parts:
+            obj = json.loads(parts["json"])
+            value = obj.get("label", obj.get("cls")) if isinstance(obj, dict) else None
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return None

@@ -1,0 +1,264 @@
+"""Data at scale: WebDataset shards (written by plain tarfile, as other tools write them, and by `mae-transfer
+shards`), HF parquet / save_to_disk sources, the planned order of a sharded epoch and its exact resume."""
+import io
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from mae_transfer.data import SeededSamples
+from mae_transfer.data.order import ShardSampler, window_shuffle
+from mae_transfer.data.shards import Shards, shard_urls
+from mae_transfer.data.sources import image_source, labelled_source
+from mae_transfer.data.write_shards import PROGRESS, write_shards
+from mae_transfer.errors import DataError
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def colour(i: int):
+    """Sample i's solid colour: its label can be read back from its pixels after any crop."""
+    return (40 * (i % 6) + 20, 40 * (i // 6 % 6) + 20, 40 * (i // 36 % 6) + 20)
+
+
+def jpeg(i: int, size=(40, 32)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour(i)).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def add(tf, name, data: bytes):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tf.addfile(info, io.BytesIO(data))
+
+
+def wds(folder: Path, counts, labels=True, prefix="train") -> list:
+    """Shards as a third-party tool writes them, by plain tarfile: KEY.jpg + KEY.cls (+ KEY.json, other members,
+    folders and samples without an image, all of which a reader must pass over). Sample i is colour(i), .cls = i."""
+    folder.mkdir(parents=True, exist_ok=True)
+    i, paths = 0, []
+    for s, n in enumerate(counts):
+        paths.append(folder / f"{prefix}-{s:06d}.tar")
+        with tarfile.open(paths[-1], "w") as tf:
+            d = tarfile.TarInfo("imgs")
+            d.type = tarfile.DIRTYPE
+            tf.addfile(d)
+            add(tf, f"imgs/meta{s}.txt", b"a sample without an image")
+            for _ in range(n):
+                key = f"imgs/{i:07d}"
+                add(tf, f"{key}.jpg", jpeg(i))
+                if labels:
+                    add(tf, f"{key}.cls", f"{i}\n".encode())
+                add(tf, f"{key}.json", json.dumps({"label": i, "w": 40}).encode())
+                i += 1
+    return paths
+
+
+def test_third_party_shards_every_way_to_name_them(tmp_path):
+    paths = wds(tmp_path / "s", [5, 7, 3])
+    (tmp_path / "list.txt").write_text("# shards\n" + "\n".join(f"s/{p.name}" for p in paths) + "\n")
+    specs = [tmp_path / "s/train-{000000..000002}.tar", tmp_path / "s", tmp_path / "list.txt",
+             str(tmp_path / "s/train-{000000,000001,000002}.tar")]
+    for spec in specs:
+        src = Shards(spec, labelled=True)
+        assert len(src) == 15 and [s.count for s in src.shards] == [5, 7, 3], spec
+    src = labelled_source(tmp_path / "s")
+    for i in [0, 4, 5, 14, 6, 2]:  # out of order on purpose: still right
+        img, label = src[i]
+        assert label == i and img.getpixel((5, 5)) == pytest.approx(colour(i), abs=4)
+    assert len(image_source(paths[1])) == 7 and image_source(paths[1])[3].size == (40, 32)
+    with pytest.raises(DataError, match="shard not found"):
+        Shards(tmp_path / "s/train-{000000..000009}.tar")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no shards"):
+        Shards(tmp_path / "empty")
+
+
+@settings(max_examples=60, deadline=None)
+@given(counts=st.lists(st.integers(0, 9), min_size=1, max_size=6), R=st.integers(1, 3), W=st.integers(0, 3),
+       B=st.integers(1, 4), window=st.integers(0, 6), epoch=st.integers(0, 3), stop=st.integers(0, 40),
+       R2=st.integers(1, 3), W2=st.integers(0, 3), B2=st.integers(1, 4))
+def test_planned_epoch_each_sample_once_and_resume_anywhere(counts, R, W, B, window, epoch, stop, R2, W2, B2):
+    """Every sample at most once per epoch over all ranks (all of them but the documented remainder); a resume with
+    the same layout is the uninterrupted order's suffix; one with another layout finishes the epoch without
+    repeating anything the first part consumed."""
+    class Src:
+        shards = [type("S", (), {"count": c})() for c in counts]
+        offsets = list(np.cumsum([0] + counts))
+    Src.window = window
+    n = sum(counts)
+
+    def orders(R, W, B, start=0, segments=None):
+        out = []
+        for r in range(R):
+            s = ShardSampler(Src, R, r, seed=7, batch_size=B, num_workers=W)
+            segs = s.set_epoch(epoch, start, segments)
+            out.append([i for _, i in s])
+            assert len(out[-1]) == len(s) == n // R - start
+        return out, segs
+
+    full, _ = orders(R, W, B)
+    batches = [o[:len(o) // B * B] for o in full]  # what drop_last batches of B use
+    used = [i for o in batches for i in o]
+    assert len(used) == len(set(used)) and all(len(o) == n // R for o in full)
+    assert len(used) >= n - R * B - n % R + R if n >= R * B else True
+    steps = min(len(o) // B for o in full)
+    k = min(stop, steps) * B  # stopped after k samples per rank (whole batches)
+    resumed, segs = orders(R, W, B, start=k)
+    assert resumed == [o[k:] for o in full]
+    if n == 0 or (k * R) % R2:
+        return
+    rest, _ = orders(R2, W2, B2, start=k * R // R2, segments=segs)
+    consumed = {i for o in full for i in o[:k]}
+    later = [i for o in rest for i in o]
+    assert not consumed & set(later) and len(later) == len(set(later))
+
+
+def test_window_shuffle_reads_ahead_at_most_a_window():
+    ids = np.arange(200)
+    out = window_shuffle(ids, 16, np.random.default_rng(0))
+    assert sorted(out) == list(ids) and not np.array_equal(out, ids)
+    assert all(out[t] < 16 + t for t in range(len(out)))  # the t-th emitted was among the first 16 + t read
+
+
+def test_truncated_shard_is_counted_and_training_goes_on(tmp_path, caplog):
+    paths = wds(tmp_path / "s", [6, 6])
+    data = paths[0].read_bytes()
+    paths[0].write_bytes(data[:len(data) // 2])  # cut in the middle of a member
+    with caplog.at_level(logging.WARNING):  # counted without an index: the samples before the damage are used
+        assert 3 <= Shards(tmp_path / "s").shards[0].count < 6
+    assert sum("is damaged" in r.message for r in caplog.records) == 1
+    caplog.clear()
+    write_index = [{"name": p.name, "samples": 6, "bytes": p.stat().st_size, "sha256": "0" * 64} for p in paths]
+    (tmp_path / "s/index.json").write_text(json.dumps({"format": "mae-transfer shards", "version": 1,
+                                                       "shards": write_index}))
+    src = Shards(tmp_path / "s", labelled=True)  # the index says 6 + 6: the damage is met while reading
+    ds = SeededSamples(src, lambda im: torch.tensor(im.getpixel((0, 0))), seed=0)
+    with caplog.at_level(logging.WARNING):
+        items = [ds[(0, i)] for i in range(12)]
+    bad = [i for i, (_, n_bad) in enumerate(items) if n_bad]
+    assert 0 < len(bad) < 6 and all(i < 6 for i in bad)  # the first shard's tail only
+    assert sum("is damaged" in r.message for r in caplog.records) == 1  # one line, not one per sample
+    for i, ((x, label), n_bad) in enumerate(items):  # a replacement brings its own label with its image
+        assert x.tolist() == pytest.approx(colour(label), abs=4) and (n_bad or label == i)
+
+
+def test_pipe_and_unreachable_urls(tmp_path):
+    paths = wds(tmp_path / "s", [4, 5])
+    lst = tmp_path / "urls.txt"
+    lst.write_text("\n".join(f"pipe:cat {p}" for p in paths))
+    src = Shards(lst, labelled=True)
+    assert len(src) == 9 and [src[i][1] for i in range(9)] == list(range(9))
+    for bad, msg in ((f"pipe:cat {tmp_path}/nothing-{{0..1}}.tar", "exited with status 1"),
+                     ("https://127.0.0.1:9/train-{0..1}.tar", "cannot read the shard https://127.0.0.1:9/train-0"),
+                     ("hfds/imagenet-1k", "not downloaded at run time")):
+        with pytest.raises(DataError, match=msg) as e:
+            Shards(bad)
+        assert "\n" not in str(e.value)
+
+
+def _hf_table(n, offset=0):
+    import pyarrow as pa
+    image = pa.array([{"bytes": jpeg(offset + i), "path": None} for i in range(n)],
+                     pa.struct([("bytes", pa.binary()), ("path", pa.string())]))  # HF's Image feature
+    return pa.table({"image": image, "label": pa.array(range(offset, offset + n), pa.int64())})
+
+
+def test_hf_parquet_and_save_to_disk(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    (tmp_path / "pq/data").mkdir(parents=True)
+    for k in range(2):  # the hub's layout: data/train-0000k-of-00002.parquet, several row groups each
+        pq.write_table(_hf_table(7, 7 * k), tmp_path / f"pq/data/train-{k:05d}-of-00002.parquet", row_group_size=3)
+    src = labelled_source(tmp_path / "pq")
+    assert len(src) == 14 and [src[i][1] for i in (13, 0, 8, 9)] == [13, 0, 8, 9]
+    assert src[10][0].getpixel((3, 3)) == pytest.approx(colour(10), abs=4)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    with pa.ipc.new_stream(disk / "data-00000-of-00001.arrow", _hf_table(5).schema) as w:
+        w.write_table(_hf_table(5), max_chunksize=2)
+    (disk / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+    src = labelled_source(disk)
+    assert len(src) == 5 and [src[i][1] for i in range(5)] == list(range(5))
+
+
+def test_write_shards_index_and_a_killed_writer_resumes(tmp_path):
+    root = tmp_path / "imgs"
+    for i in range(23):
+        (root / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (30, 20), colour(i)).save(root / f"c{i % 3}/{i}.png")
+    (root / "c1/broken.jpg").write_bytes(b"not a jpeg")
+    full = write_shards(root, tmp_path / "a", shard_size=5, workers=2)
+    assert (full["shards"], full["samples"], full["skipped"]) == (5, 23, 1)
+    src = Shards(tmp_path / "a", labelled=True)
+    assert src.classes == ["c0", "c1", "c2"] and len(src) == 23
+    labels = sorted(src[i][1] for i in range(23))
+    assert labels == sorted(i % 3 for i in range(23))
+    assert src.shards[0].count == 5 and "a/shard-000004.tar" in src.shards[-1].url
+    # what a writer killed after two shards leaves: those two, its progress lines, a half-written third
+    b = tmp_path / "b"
+    b.mkdir()
+    lines = (tmp_path / "a/index.json").read_text()
+    entries = json.loads(lines)["shards"]
+    settings_line = {"settings": json.loads(lines)["settings"]}
+    (b / PROGRESS).write_text("\n".join(json.dumps(x) for x in [settings_line, *entries[:2]]) + '\n{"name": "sh')
+    for e in entries[:2]:
+        shutil.copy(tmp_path / "a" / e["name"], b / e["name"])
+    (b / ".shard-000002.tar.x1.tmp.tar").write_bytes(b"half")
+    out = subprocess.run([PY, "-m", "mae_transfer", "shards", str(root), str(b), "--shard-size", "5"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (b / "index.json").read_text() == (tmp_path / "a/index.json").read_text()  # byte for byte: same shards
+    assert sorted(p.name for p in b.iterdir()) == ["index.json"] + [f"shard-{k:06d}.tar" for k in range(5)]
+    again = subprocess.run([PY, "-m", "mae_transfer", "shards", str(root), str(b), "--shard-size", "6"],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and again.stderr.startswith("error:") and again.stderr.count("\n") == 1
+
+
+def test_labels_reaching_the_loss_over_two_processes(tmp_path):
+    """2 gloo processes x 2 loader workers, through the loader the trainer builds: every sample once per epoch,
+    each with its own .cls (its colour is its label), across epochs."""
+    wds(tmp_path / "s", [10, 14, 9, 15])  # 48 samples = 2 ranks x 4 batches of 6
+    script = f"""
+import json, os, torch
+from mae_transfer.data import SeededSamples
+from mae_transfer.data.sources import labelled_source
+from mae_transfer.engine.common import TrainConfig, train_loader
+from mae_transfer.engine.distributed import init_distributed
+info = init_distributed("cpu")
+cfg = TrainConfig(batch_size=6, effective_batch_size=12, num_workers=2, shuffle_window=5, seed=3)
+ds = SeededSamples(labelled_source({str(tmp_path / 's')!r}, window=5), lambda im: torch.tensor(im.getpixel((1, 1))))
+loader, *_ = train_loader(ds, cfg, info)
+seen = []
+for epoch in range(2):
+    loader.sampler.set_epoch(epoch)
+    seen.append([(x.tolist(), y.tolist()) for (x, y), _ in loader])
+json.dump(seen, open({str(tmp_path)!r} + f"/rank{{info.rank}}.json", "w"))
+"""
+    (tmp_path / "probe.py").write_text(script)
+    from conftest import free_port
+    out = subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(free_port()), str(tmp_path / "probe.py")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for epoch in range(2):
+        labels = []
+        for r in range(2):
+            for x, y in ranks[r][epoch]:
+                for pixel, label in zip(x, y):
+                    assert pixel == pytest.approx(colour(label), abs=4)
+                labels += y
+        assert sorted(labels) == list(range(48))
+    assert ranks[0][0] != ranks[0][1]  # each epoch its own order

@@ -262,3 +262,50 @@ json.dump(seen, open({str(tmp_path)!r} + f"/rank{{info.rank}}.json", "w"))
                 labels += y
         assert sorted(labels) == list(range(48))
     assert ranks[0][0] != ranks[0][1]  # each epoch its own order
+
+
+@pytest.mark.cli
+def test_pretrain_from_a_brace_pattern_sigkill_then_resume_is_bit_identical(tmp_path):
+    """tools/pretrain.py on third-party shards named by a brace pattern, 2 persistent loader workers, checkpoint
+    every step, SIGKILL at a random step (possibly in the second epoch): the resumed run equals the uninterrupted."""
+    import random
+
+    from conftest import kill_mid_epoch
+
+    from mae_transfer import checkpoints
+    wds(tmp_path / "s", [20, 17, 23, 12], labels=False)  # 72 samples: 9 steps of 8 an epoch
+    args = [PY, str(ROOT / "tools/pretrain.py"), "--config", "demo_tiny", "--data-path",
+            str(tmp_path / "s/train-{000000..000003}.tar"), "img_size=32", "batch_size=8", "effective_batch_size=8",
+            "epochs=2", "warmup_epochs=1", "num_workers=2", "vis_freq=100", "save_freq=100", "ckpt_every_steps=1",
+            "shuffle_window=10"]
+    ref, run = tmp_path / "ref", tmp_path / "killed"
+    out = subprocess.run([*args, "--output-dir", str(ref)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    kill_mid_epoch([*args, "--output-dir", str(run)], run / "checkpoint-last.pth", random.randrange(2, 17))
+    out = subprocess.run([*args, "--output-dir", str(run), "--resume"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    a, b = (checkpoints.load_file(d / "checkpoint-last.pth") for d in (ref, run))
+    assert a["step"] == b["step"] == 18 and a["train_state"] == b["train_state"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    torch.testing.assert_close(a["optimizer"]["state"], b["optimizer"]["state"], rtol=0, atol=0)
+
+
+def test_finetune_from_shards_matches_class_folders(tmp_path):
+    """The same images as class folders and as `mae-transfer shards` output: top-1 after a short fine-tuning, over
+    3 seeds each, differ by no more than the seed-to-seed spread (the larger of the two ranges, at least one
+    validation image); the shards' mean top-1 is also far above chance (labels that did not belong to their
+    images would put it near 33 %)."""
+    from test_finetune import SMALL, _cfg, _folder
+
+    from mae_transfer.engine.finetune import train
+    folders = _folder(tmp_path / "f", n=12)
+    shards = tmp_path / "sh"
+    for split in ("train", "val"):
+        write_shards(folders / split, shards / split, shard_size=7, workers=1)
+    extra = ["epochs=4", "lr=2e-3", "drop_path=0", "mixup=0", "cutmix=0", "smoothing=0", "aa=None", "reprob=0"]
+    acc = {k: [train(_cfg(tmp_path / f"{k}{s}", f"data_path={d}", f"seed={s}", *extra))["acc1"] for s in range(3)]
+           for k, d in (("folders", folders), ("shards", shards))}
+    spread = max(max(v) - min(v) for v in acc.values())
+    assert abs(np.mean(acc["shards"]) - np.mean(acc["folders"])) <= max(spread, 100 / 36), acc
+    assert np.mean(acc["shards"]) > 60, acc
+    assert SMALL  # the tiny ViT of the fine-tuning tests

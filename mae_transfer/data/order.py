@@ -72,15 +72,16 @@ class ShardSampler(torch.utils.data.Sampler):
         return self.full_length() - self.start
 
     def __iter__(self):
+        segments = self.segments or [{"layout": self.layout(), "start": 0}]  # set_epoch not called: epoch 0
         seq = self._sequence()
         taken = np.zeros(self.n, dtype=bool)
-        for j, (seg, nxt) in enumerate(zip(self.segments[:-1], self.segments[1:])):
+        for j, (seg, nxt) in enumerate(zip(segments[:-1], segments[1:])):
             lay = seg["layout"]
             rest = seq[~taken[seq]]
             per_rank = (nxt["start"] - seg["start"]) // lay["world_size"]
             for r in range(lay["world_size"]):
                 taken[self._rank_order(rest, j, r, lay, seg["start"])[:per_rank]] = True
-        j, seg = len(self.segments) - 1, self.segments[-1]
+        j, seg = len(segments) - 1, segments[-1]
         rest = seq[~taken[seq]] if j else seq
         order = self._rank_order(rest, j, self.rank, self.layout(), seg["start"])
         for i in order[self.start - seg["start"] // self.R:]:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from mae_transfer.data import SeededSamples
 from mae_transfer.data.order import ShardSampler, window_shuffle
-from mae_transfer.data.shards import Shards, shard_urls
+from mae_transfer.data.shards import Shards
 from mae_transfer.data.sources import image_source, labelled_source
 from mae_transfer.data.write_shards import PROGRESS, write_shards
 from mae_transfer.errors import DataError

@@ -82,6 +82,15 @@ def load_rgb(path, min_size: int = 2) -> Optional[Image.Image]:
     return im if min(im.size) >= min_size else None
 
 
+def read_bytes(path) -> Optional[bytes]:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        _logger.debug("skipping %s: %s", path, e)
+        return None
+
+
 def upright_size(im: Image.Image) -> Tuple[int, int]:
     """(width, height) of an opened image once its EXIF orientation is applied."""
     w, h = im.size
@@ -129,6 +138,10 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         return load_rgb(self.files[i])
 
+    def encoded(self, i) -> Optional[bytes]:
+        """The file's bytes, undecoded (pipeline=fast decodes them itself); None if it cannot be read."""
+        return read_bytes(self.files[i])
+
 
 class LabelledImageFolder(torch.utils.data.Dataset):
     """An ImageFolder (one folder per class) returning (PIL image or None, label). `classes` pins the
@@ -152,6 +165,10 @@ class LabelledImageFolder(torch.utils.data.Dataset):
     def __getitem__(self, i):
         path, label = self.samples[i]
         return load_rgb(path), label
+
+    def encoded(self, i):
+        path, label = self.samples[i]
+        return read_bytes(path), label
 
 
 def demo_photos() -> List[Image.Image]:
@@ -191,6 +208,7 @@ class SeededSamples(torch.utils.data.Dataset):
                  python_numpy: bool = True):
         self.source, self.transform, self.seed, self.extras = source, transform, seed, tuple(extras)
         self.length, self.replace_bad, self.python_numpy = length or len(source), replace_bad, python_numpy
+        self.encoded = getattr(transform, "wants_bytes", False) and hasattr(source, "encoded")
 
     def __len__(self):
         return self.length
@@ -203,11 +221,13 @@ class SeededSamples(torch.utils.data.Dataset):
                 j = i if n_bad == 0 else int(torch.randint(len(self.source), ()))
                 if isinstance(self.source, list):  # demo photos: pick one at random
                     item = self.source[int(torch.randint(len(self.source), ()))]
+                elif self.encoded:  # the transform decodes (pipeline=fast): bytes, not a PIL image
+                    item = self.source.encoded(j)
                 else:
                     item = self.source[j]
                 img, *rest = item if isinstance(item, tuple) else (item,)
-                if img is not None:
-                    x = self.transform(img)
+                x = None if img is None else self.transform(img)  # a fast transform's None: undecodable
+                if x is not None:
                     break
             else:
                 if not self.replace_bad:
@@ -255,9 +275,16 @@ def collate_skip_bad(batch):
     if nothing was readable, number of unreadable images met)."""
     good = [s for s, _ in batch if s is not None]
     n_bad = sum(n for _, n in batch)
+    if good and hasattr(good[0][0], "collate"):  # pipeline=device: images that are decoded where they are moved
+        rest = torch.utils.data.default_collate([s[1:] for s in good]) if len(good[0]) > 1 else []
+        return [type(good[0][0]).collate([s[0] for s in good]), *rest], n_bad
     return (torch.utils.data.default_collate(good) if good else None), n_bad
 
 
 def worker_threads(_):
+    """A loader worker is one core: torch's and OpenCV's thread pools (pipeline=fast resizes with OpenCV) of one."""
+    import cv2  # here, not at the top: only the workers' pools are set
+
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)
     os.environ["OMP_NUM_THREADS"] = "1"

@@ -325,20 +325,21 @@ class Shards(torch.utils.data.Dataset):
         return s, i - self.offsets[s]
 
     def __getitem__(self, i: int):
+        item = self.encoded(i)
+        data = item[0] if self.labelled else item
+        img = load_rgb(io.BytesIO(data)) if data else None
+        return ((img, item[1]) if img is not None else (None, -1)) if self.labelled else img
+
+    def encoded(self, i: int):
+        """Sample i's image bytes, undecoded (and its label when `labelled`); None (None, -1) if unreadable."""
         parts = self._kept.pop(i, None)
         if parts is None:
             parts = self._read(i)
-        return self._decode(i, parts)
-
-    def _decode(self, i: int, parts: Optional[Dict[str, bytes]]):
-        img = None
-        if parts:
-            data = next((v for k, v in parts.items() if _is_image(k)), b"")
-            img = load_rgb(io.BytesIO(data)) if data else None
+        data = next((v for k, v in parts.items() if _is_image(k)), b"") if parts else b""
         if not self.labelled:
-            return img
+            return data or None
         label = _label(parts) if parts else None
-        return (img, label) if img is not None and label is not None else (None, -1)
+        return (data, label) if data and label is not None else (None, -1)
 
     def _read(self, i: int) -> Optional[Dict[str, bytes]]:
         s, k = self.locate(i)

@@ -8,7 +8,9 @@ import torch
 from timm.optim import create_optimizer_v2
 
 from .. import models
-from ..data import SeededSamples, demo_photos, pretrain_transform
+from ..data import SeededSamples, collate_skip_bad, demo_photos, pretrain_transform
+from ..data.device import DeviceCropFlip
+from ..data.fast import FastCropFlip, normalize_on_device
 from ..data.sources import image_source
 from ..models.mae import load_mae
 from ..models.masking import make_noise
@@ -42,6 +44,9 @@ class PretrainConfig(TrainConfig):
     batch_size: int = 64                # per device
     effective_batch_size: int = 4096    # 64 per GPU x 64 GPUs in the paper
     crop_scale: Tuple[float, float] = (0.2, 1.0)
+    # the input pipeline (data/fast.py): fast = the reference's crops and flips at >= 2x its images/s per core,
+    # uint8 batches normalised on the device; torchvision = the reference; device = JPEGs decoded on the GPU
+    pipeline: str = "fast"
     data_path: Optional[str] = None     # folder of images, or shards (data/sources.py); None: the demo photos
     demo_samples: int = 1024            # samples per epoch drawn from the demo photos
     output_dir: str = "output/pretrain"
@@ -51,6 +56,7 @@ class PretrainConfig(TrainConfig):
         super().check()
         require(0 < self.mask_ratio < 1, f"mask_ratio={self.mask_ratio}: must be inside (0, 1)")
         one_of(self, "mask_strategy", ("random", "block", "grid"))
+        one_of(self, "pipeline", ("fast", "torchvision", "device"))
         at_least(self, 1, "img_size", "demo_samples", "vis_freq")
         lo, hi = self.crop_scale
         require(0 < lo <= hi <= 1, f"crop_scale={self.crop_scale}: expected 0 < min <= max <= 1")
@@ -58,7 +64,9 @@ class PretrainConfig(TrainConfig):
 
 
 def build_data(cfg: PretrainConfig, grid, source=None):
-    transform = pretrain_transform(cfg.img_size, cfg.crop_scale)  # torchvision: draws from torch's generator only
+    # each draws from torch's generator only (the crop box, then the flip)
+    transform = {"fast": FastCropFlip, "device": DeviceCropFlip,
+                 "torchvision": pretrain_transform}[cfg.pipeline](cfg.img_size, cfg.crop_scale)
     noise = lambda g: make_noise_1(cfg, grid, g)  # noqa: E731
     length = None
     if source is None and cfg.data_path is None:  # the demo photos, sampled with replacement
@@ -90,8 +98,8 @@ def train(cfg: PretrainConfig, info: Optional[DistInfo] = None, source=None, met
                                    **common.fused_adamw(info.device))
 
     def loss_fn(batch):
-        imgs, noise = batch  # [N, 3, H, W], [N, L]
-        return trainer.net(imgs, mask_ratio=cfg.mask_ratio, noise=noise)[0]
+        imgs, noise = batch  # [N, 3, H, W] (uint8 from pipeline=fast / device), [N, L]
+        return trainer.net(normalize_on_device(imgs), mask_ratio=cfg.mask_ratio, noise=noise)[0]
 
     trainer = Trainer(cfg=cfg, info=info, out=out, model=model, dataset=dataset, optimizer=optimizer, loss_fn=loss_fn)
     n_params = sum(p.numel() for p in model.parameters())
@@ -114,7 +122,8 @@ def train(cfg: PretrainConfig, info: Optional[DistInfo] = None, source=None, met
 def _fixed_batch(dataset: SeededSamples, n: int):
     """The same few samples every time: epoch-0 crops of the first images, with their own noise."""
     items = [dataset[(0, i)][0] for i in range(min(len(dataset), n))]
-    return torch.stack([x[0] for x in items]), torch.stack([x[1] for x in items])
+    imgs = collate_skip_bad([(x, 0) for x in items])[0][0]
+    return normalize_on_device(imgs.to("cpu")), torch.stack([x[1] for x in items])
 
 
 def _save_recon(model, vis_batch, cfg, path: Path, epoch: int, write: bool):
@@ -141,6 +150,7 @@ def evaluate_checkpoint(cfg: PretrainConfig, checkpoint) -> dict:
     total, n = 0.0, 0
     for batch, _bad in loader:  # unreadable images are replaced by readable ones, as in training
         imgs, noise = batch
+        imgs = normalize_on_device(imgs.to("cpu"))
         total += float(model.eval()(imgs, mask_ratio=cfg.mask_ratio, noise=noise)[0]) * len(imgs)
         n += len(imgs)
     return {"loss": total / max(1, n), "images": n}

@@ -1,0 +1,122 @@
+"""The paper's pretraining augmentation (RandomResizedCrop, scale 0.2-1, bicubic; horizontal flip) without the
+reference pipeline's waste: decode, crop and resize in as few passes as possible, handed over as uint8 and
+normalised on the device (as timm's PrefetchLoader does).
+
+    pipeline=torchvision   the reference: PIL decode, torchvision crop + resize (PIL bicubic, antialiased), flip,
+                           ToTensor, Normalize -- float32 batches
+    pipeline=fast          (default) the same crop box and flip, drawn from the sample's generator exactly as
+                           torchvision draws them (`CropFlip`); JPEGs decoded by libjpeg-turbo (simplejpeg) at
+                           1/2, 1/4 or 1/8 size where the crop stays at least twice the output (DCT scaling:
+                           an antialiased reduction for free), cropped and resized in one OpenCV call (INTER_AREA
+                           down, bicubic up), flipped -- uint8 batches
+    pipeline=device        JPEG bytes to the device, decoded there in batches (torchvision.io.decode_jpeg, nvJPEG
+                           on a GPU), cropped, resized (bicubic, antialiased) and flipped as tensor ops (`device.py`)
+
+Every path follows the one reader's rules (`images.load_rgb`): a file the fast decoder would read differently --
+not a JPEG, EXIF-turned, CMYK or another mode, truncated -- goes through `load_rgb` itself, so EXIF orientation,
+mode conversion and the skipping of truncated files are the reference's decisions by construction.
+bench/data_speed.py measures each path (images/s per core, PSNR against the reference on the same crops).
+"""
+import io
+from typing import Optional, Tuple, Union
+
+import cv2
+import numpy as np
+import simplejpeg
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from .images import EXIF_ORIENTATION, IMAGENET_MEAN, IMAGENET_STD, load_rgb
+
+Box = Tuple[int, int, int, int, bool]  # top, left, height, width (upright pixels), flip
+
+
+class CropFlip:
+    """The reference's random draws as parameters: torchvision's `RandomResizedCrop.get_params` box, then
+    `RandomHorizontalFlip`'s `torch.rand(1) < 0.5`, in that order, from torch's generator (seeded per sample)."""
+
+    def __init__(self, size: int = 224, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)):
+        self.size, self.scale, self.ratio = size, list(scale), list(ratio)
+
+    def draw(self, width: int, height: int) -> Box:
+        shape = torch.empty(1, 1, 1).expand(1, height, width)  # an image's dimensions, nothing allocated
+        top, left, h, w = transforms.RandomResizedCrop.get_params(shape, self.scale, self.ratio)
+        return top, left, h, w, bool(torch.rand(1) < 0.5)
+
+
+def plain_jpeg(data: bytes) -> Optional[Tuple[int, int]]:
+    """(width, height) of a JPEG that libjpeg-turbo decodes to the pixels `load_rgb` gives (RGB or grey, no EXIF
+    turn); None for anything else (the reference reader handles it)."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # the header only
+            if im.format != "JPEG" or im.mode not in ("RGB", "L") or im.getexif().get(EXIF_ORIENTATION, 1) != 1:
+                return None
+            return im.size
+    except Exception:  # noqa: BLE001  not an image PIL knows: the reference reader decides (and skips it)
+        return None
+
+
+def _resize(arr: np.ndarray, size: int, flip: bool) -> torch.Tensor:
+    """HWC uint8 crop -> CHW uint8 [3, size, size]: OpenCV's area average when shrinking both ways (antialiased,
+    as PIL's bicubic is), bicubic otherwise."""
+    h, w = arr.shape[:2]
+    interp = cv2.INTER_AREA if (w >= size and h >= size) else cv2.INTER_CUBIC
+    out = cv2.resize(arr, (size, size), interpolation=interp)
+    if flip:
+        out = cv2.flip(out, 1)
+    return torch.from_numpy(out).permute(2, 0, 1)
+
+
+def _pil_path(img: Image.Image, box: Box, size: int) -> torch.Tensor:
+    top, left, h, w, flip = box
+    return _resize(np.asarray(img)[top:top + h, left:left + w], size, flip)
+
+
+class FastCropFlip:
+    """pipeline=fast: bytes (or an already decoded PIL image, e.g. the demo photos) -> uint8 [3, size, size], or
+    None where the reference reader would skip the image. Draws `CropFlip`'s parameters."""
+    wants_bytes = True
+
+    def __init__(self, size: int = 224, scale=(0.2, 1.0)):
+        self.crop = CropFlip(size, scale)
+
+    def __call__(self, data: Union[bytes, Image.Image]) -> Optional[torch.Tensor]:
+        size = self.crop.size
+        if isinstance(data, Image.Image):
+            return _pil_path(data, self.crop.draw(*data.size), size)
+        dims = plain_jpeg(data)
+        if dims is None:  # PNG, WebP, EXIF-turned, CMYK, ...: the reference reader
+            img = load_rgb(io.BytesIO(data))
+            return None if img is None else _pil_path(img, self.crop.draw(*img.size), size)
+        if min(dims) < 2:  # load_rgb's rule for degenerate images
+            return None
+        top, left, h, w, flip = self.crop.draw(*dims)
+        f = 1
+        while f < 8 and w >= 4 * f * size and h >= 4 * f * size:  # DCT scaling, the crop still at least 2x the output
+            f *= 2
+        try:
+            arr = simplejpeg.decode_jpeg(data, "rgb", min_width=-(-dims[0] // f), min_height=-(-dims[1] // f))
+        except ValueError:  # truncated or corrupt: skipped and counted, as the reference does
+            return None
+        if f == 1:
+            return _resize(arr[top:top + h, left:left + w], size, flip)
+        # the box in the reduced image is fractional: PIL's resize takes it as it is (rounding it to whole pixels of
+        # the reduced image shifts the crop by up to f/2 pixels: ~30 dB instead of ~47 against the reference)
+        sy, sx = arr.shape[0] / dims[1], arr.shape[1] / dims[0]
+        out = Image.fromarray(arr).resize((size, size), Image.Resampling.BICUBIC,
+                                          box=(left * sx, top * sy, (left + w) * sx, (top + h) * sy))
+        out = np.asarray(out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else out)
+        return torch.from_numpy(out.copy()).permute(2, 0, 1)
+
+
+def normalize_on_device(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 3, H, W] (pipeline=fast / device) -> float, ImageNet-normalised, on x's device; a float batch
+    (pipeline=torchvision, already normalised) passes through."""
+    if x.dtype != torch.uint8:
+        return x
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1) * 255
+    return (x.float() - mean) / std

@@ -13,7 +13,8 @@ code, the tail of its output) and the next one runs. <out>/gpu_check.json holds 
   cuda_tests      pytest -m cuda (bf16 pretraining and fine-tuning steps, NCCL, predictors on cuda)
   pretrain_speed  bench/pretrain_speed.py --gpu --compile: ViT-B/L, batch 64, bf16, ours (eager, compiled) vs
                   HF, img/s, MFU, peak memory, interleaved in one process
-  data_path       decode + RandomResizedCrop img/s with a loader worker per core
+  data_path       decode + RandomResizedCrop img/s with a loader worker per core: reference and pipeline=fast
+  data_device     pipeline=device: nvJPEG batch decode + crop/resize on the GPU (bench/data_speed.py --gpu)
   det, det_ckpt   ViTDet Mask R-CNN ViT-B at 1024 (configs/det/mask_rcnn_vitdet_b_100ep.py, generated COCO
                   data), 20 iterations of 1 image: s/iter and peak memory (published, A100: 0.314 s, 10.9 GB),
                   without and with activation checkpointing
@@ -48,7 +49,8 @@ def steps(smoke: bool, out: Path):
             ("cuda_tests", [PY, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", str(ROOT / "tests")],
              150),
             ("pretrain_speed", speed, 240),
-            ("data_path", child + ["--step", "data_path"], 60),
+            ("data_path", child + ["--step", "data_path"], 90),
+            ("data_device", child + ["--step", "data_device"], 60),
             ("det", child + ["--step", "det"], 150),
             ("det_ckpt", child + ["--step", "det_ckpt"], 150),
             ("seg", child + ["--step", "seg"], 150),
@@ -88,11 +90,13 @@ def step_env(smoke: bool, work: Path) -> dict:
 
 
 def step_data_path(smoke: bool, work: Path) -> dict:
-    """The pretraining input pipeline with one loader worker per core, on ImageNet-sized JPEGs."""
+    """The pretraining input pipeline with one loader worker per core, on ImageNet-sized JPEGs: the torchvision
+    reference and pipeline=fast (the default), side by side."""
     import torch
     from PIL import Image
 
     from mae_transfer.data import SeededSamples, demo_photos, pretrain_transform
+    from mae_transfer.data.fast import FastCropFlip
     from mae_transfer.data.images import ImageDataset
 
     (work / "jpg").mkdir(parents=True, exist_ok=True)
@@ -107,15 +111,30 @@ def step_data_path(smoke: bool, work: Path) -> dict:
         def __getitem__(self, i):
             return files[i % len(files)]
 
-    ds = SeededSamples(Cycle(), pretrain_transform(224))
-    workers = os.cpu_count() or 1
-    loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=workers, sampler=range(len(ds)))
-    it = iter(loader)
-    next(it)  # workers started
-    t, n = time.perf_counter(), 0
-    for _, bad in it:  # (images,), replaced-image flags
-        n += len(bad)
-    return {"img/s": n / (time.perf_counter() - t), "workers": workers}
+        def encoded(self, i):
+            return files.encoded(i % len(files))
+
+    workers, rates = os.cpu_count() or 1, {}
+    for name, tf in (("reference", pretrain_transform(224)), ("fast", FastCropFlip(224))):
+        ds = SeededSamples(Cycle(), tf)
+        loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=workers, sampler=range(len(ds)))
+        it = iter(loader)
+        next(it)  # workers started
+        t, n = time.perf_counter(), 0
+        for _, bad in it:  # (images,), replaced-image flags
+            n += len(bad)
+        rates[name] = n / (time.perf_counter() - t)
+    return {"reference img/s": rates["reference"], "fast img/s": rates["fast"],
+            "fast/reference": rates["fast"] / rates["reference"], "workers": workers}
+
+
+def step_data_device(smoke: bool, work: Path) -> dict:
+    """pipeline=device: batches of 256 ImageNet-sized JPEGs decoded by nvJPEG, cropped and resized on the GPU."""
+    out = subprocess.run([PY, str(ROOT / "bench/data_speed.py"), "--gpu" if not smoke else "--device-smoke"],
+                         capture_output=True, text=True, cwd=ROOT)
+    print(out.stdout + out.stderr)
+    rows = [ln.split("|") for ln in out.stdout.splitlines() if "images/s" in ln and ln.startswith("| ")]
+    return {r[1].strip(): r[2].strip() for r in rows}
 
 
 def _coco(work: Path, size: int, n: int):

@@ -282,9 +282,5 @@ def collate_skip_bad(batch):
 
 
 def worker_threads(_):
-    """A loader worker is one core: torch's and OpenCV's thread pools (pipeline=fast resizes with OpenCV) of one."""
-    import cv2  # here, not at the top: only the workers' pools are set
-
     torch.set_num_threads(1)
-    cv2.setNumThreads(1)
     os.environ["OMP_NUM_THREADS"] = "1"

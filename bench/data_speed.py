@@ -123,14 +123,14 @@ def mae_gflop(width: int, depth: int, patch: int) -> float:
     return 3 * fwd / 1e9
 
 
-def gpu_bench(seconds: float, dev: torch.device) -> None:
+def gpu_bench(seconds: float, dev: torch.device, copies: int = 20) -> None:
     """pipeline=device on CUDA: batches of 256 JPEGs decoded by nvJPEG, cropped and resized on the GPU."""
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     name = torch.cuda.get_device_name() if dev.type == "cuda" else "CPU (smoke)"
     tf = DeviceCropFlip(224)
     for label, size in SIZES.items():
         items = []
-        for k, p in enumerate(demo_photos() * 20):
+        for k, p in enumerate(demo_photos() * copies):
             buf = io.BytesIO()
             p.resize(size).save(buf, "JPEG", quality=90)
             with seeded(k, False):
@@ -157,7 +157,8 @@ def main():
     seconds = 1.5 if a.quick else 5.0
     if a.gpu or a.device_smoke:
         print("| photos | pipeline=device decode + crop (batch 256) | device |\n|---|---:|---|")
-        return gpu_bench(0.1 if a.device_smoke else seconds, torch.device("cuda" if a.gpu else "cpu"))
+        return gpu_bench(0.1 if a.device_smoke else seconds, torch.device("cuda" if a.gpu else "cpu"),
+                         2 if a.device_smoke else 20)
     work = Path(tempfile.mkdtemp(prefix="data_speed-"))
     speedups = {}
     try:

@@ -19,8 +19,10 @@ def test_cpu_smoke_runs_every_step(tmp_path):
     data = json.loads((tmp_path / "gpu_check.json").read_text())
     by = {s["step"]: s for s in data["steps"]}
     assert r.returncode == 0, json.dumps({k: (v["status"], v["tail"][-5:]) for k, v in by.items()}, indent=1)
-    assert list(by) == ["env", "cuda_tests", "pretrain_speed", "data_path", "det", "det_ckpt", "seg", "finetune_speed",
-                        "fsdp"]
+    assert list(by) == ["env", "cuda_tests", "pretrain_speed", "data_path", "data_device", "det", "det_ckpt", "seg",
+                        "finetune_speed", "fsdp"]
+    assert by["data_path"]["metrics"]["fast/reference"] > 0 and "images/s" in by["data_device"]["metrics"][
+        "ImageNet 500x375"]
     assert by["det"]["metrics"]["s/iter"] > 0 and by["det_ckpt"]["metrics"]["activation checkpointing"] is True
     assert by["seg"]["metrics"]["infer img/s"] > 0 and by["finetune_speed"]["metrics"]["img/s"] > 0
     assert by["fsdp"]["metrics"]["tiny_patch8 img/s"] > 0 and by["fsdp"]["metrics"]["tiny_patch8 MFU"] > 0

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from mae_transfer.data import IMAGENET_MEAN, IMAGENET_STD, SeededSamples, demo_photos, pretrain_transform
+from mae_transfer.data import IMAGENET_MEAN, IMAGENET_STD, demo_photos, pretrain_transform
 from mae_transfer.data.device import DeviceCropFlip, EncodedImage
 from mae_transfer.data.fast import CropFlip, FastCropFlip, normalize_on_device
 from mae_transfer.data.images import load_rgb
@@ -75,8 +75,9 @@ def _odd_files():
     png = io.BytesIO()
     photo.save(png, "PNG")
     good = jpeg(photo)
-    return {"exif-turned": jpeg(photo, exif=exif), "cmyk": jpeg(photo.convert("CMYK")), "grey": jpeg(photo.convert("L")),
-            "png": png.getvalue(), "progressive": jpeg(photo, progressive=True), "truncated": good[:len(good) // 2],
+    return {"exif-turned": jpeg(photo, exif=exif), "cmyk": jpeg(photo.convert("CMYK")),
+            "grey": jpeg(photo.convert("L")), "png": png.getvalue(),
+            "progressive": jpeg(photo, progressive=True), "truncated": good[:len(good) // 2],
             "not an image": b"hello", "1 pixel": jpeg(photo.resize((1, 1)))}
 
 

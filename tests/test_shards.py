@@ -309,3 +309,45 @@ def test_finetune_from_shards_matches_class_folders(tmp_path):
     assert abs(np.mean(acc["shards"]) - np.mean(acc["folders"])) <= max(spread, 100 / 36), acc
     assert np.mean(acc["shards"]) > 60, acc
     assert SMALL  # the tiny ViT of the fine-tuning tests
+
+
+def test_hostile_sources_are_one_line_each(tmp_path):
+    """What a hostile review sent: each is one DataError naming the problem, not a traceback, a hang or a quiet
+    misreading."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    wds(tmp_path / "s", [3])
+    (tmp_path / "nolab").mkdir()
+    with tarfile.open(tmp_path / "nolab/a.tar", "w") as tf:
+        add(tf, "k.jpg", jpeg(0))
+        add(tf, "k.cls", b"-1")
+    for name, table in (("listimg", pa.table({"image": [[1, 2]], "label": [0]})),
+                        ("strlabel", pa.table({"image": [jpeg(0)], "label": ["cat"]})),
+                        ("pathonly", pa.table({"image": pa.array([{"bytes": None, "path": "x.jpg"}], pa.struct(
+                            [("bytes", pa.binary()), ("path", pa.string())])), "label": [0]}))):
+        pq.write_table(table, tmp_path / f"{name}.parquet")
+    (tmp_path / "br{x}/train").mkdir(parents=True)  # an image folder whose name has braces is a folder
+    Image.new("RGB", (8, 8)).save(tmp_path / "br{x}/train/a.png")
+    assert len(image_source(tmp_path / "br{x}/train")) == 1
+    (tmp_path / "mixed/cls").mkdir(parents=True)  # a stray .tar beside class folders: which did the user mean?
+    Image.new("RGB", (8, 8)).save(tmp_path / "mixed/cls/a.png")
+    shutil.copy(tmp_path / "s/train-000000.tar", tmp_path / "mixed/backup.tar")
+    index = {"format": "mae-transfer shards", "version": 1,
+             "shards": [{"name": "train-000000.tar", "samples": 10**13, "sha256": "0" * 64,
+                         "bytes": (tmp_path / "s/train-000000.tar").stat().st_size}]}
+    (tmp_path / "s/index.json").write_text(json.dumps(index))
+    cases = [(lambda: labelled_source(tmp_path / "nolab"), "no usable label"),
+             (lambda: image_source(tmp_path / "listimg.parquet"), "not image bytes"),
+             (lambda: labelled_source(tmp_path / "strlabel.parquet"), "integer `label` column"),
+             (lambda: image_source(tmp_path / "pathonly.parquet"), "only paths"),
+             (lambda: image_source(str(tmp_path / "s/train-{0..1}}.tar")), "unbalanced braces"),
+             (lambda: image_source(tmp_path / "mixed"), "both .tar"),
+             (lambda: image_source(tmp_path / "s"), "cannot hold 10000000000000 samples")]
+    for make, msg in cases:
+        with pytest.raises(DataError, match=msg) as e:
+            make()
+        assert "\n" not in str(e.value)
+    chatty = tmp_path / "chatty.txt"  # a command that writes much to stderr (curl's progress) must not hang
+    chatty.write_text(f"pipe:head -c 200000 /dev/zero >&2; cat {tmp_path}/s/train-000000.tar\n")
+    (tmp_path / "s/index.json").unlink()
+    assert len(Shards(chatty)) == 3

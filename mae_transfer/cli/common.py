@@ -129,8 +129,18 @@ def relaunch_under_torchrun(command: str, argv: List[str], num_gpus: int, locked
     sys.exit(subprocess.run(cmd, env=env).returncode)
 
 
+class _Once(argparse.Action):
+    """An option given twice is an error, not the last one winning: an unquoted shard pattern in the
+    `--data-path=train-{0..9}.tar` form is expanded by the shell into ten options."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} is given more than once (quote a shard pattern: '...{{000..999}}.tar')")
+        setattr(namespace, self.dest, values)
+
+
 def add_data_path(p: argparse.ArgumentParser, help_text: str) -> None:
-    p.add_argument("--data-path", metavar="DIR", help=help_text)
+    p.add_argument("--data-path", metavar="DIR", help=help_text, action=_Once)
 
 
 def main_process() -> bool:

@@ -21,11 +21,13 @@ def main(argv: List[str], prog: str = "mae-transfer shards"):
     p.add_argument("out", type=path, help="new folder for the shards")
     p.add_argument("--shard-size", type=number(1, 10**7, int), default=1000, help="samples per shard (1000)")
     p.add_argument("--max-side", type=number(8, 65536, int), help="re-encode as JPEG, longer side at most this")
-    p.add_argument("--quality", type=number(1, 100, int), default=90, help="JPEG quality when re-encoding (90)")
+    p.add_argument("--quality", type=number(1, 100, int), help="JPEG quality when re-encoding (90)")
     p.add_argument("--workers", type=number(0, 1024, int), default=0, help="processes (0: one per core)")
     p.add_argument("--seed", type=number(0, 2**32 - 1, int), default=0, help="the shuffle across shards")
     a = p.parse_args(argv)
-    r = write_shards(a.src, a.out, a.shard_size, a.max_side, a.quality, a.workers, a.seed)
+    if a.quality is not None and a.max_side is None:
+        p.error("--quality applies when re-encoding: give --max-side too")
+    r = write_shards(a.src, a.out, a.shard_size, a.max_side, a.quality or 90, a.workers, a.seed)
     skipped = f"; {r['skipped']} unreadable images left out" if r["skipped"] else ""
     labels = f", {r['classes']} classes (.cls)" if r["classes"] else ""
     print(f"wrote {r['samples']} samples{labels} in {r['shards']} shards ({r['bytes'] / 2**20:.1f} MiB) to "

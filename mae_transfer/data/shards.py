@@ -21,6 +21,7 @@ import os
 import posixpath
 import subprocess
 import tarfile
+import tempfile
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,11 +30,11 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import fsspec
 import torch
-from braceexpand import braceexpand
+from braceexpand import UnbalancedBracesError, braceexpand
 
 from ..errors import DataError
 from ..schemas import ShardIndex, read_json
-from .images import load_rgb
+from .images import IMG_EXTENSIONS, load_rgb
 
 _logger = logging.getLogger(__name__)
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -63,8 +64,9 @@ class _Stream:
 
     def __init__(self, url: str):
         self.url, self.proc = url, None
-        if url.startswith("pipe:"):
-            self.proc = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if url.startswith("pipe:"):  # stderr to a file: a chatty command (curl's progress) must not block on it
+            self.err = tempfile.TemporaryFile()
+            self.proc = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE, stderr=self.err)
             self.f = self.proc.stdout
         elif _local(url):
             self.f = open(url, "rb")
@@ -85,11 +87,13 @@ class _Stream:
             return None
         if self.proc.poll() is None:
             self.proc.kill()
-        code, err = self.proc.wait(), self.proc.stderr.read().decode(errors="replace").strip()
-        self.proc.stderr.close()
+        code = self.proc.wait()
+        self.err.seek(0)
+        err = self.err.read().decode(errors="replace").strip()
+        self.err.close()
         if code <= 0:  # done, or killed here (a shard left before its end)
             return None
-        return f"`{self.url[5:]}` exited with status {code}: {err.splitlines()[-1] if err else ''}"
+        return f"`{self.url[5:]}` exited with status {code}" + (f": {err.splitlines()[-1]}" if err else "")
 
 
 def _split_name(name: str) -> Optional[Tuple[str, str]]:
@@ -153,10 +157,30 @@ def _table_samples(url: str, kind: str, start: int = 0) -> Iterator[Sample]:
             if row < start:
                 continue
             value = value.get("bytes") if isinstance(value, dict) else value
-            parts = {"jpg": value or b""}
+            parts = {"jpg": value if isinstance(value, bytes) else b""}
             if labels is not None and labels[r] is not None:
                 parts["cls"] = str(labels[r]).encode()
             yield f"{row:09d}", parts
+
+
+def _check_columns(url: str, kind: str, labelled: bool) -> None:
+    import pyarrow as pa  # optional: HF sources only
+    import pyarrow.parquet as pq
+
+    schema = (pq.ParquetFile(url if _local(url) else fsspec.open(url, "rb").open()).schema_arrow if kind == "parquet"
+              else pa.ipc.open_stream(pa.memory_map(url)).schema)
+    name = "image" if "image" in schema.names else "img" if "img" in schema.names else None
+    if name is None:
+        raise DataError(f"{url}: no `image` column (columns: {', '.join(schema.names)})")
+    t = schema.field(name).type
+    if pa.types.is_struct(t):
+        t = t.field("bytes").type if t.get_field_index("bytes") >= 0 else None
+    if t is None or not (pa.types.is_binary(t) or pa.types.is_large_binary(t)):
+        raise DataError(f"{url}: the `{name}` column holds {schema.field(name).type}, not image bytes (HF's Image "
+                        "feature {bytes, path} or binary)")
+    if labelled and ("label" not in schema.names or not pa.types.is_integer(schema.field("label").type)):
+        have = schema.field("label").type if "label" in schema.names else "none"
+        raise DataError(f"{url}: fine-tuning needs an integer `label` column (found: {have})")
 
 
 def count_samples(url: str) -> int:
@@ -168,7 +192,9 @@ def count_samples(url: str) -> int:
 
             return pq.ParquetFile(url if _local(url) else fsspec.open(url, "rb").open()).metadata.num_rows
         if kind == "arrow":
-            return sum(1 for _ in _table_samples(url, kind))
+            import pyarrow as pa  # optional: HF sources only
+
+            return sum(b.num_rows for b in pa.ipc.open_stream(pa.memory_map(url)))
         stream, n, damage = _Stream(url), 0, None
         try:
             for _ in tar_samples(stream.f, stream.seekable, data=False):
@@ -193,10 +219,17 @@ def count_samples(url: str) -> int:
 def is_shard_source(spec) -> bool:
     s = str(spec)
     p = Path(s)
-    if s.startswith("pipe:") or "://" in s or ("{" in s and "}" in s) or p.suffix in (".tar", ".parquet", ".txt"):
-        return True
-    return p.is_dir() and (any(p.glob("*.tar")) or any(p.glob("*.parquet")) or any(p.glob("data/*.parquet"))
-                           or (p / "state.json").is_file())
+    if p.is_dir():
+        shards = any(p.glob("*.tar")) or any(p.glob("*.parquet")) or any(p.glob("data/*.parquet"))
+        if shards and any(f.suffix.lower() in IMG_EXTENSIONS for d in p.iterdir() if d.is_dir() and d.name != "data"
+                          for f in d.iterdir()):
+            raise DataError(f"{p} holds both .tar / .parquet files and folders of images: give the shards or the "
+                            "images (move the other out)")
+        return shards or (p / "state.json").is_file()
+    if p.exists():
+        return p.suffix.lower() in (".tar", ".parquet", ".txt")
+    return (s.startswith(("pipe:", "hf://", "hfds/")) or "://" in s or ("{" in s and "}" in s)
+            or p.suffix.lower() in (".tar", ".parquet", ".txt"))
 
 
 def shard_urls(spec) -> List[str]:
@@ -214,8 +247,11 @@ def shard_urls(spec) -> List[str]:
 
         lines = [ln for ln in read_lines(p, "shard list", DataError) if not ln.startswith("#")]
         urls = [ln if not _local(ln) or os.path.isabs(ln) else str(p.parent / ln) for ln in lines]
-    elif "{" in s and "}" in s:
-        urls = list(braceexpand(s))
+    elif "{" in s and "}" in s and not p.exists():
+        try:
+            urls = list(braceexpand(s))
+        except UnbalancedBracesError:
+            raise DataError(f"{s}: unbalanced braces in the shard pattern") from None
     elif p.is_dir():
         if (p / "state.json").is_file():
             files = read_json(p / "state.json", None, DataError, "save_to_disk state file").get("_data_files", [])
@@ -244,6 +280,8 @@ def _index_counts(urls: Sequence[str]) -> Dict[str, int]:
     counts = {}
     for e in index.shards:
         path = os.path.join(folder, e.name)
+        if e.samples * 1024 > e.bytes:  # a tar member is at least a 512-byte header and a 512-byte block
+            raise DataError(f"{folder}/{INDEX}: {e.name} cannot hold {e.samples} samples in {e.bytes} bytes")
         if os.path.isfile(path) and os.path.getsize(path) == e.bytes:
             counts[path] = e.samples
     return counts
@@ -307,6 +345,8 @@ class Shards(torch.utils.data.Dataset):
         for s in self.shards:
             self.offsets.append(self.offsets[-1] + s.count)
         self.classes = read_index_classes([s.url for s in self.shards])
+        if shards is None:
+            self._check_first()
         self._open: "OrderedDict[int, _Cursor]" = OrderedDict()
         self._kept: "OrderedDict[int, Dict[str, bytes]]" = OrderedDict()
         self._broken: Dict[int, int] = {}  # shard -> the first sample it could not read
@@ -314,6 +354,26 @@ class Shards(torch.utils.data.Dataset):
 
     def __len__(self):
         return self.offsets[-1]
+
+    def _check_first(self) -> None:
+        """The columns (HF) and the first sample: a source whose every sample would be unreadable, or unlabelled
+        where labels are needed, is one error now rather than "50 images in a row were unreadable" later."""
+        first = next(s for s in self.shards if s.count)
+        if first.kind != "tar":
+            _check_columns(first.url, first.kind, self.labelled)
+        try:
+            cur = _Cursor(first)
+            _, parts = cur.next()
+            cur.close()
+        except Exception as e:  # noqa: BLE001  counted a moment ago, unreadable now: as a damaged shard
+            raise DataError(f"cannot read the shard {first.url}: {' '.join(str(e).split()) or type(e).__name__}"
+                            ) from None
+        if not next((v for k, v in parts.items() if _is_image(k)), b""):
+            raise DataError(f"{first.url}: its first sample has no image bytes (an HF Image column that holds only "
+                            "paths is not read: save the dataset with its images embedded)")
+        if self.labelled and _label(parts) is None:
+            raise DataError(f"{first.url}: its first sample has no usable label (KEY.cls with a class index, "
+                            "KEY.json with {\"label\": n}, or an integer `label` column); fine-tuning needs one")
 
     def __getstate__(self):  # open streams stay in the process that opened them (forked loader workers)
         return {**self.__dict__, "_open": OrderedDict(), "_kept": OrderedDict(), "_broken": {}, "_warned": set()}
@@ -339,6 +399,10 @@ class Shards(torch.utils.data.Dataset):
         if not self.labelled:
             return data or None
         label = _label(parts) if parts else None
+        if data and label is None and ("label", self.locate(i)[0]) not in self._warned:
+            self._warned.add(("label", self.locate(i)[0]))
+            _logger.warning("shard %s: sample %d has no usable label (a class index in KEY.cls, {\"label\": n} in "
+                            "KEY.json): such samples are replaced and counted", self.shards[self.locate(i)[0]].url, i)
         return (data, label) if data and label is not None else (None, -1)
 
     def _read(self, i: int) -> Optional[Dict[str, bytes]]:
@@ -386,13 +450,14 @@ class Shards(torch.utils.data.Dataset):
 
 def _label(parts: Dict[str, bytes]) -> Optional[int]:
     """A sample's class from `.cls` (an integer) or `.json` ({"label": n} or {"cls": n}); None if absent or bad."""
+    value = None
     try:
         if "cls" in parts:
-            return int(parts["cls"].decode().strip())
-        if "json" in parts:
+            text = parts["cls"].decode("ascii").strip()
+            value = int(text) if text.isdigit() else None  # ASCII digits only: no sign, no other scripts
+        elif "json" in parts:
             obj = json.loads(parts["json"])
             value = obj.get("label", obj.get("cls")) if isinstance(obj, dict) else None
-            return value if isinstance(value, int) and not isinstance(value, bool) else None
     except (ValueError, UnicodeDecodeError):
         return None
-    return None
+    return value if type(value) is int and 0 <= value < 2**31 else None

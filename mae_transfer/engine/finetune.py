@@ -142,12 +142,16 @@ def evaluate(model: nn.Module, loader, info: DistInfo, autocast) -> dict:
     model.eval()
     crit = nn.CrossEntropyLoss()
     tot = {"loss": 0.0, "acc1": 0.0, "acc5": 0.0, "n": 0}
-    for (batch, _bad) in loader:
+    skipped = 0
+    for (batch, bad) in loader:
+        skipped += bad
         if batch is None:
             continue
         imgs, target = batch[0].to(info.device), batch[1].to(info.device)
         with autocast():
             out = model(imgs)
+        if int(target.min()) < 0 or int(target.max()) >= out.shape[1]:  # shards' labels are known as they are read
+            raise DataError(f"validation label {int(target.max())} is outside the head (num_classes={out.shape[1]})")
         k = min(5, out.shape[1])
         acc1, acc5 = accuracy(out.float(), target, topk=(1, k))
         n = imgs.shape[0]
@@ -155,9 +159,15 @@ def evaluate(model: nn.Module, loader, info: DistInfo, autocast) -> dict:
         tot["acc1"] += acc1.item() * n
         tot["acc5"] += acc5.item() * n
         tot["n"] += n
-    t = torch.tensor([tot["loss"], tot["acc1"], tot["acc5"], tot["n"]], dtype=torch.float64, device=info.device)
+    t = torch.tensor([tot["loss"], tot["acc1"], tot["acc5"], tot["n"], skipped], dtype=torch.float64,
+                     device=info.device)
     if info.distributed:
         torch.distributed.all_reduce(t)
+    if t[4].item() and not t[3].item():
+        raise DataError(f"none of the {int(t[4].item())} validation samples could be read (unreadable images, or "
+                        "shards without labels)")
+    if t[4].item():
+        _logger.warning("%d validation samples were unreadable or unlabelled and are not counted", int(t[4].item()))
     n = max(1.0, t[3].item())
     return {"loss": t[0].item() / n, "acc1": t[1].item() / n, "acc5": t[2].item() / n, "n": int(t[3].item())}
 
@@ -195,6 +205,7 @@ def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -
     train_tf, eval_tf = build_transforms(cfg)
     train_set, val_set = datasets or _datasets(cfg, train_tf, eval_tf)
     checked = _check_labels(train_set, cfg.num_classes)
+    _check_labels(val_set, cfg.num_classes)
     with seeded(cfg.seed):  # the fresh head (and a random init) follow from the seed; global generators untouched
         model = build_model(cfg).to(info.device)
     val_loader = common.make_loader(val_set, cfg.batch_size, info, cfg.seed, cfg.num_workers, shuffle=False,

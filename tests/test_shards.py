@@ -18,8 +18,7 @@ from PIL import Image
 
 from mae_transfer.data import SeededSamples
 from mae_transfer.data.order import ShardSampler, window_shuffle
-from mae_transfer.data.shards import Shards
-from mae_transfer.data.sources import image_source, labelled_source
+from mae_transfer.data.sources import image_source, labelled_source, open_shards
 from mae_transfer.data.write_shards import PROGRESS, write_shards
 from mae_transfer.errors import DataError
 
@@ -72,7 +71,7 @@ def test_third_party_shards_every_way_to_name_them(tmp_path):
     specs = [tmp_path / "s/train-{000000..000002}.tar", tmp_path / "s", tmp_path / "list.txt",
              str(tmp_path / "s/train-{000000,000001,000002}.tar")]
     for spec in specs:
-        src = Shards(spec, labelled=True)
+        src = open_shards(spec, labelled=True)
         assert len(src) == 15 and [s.count for s in src.shards] == [5, 7, 3], spec
     src = labelled_source(tmp_path / "s")
     for i in [0, 4, 5, 14, 6, 2]:  # out of order on purpose: still right
@@ -80,10 +79,10 @@ def test_third_party_shards_every_way_to_name_them(tmp_path):
         assert label == i and img.getpixel((5, 5)) == pytest.approx(colour(i), abs=4)
     assert len(image_source(paths[1])) == 7 and image_source(paths[1])[3].size == (40, 32)
     with pytest.raises(DataError, match="shard not found"):
-        Shards(tmp_path / "s/train-{000000..000009}.tar")
+        open_shards(tmp_path / "s/train-{000000..000009}.tar")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no shards"):
-        Shards(tmp_path / "empty")
+        open_shards(tmp_path / "empty")
 
 
 @settings(max_examples=60, deadline=None)
@@ -138,13 +137,13 @@ def test_truncated_shard_is_counted_and_training_goes_on(tmp_path, caplog):
     data = paths[0].read_bytes()
     paths[0].write_bytes(data[:len(data) // 2])  # cut in the middle of a member
     with caplog.at_level(logging.WARNING):  # counted without an index: the samples before the damage are used
-        assert 3 <= Shards(tmp_path / "s").shards[0].count < 6
+        assert 3 <= open_shards(tmp_path / "s").shards[0].count < 6
     assert sum("is damaged" in r.message for r in caplog.records) == 1
     caplog.clear()
     write_index = [{"name": p.name, "samples": 6, "bytes": p.stat().st_size, "sha256": "0" * 64} for p in paths]
     (tmp_path / "s/index.json").write_text(json.dumps({"format": "mae-transfer shards", "version": 1,
                                                        "shards": write_index}))
-    src = Shards(tmp_path / "s", labelled=True)  # the index says 6 + 6: the damage is met while reading
+    src = open_shards(tmp_path / "s", labelled=True)  # the index says 6 + 6: the damage is met while reading
     ds = SeededSamples(src, lambda im: torch.tensor(im.getpixel((0, 0))), seed=0)
     with caplog.at_level(logging.WARNING):
         items = [ds[(0, i)] for i in range(12)]
@@ -159,13 +158,13 @@ def test_pipe_and_unreachable_urls(tmp_path):
     paths = wds(tmp_path / "s", [4, 5])
     lst = tmp_path / "urls.txt"
     lst.write_text("\n".join(f"pipe:cat {p}" for p in paths))
-    src = Shards(lst, labelled=True)
+    src = open_shards(lst, labelled=True)
     assert len(src) == 9 and [src[i][1] for i in range(9)] == list(range(9))
     for bad, msg in ((f"pipe:cat {tmp_path}/nothing-{{0..1}}.tar", "exited with status 1"),
                      ("https://127.0.0.1:9/train-{0..1}.tar", "cannot read the shard https://127.0.0.1:9/train-0"),
                      ("hfds/imagenet-1k", "not downloaded at run time")):
         with pytest.raises(DataError, match=msg) as e:
-            Shards(bad)
+            open_shards(bad)
         assert "\n" not in str(e.value)
 
 
@@ -202,7 +201,7 @@ def test_write_shards_index_and_a_killed_writer_resumes(tmp_path):
     (root / "c1/broken.jpg").write_bytes(b"not a jpeg")
     full = write_shards(root, tmp_path / "a", shard_size=5, workers=2)
     assert (full["shards"], full["samples"], full["skipped"]) == (5, 23, 1)
-    src = Shards(tmp_path / "a", labelled=True)
+    src = open_shards(tmp_path / "a", labelled=True)
     assert src.classes == ["c0", "c1", "c2"] and len(src) == 23
     labels = sorted(src[i][1] for i in range(23))
     assert labels == sorted(i % 3 for i in range(23))
@@ -350,4 +349,4 @@ def test_hostile_sources_are_one_line_each(tmp_path):
     chatty = tmp_path / "chatty.txt"  # a command that writes much to stderr (curl's progress) must not hang
     chatty.write_text(f"pipe:head -c 200000 /dev/zero >&2; cat {tmp_path}/s/train-000000.tar\n")
     (tmp_path / "s/index.json").unlink()
-    assert len(Shards(chatty)) == 3
+    assert len(open_shards(chatty)) == 3

@@ -17,28 +17,22 @@ integer `label` column.
 import io
 import json
 import logging
-import os
 import posixpath
 import subprocess
 import tarfile
 import tempfile
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import fsspec
 import torch
-from braceexpand import UnbalancedBracesError, braceexpand
 
 from ..errors import DataError
-from ..schemas import ShardIndex, read_json
-from .images import IMG_EXTENSIONS, load_rgb
+from .images import load_rgb
 
 _logger = logging.getLogger(__name__)
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-INDEX = "index.json"
 Sample = Tuple[str, Dict[str, bytes]]  # (key, {extension: bytes})
 
 
@@ -50,11 +44,11 @@ class Shard:
 
 
 # ----------------------------------------------------------------------------------------------- opening
-def _local(url: str) -> bool:
+def local(url: str) -> bool:
     return not url.startswith("pipe:") and "://" not in url
 
 
-def _kind(url: str) -> str:
+def kind_of(url: str) -> str:
     name = url.split("?")[0].lower()
     return "parquet" if name.endswith(".parquet") else "arrow" if name.endswith(".arrow") else "tar"
 
@@ -68,7 +62,7 @@ class _Stream:
             self.err = tempfile.TemporaryFile()
             self.proc = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE, stderr=self.err)
             self.f = self.proc.stdout
-        elif _local(url):
+        elif local(url):
             self.f = open(url, "rb")
         else:
             try:
@@ -78,7 +72,7 @@ class _Stream:
 
     @property
     def seekable(self) -> bool:
-        return self.proc is None and _local(self.url)
+        return self.proc is None and local(self.url)
 
     def close(self) -> Optional[str]:
         """Close; for a command, why it failed (its stderr's last line) or None."""
@@ -105,7 +99,7 @@ def _split_name(name: str) -> Optional[Tuple[str, str]]:
     return posixpath.join(folder, stem), ext.lower()
 
 
-def _is_image(ext: str) -> bool:
+def is_image(ext: str) -> bool:
     return ext.rsplit(".", 1)[-1] in IMAGE_EXTS
 
 
@@ -119,12 +113,12 @@ def tar_samples(f, seekable: bool, data: bool = True) -> Iterator[Sample]:
             if split is None:
                 continue
             if split[0] != key:
-                if any(map(_is_image, parts)):
+                if any(map(is_image, parts)):
                     yield key, parts
                 key, parts = split[0], {}
-            wanted = _is_image(split[1]) or split[1] in ("cls", "json")
+            wanted = is_image(split[1]) or split[1] in ("cls", "json")
             parts[split[1]] = tf.extractfile(m).read() if data and wanted else b""
-    if any(map(_is_image, parts)):
+    if any(map(is_image, parts)):
         yield key, parts
 
 
@@ -134,7 +128,7 @@ def _table_samples(url: str, kind: str, start: int = 0) -> Iterator[Sample]:
     import pyarrow.parquet as pq
 
     if kind == "parquet":
-        pf = pq.ParquetFile(url if _local(url) else fsspec.open(url, "rb").open())
+        pf = pq.ParquetFile(url if local(url) else fsspec.open(url, "rb").open())
         first, groups = 0, []
         for g in range(pf.num_row_groups):
             n = pf.metadata.row_group(g).num_rows
@@ -167,7 +161,7 @@ def _check_columns(url: str, kind: str, labelled: bool) -> None:
     import pyarrow as pa  # optional: HF sources only
     import pyarrow.parquet as pq
 
-    schema = (pq.ParquetFile(url if _local(url) else fsspec.open(url, "rb").open()).schema_arrow if kind == "parquet"
+    schema = (pq.ParquetFile(url if local(url) else fsspec.open(url, "rb").open()).schema_arrow if kind == "parquet"
               else pa.ipc.open_stream(pa.memory_map(url)).schema)
     name = "image" if "image" in schema.names else "img" if "img" in schema.names else None
     if name is None:
@@ -185,12 +179,12 @@ def _check_columns(url: str, kind: str, labelled: bool) -> None:
 
 def count_samples(url: str) -> int:
     """Samples in one shard, read from its metadata (parquet) or headers (tar); DataError if it cannot be read."""
-    kind = _kind(url)
+    kind = kind_of(url)
     try:
         if kind == "parquet":
             import pyarrow.parquet as pq  # optional: HF sources only
 
-            return pq.ParquetFile(url if _local(url) else fsspec.open(url, "rb").open()).metadata.num_rows
+            return pq.ParquetFile(url if local(url) else fsspec.open(url, "rb").open()).metadata.num_rows
         if kind == "arrow":
             import pyarrow as pa  # optional: HF sources only
 
@@ -213,102 +207,6 @@ def count_samples(url: str) -> int:
         if isinstance(e, DataError):
             raise
         raise DataError(f"cannot read the shard {url}: {' '.join(str(e).split()) or type(e).__name__}") from None
-
-
-# ------------------------------------------------------------------------------------------------ sources
-def is_shard_source(spec) -> bool:
-    s = str(spec)
-    p = Path(s)
-    if p.is_dir():
-        shards = any(p.glob("*.tar")) or any(p.glob("*.parquet")) or any(p.glob("data/*.parquet"))
-        if shards and any(f.suffix.lower() in IMG_EXTENSIONS for d in p.iterdir() if d.is_dir() and d.name != "data"
-                          for f in d.iterdir()):
-            raise DataError(f"{p} holds both .tar / .parquet files and folders of images: give the shards or the "
-                            "images (move the other out)")
-        return shards or (p / "state.json").is_file()
-    if p.exists():
-        return p.suffix.lower() in (".tar", ".parquet", ".txt")
-    return (s.startswith(("pipe:", "hf://", "hfds/")) or "://" in s or ("{" in s and "}" in s)
-            or p.suffix.lower() in (".tar", ".parquet", ".txt"))
-
-
-def shard_urls(spec) -> List[str]:
-    """The shards a `--data-path` names: a brace pattern, a list file (.txt, one URL or path per line, relative to
-    the file), one shard, a folder of .tar or .parquet files (or data/*.parquet, as on the HF hub), or a
-    `save_to_disk` folder."""
-    s = str(spec)
-    p = Path(s)
-    if s.startswith("hf://") or s.startswith("hfds/"):
-        raise DataError(f"{s}: hub datasets are not downloaded at run time; fetch it first (datasets' "
-                        "load_dataset(...).save_to_disk(DIR), or `huggingface-cli download` for its parquet files) "
-                        "and give the folder")
-    if p.suffix == ".txt" and _local(s):
-        from ..schemas import read_lines
-
-        lines = [ln for ln in read_lines(p, "shard list", DataError) if not ln.startswith("#")]
-        urls = [ln if not _local(ln) or os.path.isabs(ln) else str(p.parent / ln) for ln in lines]
-    elif "{" in s and "}" in s and not p.exists():
-        try:
-            urls = list(braceexpand(s))
-        except UnbalancedBracesError:
-            raise DataError(f"{s}: unbalanced braces in the shard pattern") from None
-    elif p.is_dir():
-        if (p / "state.json").is_file():
-            files = read_json(p / "state.json", None, DataError, "save_to_disk state file").get("_data_files", [])
-            urls = [str(p / f["filename"]) for f in files if isinstance(f, dict) and "filename" in f]
-        else:
-            urls = sorted(map(str, p.glob("*.tar"))) or sorted(map(str, p.glob("*.parquet"))) or sorted(
-                map(str, p.glob("data/*.parquet")))
-    else:
-        urls = [s]
-    if not urls:
-        raise DataError(f"{s}: no shards (.tar, .parquet or .arrow files) found")
-    missing = [u for u in urls if _local(u) and not os.path.isfile(u)]
-    if missing:
-        raise DataError(f"{missing[0]}: shard not found" + (f" (and {len(missing) - 1} more of {len(urls)})"
-                                                            if len(missing) > 1 else ""))
-    return urls
-
-
-def _index_counts(urls: Sequence[str]) -> Dict[str, int]:
-    """Sample counts from an index.json in the shards' (local) folder, for shards whose size still matches."""
-    folders = {os.path.dirname(u) for u in urls if _local(u)}
-    if len(folders) != 1 or not os.path.isfile(os.path.join(*folders, INDEX)):
-        return {}
-    folder = folders.pop()
-    index = read_json(os.path.join(folder, INDEX), ShardIndex, DataError, "shard index")
-    counts = {}
-    for e in index.shards:
-        path = os.path.join(folder, e.name)
-        if e.samples * 1024 > e.bytes:  # a tar member is at least a 512-byte header and a 512-byte block
-            raise DataError(f"{folder}/{INDEX}: {e.name} cannot hold {e.samples} samples in {e.bytes} bytes")
-        if os.path.isfile(path) and os.path.getsize(path) == e.bytes:
-            counts[path] = e.samples
-    return counts
-
-
-def read_index_classes(urls: Sequence[str]) -> Optional[List[str]]:
-    folders = {os.path.dirname(u) for u in urls if _local(u)}
-    if len(folders) == 1 and os.path.isfile(os.path.join(*folders, INDEX)):
-        return read_json(os.path.join(*folders, INDEX), ShardIndex, DataError, "shard index").classes
-    return None
-
-
-def list_shards(spec) -> List[Shard]:
-    """The shards of `spec` with their counts: from the index where one matches, else read (in threads)."""
-    urls = shard_urls(spec)
-    known = _index_counts(urls)
-    todo = [u for u in urls if u not in known]
-    if todo:
-        if len(todo) > 16:
-            _logger.info("counting the samples of %d shards (no index.json beside them; `mae-transfer shards` "
-                         "writes one)", len(todo))
-        with ThreadPoolExecutor(min(16, len(todo))) as pool:
-            known.update(zip(todo, pool.map(count_samples, todo)))
-    shards = [Shard(u, known[u], _kind(u)) for u in urls]
-    if not sum(s.count for s in shards):
-        raise DataError(f"{spec}: the shards hold no images ({', '.join(IMAGE_EXTS)} members)")
-    return shards
 
 
 # -------------------------------------------------------------------------------------------------- reader
@@ -338,15 +236,12 @@ class Shards(torch.utils.data.Dataset):
     early or cannot be opened), which SeededSamples replaces and counts. `window` is the shuffle window the
     sampler plans with: up to 2x that many passed-over samples are kept (raw bytes) per open shard."""
 
-    def __init__(self, spec, labelled: bool = False, window: int = 1000, shards: Optional[List[Shard]] = None):
-        self.spec, self.labelled, self.window = str(spec), labelled, window
-        self.shards = shards if shards is not None else list_shards(spec)
+    def __init__(self, shards: List[Shard], spec: str = "", labelled: bool = False, window: int = 1000,
+                 classes: Optional[List[str]] = None):
+        self.shards, self.spec, self.labelled, self.window, self.classes = shards, str(spec), labelled, window, classes
         self.offsets = [0]
         for s in self.shards:
             self.offsets.append(self.offsets[-1] + s.count)
-        self.classes = read_index_classes([s.url for s in self.shards])
-        if shards is None:
-            self._check_first()
         self._open: "OrderedDict[int, _Cursor]" = OrderedDict()
         self._kept: "OrderedDict[int, Dict[str, bytes]]" = OrderedDict()
         self._broken: Dict[int, int] = {}  # shard -> the first sample it could not read
@@ -355,7 +250,7 @@ class Shards(torch.utils.data.Dataset):
     def __len__(self):
         return self.offsets[-1]
 
-    def _check_first(self) -> None:
+    def check_first(self) -> None:
         """The columns (HF) and the first sample: a source whose every sample would be unreadable, or unlabelled
         where labels are needed, is one error now rather than "50 images in a row were unreadable" later."""
         first = next(s for s in self.shards if s.count)
@@ -368,7 +263,7 @@ class Shards(torch.utils.data.Dataset):
         except Exception as e:  # noqa: BLE001  counted a moment ago, unreadable now: as a damaged shard
             raise DataError(f"cannot read the shard {first.url}: {' '.join(str(e).split()) or type(e).__name__}"
                             ) from None
-        if not next((v for k, v in parts.items() if _is_image(k)), b""):
+        if not next((v for k, v in parts.items() if is_image(k)), b""):
             raise DataError(f"{first.url}: its first sample has no image bytes (an HF Image column that holds only "
                             "paths is not read: save the dataset with its images embedded)")
         if self.labelled and _label(parts) is None:
@@ -395,7 +290,7 @@ class Shards(torch.utils.data.Dataset):
         parts = self._kept.pop(i, None)
         if parts is None:
             parts = self._read(i)
-        data = next((v for k, v in parts.items() if _is_image(k)), b"") if parts else b""
+        data = next((v for k, v in parts.items() if is_image(k)), b"") if parts else b""
         if not self.labelled:
             return data or None
         label = _label(parts) if parts else None

@@ -5,18 +5,26 @@
     labelled_source(path, ...)  fine-tuning / linear probing: labelled shards (`.cls`, `.json`, a `label` column)
                                 or an ImageFolder tree
 """
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
+from braceexpand import UnbalancedBracesError, braceexpand
 
 from ..errors import DataError
-from .images import ImageDataset, LabelledImageFolder
-from .shards import Shards, is_shard_source
+from ..schemas import ShardIndex, read_json
+from .images import IMG_EXTENSIONS, ImageDataset, LabelledImageFolder
+from .shards import IMAGE_EXTS, Shard, Shards, count_samples, kind_of, local
+
+_logger = logging.getLogger(__name__)
+INDEX = "index.json"
 
 
 def image_source(path, window: int = 1000) -> torch.utils.data.Dataset:
-    return Shards(path, window=window) if is_shard_source(path) else ImageDataset(path)
+    return open_shards(path, window=window) if is_shard_source(path) else ImageDataset(path)
 
 
 def labelled_source(path, classes: Optional[Sequence[str]] = None, window: int = 1000, train: bool = True):
@@ -24,7 +32,110 @@ def labelled_source(path, classes: Optional[Sequence[str]] = None, window: int =
     training set's). A validation set's shards are read in order, unshuffled."""
     if not is_shard_source(path):
         return LabelledImageFolder(Path(path), classes=classes)
-    src = Shards(path, labelled=True, window=window if train else 0)
+    src = open_shards(path, labelled=True, window=window if train else 0)
     if classes is not None and src.classes is not None and list(src.classes) != list(classes):
         raise DataError(f"{path}: the shards' classes (index.json) differ from the training set's")
     return src
+
+
+def open_shards(spec, labelled: bool = False, window: int = 1000) -> Shards:
+    """`shards.Shards` over what `spec` names, its first sample checked (readable, labelled where needed)."""
+    shards = list_shards(spec)
+    src = Shards(shards, spec, labelled, window, read_index_classes([s.url for s in shards]))
+    src.check_first()
+    return src
+
+
+def is_shard_source(spec) -> bool:
+    s = str(spec)
+    p = Path(s)
+    if p.is_dir():
+        shards = any(p.glob("*.tar")) or any(p.glob("*.parquet")) or any(p.glob("data/*.parquet"))
+        if shards and any(f.suffix.lower() in IMG_EXTENSIONS for d in p.iterdir() if d.is_dir() and d.name != "data"
+                          for f in d.iterdir()):
+            raise DataError(f"{p} holds both .tar / .parquet files and folders of images: give the shards or the "
+                            "images (move the other out)")
+        return shards or (p / "state.json").is_file()
+    if p.exists():
+        return p.suffix.lower() in (".tar", ".parquet", ".txt")
+    return (s.startswith(("pipe:", "hf://", "hfds/")) or "://" in s or ("{" in s and "}" in s)
+            or p.suffix.lower() in (".tar", ".parquet", ".txt"))
+
+
+def shard_urls(spec) -> List[str]:
+    """The shards a `--data-path` names: a brace pattern, a list file (.txt, one URL or path per line, relative to
+    the file), one shard, a folder of .tar or .parquet files (or data/*.parquet, as on the HF hub), or a
+    `save_to_disk` folder."""
+    s = str(spec)
+    p = Path(s)
+    if s.startswith("hf://") or s.startswith("hfds/"):
+        raise DataError(f"{s}: hub datasets are not downloaded at run time; fetch it first (datasets' "
+                        "load_dataset(...).save_to_disk(DIR), or `huggingface-cli download` for its parquet files) "
+                        "and give the folder")
+    if p.suffix == ".txt" and local(s):
+        from ..schemas import read_lines
+
+        lines = [ln for ln in read_lines(p, "shard list", DataError) if not ln.startswith("#")]
+        urls = [ln if not local(ln) or os.path.isabs(ln) else str(p.parent / ln) for ln in lines]
+    elif "{" in s and "}" in s and not p.exists():
+        try:
+            urls = list(braceexpand(s))
+        except UnbalancedBracesError:
+            raise DataError(f"{s}: unbalanced braces in the shard pattern") from None
+    elif p.is_dir():
+        if (p / "state.json").is_file():
+            files = read_json(p / "state.json", None, DataError, "save_to_disk state file").get("_data_files", [])
+            urls = [str(p / f["filename"]) for f in files if isinstance(f, dict) and "filename" in f]
+        else:
+            urls = sorted(map(str, p.glob("*.tar"))) or sorted(map(str, p.glob("*.parquet"))) or sorted(
+                map(str, p.glob("data/*.parquet")))
+    else:
+        urls = [s]
+    if not urls:
+        raise DataError(f"{s}: no shards (.tar, .parquet or .arrow files) found")
+    missing = [u for u in urls if local(u) and not os.path.isfile(u)]
+    if missing:
+        raise DataError(f"{missing[0]}: shard not found" + (f" (and {len(missing) - 1} more of {len(urls)})"
+                                                            if len(missing) > 1 else ""))
+    return urls
+
+
+def _index_counts(urls: Sequence[str]) -> Dict[str, int]:
+    """Sample counts from an index.json in the shards' (local) folder, for shards whose size still matches."""
+    folders = {os.path.dirname(u) for u in urls if local(u)}
+    if len(folders) != 1 or not os.path.isfile(os.path.join(*folders, INDEX)):
+        return {}
+    folder = folders.pop()
+    index = read_json(os.path.join(folder, INDEX), ShardIndex, DataError, "shard index")
+    counts = {}
+    for e in index.shards:
+        path = os.path.join(folder, e.name)
+        if e.samples * 1024 > e.bytes:  # a tar member is at least a 512-byte header and a 512-byte block
+            raise DataError(f"{folder}/{INDEX}: {e.name} cannot hold {e.samples} samples in {e.bytes} bytes")
+        if os.path.isfile(path) and os.path.getsize(path) == e.bytes:
+            counts[path] = e.samples
+    return counts
+
+
+def read_index_classes(urls: Sequence[str]) -> Optional[List[str]]:
+    folders = {os.path.dirname(u) for u in urls if local(u)}
+    if len(folders) == 1 and os.path.isfile(os.path.join(*folders, INDEX)):
+        return read_json(os.path.join(*folders, INDEX), ShardIndex, DataError, "shard index").classes
+    return None
+
+
+def list_shards(spec) -> List[Shard]:
+    """The shards of `spec` with their counts: from the index where one matches, else read (in threads)."""
+    urls = shard_urls(spec)
+    known = _index_counts(urls)
+    todo = [u for u in urls if u not in known]
+    if todo:
+        if len(todo) > 16:
+            _logger.info("counting the samples of %d shards (no index.json beside them; `mae-transfer shards` "
+                         "writes one)", len(todo))
+        with ThreadPoolExecutor(min(16, len(todo))) as pool:
+            known.update(zip(todo, pool.map(count_samples, todo)))
+    shards = [Shard(u, known[u], kind_of(u)) for u in urls]
+    if not sum(s.count for s in shards):
+        raise DataError(f"{spec}: the shards hold no images ({', '.join(IMAGE_EXTS)} members)")
+    return shards

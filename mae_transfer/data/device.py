@@ -7,9 +7,11 @@ The one reader's rules hold because the worker decides what goes to the device: 
 marker present) in RGB or grey without an EXIF turn; anything else -- PNG, WebP, EXIF-turned, CMYK, truncated -- is
 read by the reference reader in the worker (skipped and counted if unreadable) and travels as a finished crop."""
 import io
+import logging
 from dataclasses import dataclass
 from typing import List, Optional, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -17,6 +19,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from .fast import Box, CropFlip, _pil_path, plain_jpeg
 from .images import load_rgb
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,11 +61,28 @@ def crop_resize(img: torch.Tensor, box: Box, size: int) -> torch.Tensor:
 def decode_batch(items: List[EncodedImage], device: torch.device) -> torch.Tensor:
     todo = [k for k, it in enumerate(items) if it.box is not None]
     out: List[Optional[torch.Tensor]] = [it.data.to(device) if it.box is None else None for it in items]
-    if todo:  # one batched call: nvJPEG decodes them together on a GPU
-        imgs = decode_jpeg([items[k].data for k in todo], mode=ImageReadMode.RGB, device=device)
-        for k, img in zip(todo, imgs):
-            out[k] = crop_resize(img, items[k].box, items[k].size)
+    try:  # one batched call: nvJPEG decodes them together on a GPU
+        imgs = decode_jpeg([items[k].data for k in todo], mode=ImageReadMode.RGB, device=device) if todo else []
+    except RuntimeError:  # one of them is a JPEG the device decoder refuses: each on its own, PIL for the refused
+        imgs = [_decode_one(items[k], device) for k in todo]
+    for k, img in zip(todo, imgs):
+        out[k] = crop_resize(img, items[k].box, items[k].size) if img is not None else None
+    lost = [k for k, x in enumerate(out) if x is None]
+    if lost:  # corrupt for PIL too, found only now: the batch's first image stands in (the worker counted none)
+        _logger.warning("%d images of a batch could not be decoded by any decoder; replaced by another of the batch",
+                        len(lost))
+        good = next(x for x in out if x is not None) if len(lost) < len(out) else torch.zeros(
+            3, items[0].size, items[0].size, dtype=torch.uint8, device=device)
+        out = [good if x is None else x for x in out]
     return torch.stack(out)
+
+
+def _decode_one(item: EncodedImage, device: torch.device) -> Optional[torch.Tensor]:
+    try:
+        return decode_jpeg(item.data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        img = load_rgb(io.BytesIO(item.data.numpy().tobytes()))
+        return None if img is None else torch.from_numpy(np.array(img)).permute(2, 0, 1).to(device)
 
 
 class DeviceCropFlip:

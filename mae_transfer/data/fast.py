@@ -69,7 +69,7 @@ def _resize(arr: np.ndarray, size: int, flip: bool) -> torch.Tensor:
 
 def _pil_path(img: Image.Image, box: Box, size: int) -> torch.Tensor:
     top, left, h, w, flip = box
-    return _resize(np.asarray(img)[top:top + h, left:left + w], size, flip)
+    return _resize(np.array(img)[top:top + h, left:left + w], size, flip)  # a writable copy, as torch wants
 
 
 class FastCropFlip:
@@ -96,8 +96,9 @@ class FastCropFlip:
             f *= 2
         try:
             arr = simplejpeg.decode_jpeg(data, "rgb", min_width=-(-dims[0] // f), min_height=-(-dims[1] // f))
-        except ValueError:  # truncated or corrupt: skipped and counted, as the reference does
-            return None
+        except ValueError:  # what libjpeg-turbo calls recoverable (extraneous bytes, a damaged scan, a subsampling
+            img = load_rgb(io.BytesIO(data))  # it does not know) PIL may read: its decision, on the same box
+            return None if img is None else _pil_path(img, (top, left, h, w, flip), size)
         if f == 1:
             return _resize(arr[top:top + h, left:left + w], size, flip)
         # the box in the reduced image is fractional: PIL's resize takes it as it is (rounding it to whole pixels of

@@ -1,4 +1,5 @@
 """MAE pretraining with the paper's recipe (He et al. 2021, Sec. 4 and appendix A.1)."""
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,10 @@ def evaluate_checkpoint(cfg: PretrainConfig, checkpoint) -> dict:
     one pass of cfg's data at cfg.mask_ratio, masks seeded per sample as in training (epoch 0)."""
 
     model = load_mae(checkpoint)
+    size = model.patch_embed.img_size[0]
+    if size != cfg.img_size:  # the masks and crops follow the model the checkpoint holds
+        _logger.info("img_size=%d as the checkpoint's model (the config says %d)", size, cfg.img_size)
+        cfg = dataclasses.replace(cfg, img_size=size)
     info = DistInfo()
     loader = common.make_loader(build_data(cfg, model.grid_size), cfg.batch_size, info, cfg.seed, cfg.num_workers,
                                  shuffle=False, drop_last=False)

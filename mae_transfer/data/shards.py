@@ -14,6 +14,7 @@ of its base name); its image is the member ending in .jpg/.jpeg/.png/.webp, its 
 folder (Arrow files) with an image column (HF's Image feature: {bytes, path}, or raw bytes) and an optional
 integer `label` column.
 """
+import bisect
 import io
 import json
 import logging
@@ -122,13 +123,23 @@ def tar_samples(f, seekable: bool, data: bool = True) -> Iterator[Sample]:
         yield key, parts
 
 
+def _parquet(url: str):
+    import pyarrow.parquet as pq  # optional: HF sources only
+
+    return pq.ParquetFile(url if local(url) else fsspec.open(url, "rb").open())
+
+
+def _arrow(url: str):
+    """A `save_to_disk` Arrow file's record batches, memory-mapped."""
+    import pyarrow as pa  # optional: HF sources only
+
+    return pa.ipc.open_stream(pa.memory_map(url))
+
+
 def _table_samples(url: str, kind: str, start: int = 0) -> Iterator[Sample]:
     """Rows of a parquet or Arrow file from row `start` (whole row groups before it are not read)."""
-    import pyarrow as pa  # noqa: F401  (optional: HF sources only)
-    import pyarrow.parquet as pq
-
     if kind == "parquet":
-        pf = pq.ParquetFile(url if local(url) else fsspec.open(url, "rb").open())
+        pf = _parquet(url)
         first, groups = 0, []
         for g in range(pf.num_row_groups):
             n = pf.metadata.row_group(g).num_rows
@@ -138,7 +149,7 @@ def _table_samples(url: str, kind: str, start: int = 0) -> Iterator[Sample]:
                 first += n
         batches = pf.iter_batches(batch_size=256, row_groups=groups) if groups else iter(())
     else:
-        batches, first = pa.ipc.open_stream(pa.memory_map(url)), 0
+        batches, first = _arrow(url), 0
     for batch in batches:
         cols = batch.to_pydict()
         image = cols.get("image", cols.get("img"))
@@ -159,10 +170,8 @@ def _table_samples(url: str, kind: str, start: int = 0) -> Iterator[Sample]:
 
 def _check_columns(url: str, kind: str, labelled: bool) -> None:
     import pyarrow as pa  # optional: HF sources only
-    import pyarrow.parquet as pq
 
-    schema = (pq.ParquetFile(url if local(url) else fsspec.open(url, "rb").open()).schema_arrow if kind == "parquet"
-              else pa.ipc.open_stream(pa.memory_map(url)).schema)
+    schema = _parquet(url).schema_arrow if kind == "parquet" else _arrow(url).schema
     name = "image" if "image" in schema.names else "img" if "img" in schema.names else None
     if name is None:
         raise DataError(f"{url}: no `image` column (columns: {', '.join(schema.names)})")
@@ -182,13 +191,9 @@ def count_samples(url: str) -> int:
     kind = kind_of(url)
     try:
         if kind == "parquet":
-            import pyarrow.parquet as pq  # optional: HF sources only
-
-            return pq.ParquetFile(url if local(url) else fsspec.open(url, "rb").open()).metadata.num_rows
+            return _parquet(url).metadata.num_rows
         if kind == "arrow":
-            import pyarrow as pa  # optional: HF sources only
-
-            return sum(b.num_rows for b in pa.ipc.open_stream(pa.memory_map(url)))
+            return sum(b.num_rows for b in _arrow(url))
         stream, n, damage = _Stream(url), 0, None
         try:
             for _ in tar_samples(stream.f, stream.seekable, data=False):
@@ -274,8 +279,6 @@ class Shards(torch.utils.data.Dataset):
         return {**self.__dict__, "_open": OrderedDict(), "_kept": OrderedDict(), "_broken": {}, "_warned": set()}
 
     def locate(self, i: int) -> Tuple[int, int]:
-        import bisect
-
         s = bisect.bisect_right(self.offsets, i) - 1
         return s, i - self.offsets[s]
 
@@ -294,10 +297,11 @@ class Shards(torch.utils.data.Dataset):
         if not self.labelled:
             return data or None
         label = _label(parts) if parts else None
-        if data and label is None and ("label", self.locate(i)[0]) not in self._warned:
-            self._warned.add(("label", self.locate(i)[0]))
+        s = self.locate(i)[0]
+        if data and label is None and ("label", s) not in self._warned:
+            self._warned.add(("label", s))
             _logger.warning("shard %s: sample %d has no usable label (a class index in KEY.cls, {\"label\": n} in "
-                            "KEY.json): such samples are replaced and counted", self.shards[self.locate(i)[0]].url, i)
+                            "KEY.json): such samples are replaced and counted", self.shards[s].url, i)
         return (data, label) if data and label is not None else (None, -1)
 
     def _read(self, i: int) -> Optional[Dict[str, bytes]]:

@@ -15,7 +15,7 @@ import torch
 from braceexpand import UnbalancedBracesError, braceexpand
 
 from ..errors import DataError
-from ..schemas import ShardIndex, read_json
+from ..schemas import ShardIndex, read_json, read_lines
 from .images import IMG_EXTENSIONS, ImageDataset, LabelledImageFolder
 from .shards import IMAGE_EXTS, Shard, Shards, count_samples, kind_of, local
 
@@ -40,8 +40,9 @@ def labelled_source(path, classes: Optional[Sequence[str]] = None, window: int =
 
 def open_shards(spec, labelled: bool = False, window: int = 1000) -> Shards:
     """`shards.Shards` over what `spec` names, its first sample checked (readable, labelled where needed)."""
-    shards = list_shards(spec)
-    src = Shards(shards, spec, labelled, window, read_index_classes([s.url for s in shards]))
+    urls = shard_urls(spec)
+    index = _local_index(urls)
+    src = Shards(list_shards(spec, urls, index), spec, labelled, window, index.classes if index else None)
     src.check_first()
     return src
 
@@ -73,8 +74,6 @@ def shard_urls(spec) -> List[str]:
                         "load_dataset(...).save_to_disk(DIR), or `huggingface-cli download` for its parquet files) "
                         "and give the folder")
     if p.suffix == ".txt" and local(s):
-        from ..schemas import read_lines
-
         lines = [ln for ln in read_lines(p, "shard list", DataError) if not ln.startswith("#")]
         urls = [ln if not local(ln) or os.path.isabs(ln) else str(p.parent / ln) for ln in lines]
     elif "{" in s and "}" in s and not p.exists():
@@ -100,13 +99,19 @@ def shard_urls(spec) -> List[str]:
     return urls
 
 
-def _index_counts(urls: Sequence[str]) -> Dict[str, int]:
-    """Sample counts from an index.json in the shards' (local) folder, for shards whose size still matches."""
+def _local_index(urls: Sequence[str]) -> Optional[ShardIndex]:
+    """The index.json in the shards' folder, when they are local and in one folder."""
     folders = {os.path.dirname(u) for u in urls if local(u)}
     if len(folders) != 1 or not os.path.isfile(os.path.join(*folders, INDEX)):
+        return None
+    return read_json(os.path.join(*folders, INDEX), ShardIndex, DataError, "shard index")
+
+
+def _index_counts(urls: Sequence[str], index: Optional[ShardIndex]) -> Dict[str, int]:
+    """Sample counts from the shards' index, for shards whose size still matches."""
+    if index is None:
         return {}
-    folder = folders.pop()
-    index = read_json(os.path.join(folder, INDEX), ShardIndex, DataError, "shard index")
+    folder = next(os.path.dirname(u) for u in urls if local(u))  # the one folder _local_index found it in
     counts = {}
     for e in index.shards:
         path = os.path.join(folder, e.name)
@@ -117,17 +122,10 @@ def _index_counts(urls: Sequence[str]) -> Dict[str, int]:
     return counts
 
 
-def read_index_classes(urls: Sequence[str]) -> Optional[List[str]]:
-    folders = {os.path.dirname(u) for u in urls if local(u)}
-    if len(folders) == 1 and os.path.isfile(os.path.join(*folders, INDEX)):
-        return read_json(os.path.join(*folders, INDEX), ShardIndex, DataError, "shard index").classes
-    return None
-
-
-def list_shards(spec) -> List[Shard]:
-    """The shards of `spec` with their counts: from the index where one matches, else read (in threads)."""
-    urls = shard_urls(spec)
-    known = _index_counts(urls)
+def list_shards(spec, urls: Sequence[str], index: Optional[ShardIndex]) -> List[Shard]:
+    """The shards `spec` names (`urls`) with their counts: from the index where one matches, else read (in
+    threads)."""
+    known = _index_counts(urls, index)
     todo = [u for u in urls if u not in known]
     if todo:
         if len(todo) > 16:

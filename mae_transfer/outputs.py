@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 from .errors import CheckpointError, ConfigError, UserError
-from .schemas import Settings, parse_json, validate
+from .reading import parse_json, validate
+from .schemas import Settings
 
 LOCK = ".lock"
 LOCK_ENV = "MAE_TRANSFER_LOCKED"  # given by a launcher holding the lock to the processes it starts

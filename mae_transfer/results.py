@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 
-from . import outputs, schemas
+from . import outputs, reading, schemas
 from .errors import UserError
 
 NAME = "result.json"
@@ -130,7 +130,7 @@ def settings(config, seed, model=None, backbone=None, data=()) -> Dict[str, Opti
 def validate(obj: Any) -> List[str]:
     """What keeps `obj` from being a result.json of the one schema ([] when it is one)."""
     try:
-        schemas.validate(obj, schemas.Result, ValueError, "result")
+        reading.validate(obj, schemas.Result, ValueError, "result")
     except ValueError as e:
         return [str(e).split(": ", 1)[1]]
     return []
@@ -140,7 +140,7 @@ def read(output_dir) -> Dict[str, Any]:
     """A run's result.json, checked against the schema; ValueError says what is wrong."""
     path = Path(output_dir) / NAME
     try:
-        obj = schemas.parse_json(path.read_bytes(), "result")
+        obj = reading.parse_json(path.read_bytes(), "result")
     except ValueError as e:
         raise ValueError(f"{path}: not a result file: {e}") from None
     problems = validate(obj)

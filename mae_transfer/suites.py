@@ -23,7 +23,7 @@ from .data.scenes import make_scenes
 from .engine.config import load_config, resolve_config
 from .engine.finetune import ClassifyConfig
 from .engine.pretrain import PretrainConfig
-from .schemas import read_classes
+from .reading import read_classes
 
 PY = sys.executable
 CONFIGS = Path(__file__).resolve().parent / "configs"

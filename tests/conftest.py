@@ -1,9 +1,11 @@
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -115,29 +117,66 @@ def _descendants(pid: int) -> List[int]:
     return out
 
 
+_HOLD_HOOK = '''"""Installed by kill_mid_epoch (sitecustomize on PYTHONPATH): a process about to replace an existing
+checkpoint-last waits for the test's go first, so the test sees every checkpoint the run writes, however fast it is."""
+import os
+import sys
+import time
+
+_target, _sync, _seen = os.path.abspath(os.environ["MAE_TEST_HOLD"]), os.environ["MAE_TEST_HOLD_SYNC"], [0]
+
+
+def _hook(event, args):
+    if event != "os.rename" or not isinstance(args[1], (str, bytes, os.PathLike)):
+        return
+    if os.path.abspath(os.fsdecode(args[1])) != _target or not os.path.exists(_target):
+        return
+    _seen[0] += 1
+    open(os.path.join(_sync, f"wait-{_seen[0]}"), "w").close()
+    while not os.path.exists(os.path.join(_sync, f"go-{_seen[0]}")):
+        time.sleep(0.005)
+
+
+sys.addaudithook(_hook)
+'''
+
+
 def kill_mid_epoch(cmd, checkpoint: Path, at_step: int, timeout: float = 300):
     """Start `cmd`, SIGKILL it and every process it started (torchrun's, `--num-gpus N`'s) once `checkpoint`
-    holds a mid-epoch state at or past `at_step` optimizer steps, and return that state (the run writes
-    checkpoint-last every step)."""
+    holds a mid-epoch state at or past `at_step` optimizer steps, and return that state. The run writes
+    checkpoint-last every step; a hook holds the writer before each replacement until the test has read the
+    one in place (polling alone missed the window when a step was faster than a read). The kill lands while the
+    run has gone on past that checkpoint: its next step is computed, not yet saved."""
     from mae_transfer import checkpoints
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline, st = time.time() + timeout, None
+    sync = Path(tempfile.mkdtemp(prefix="mae-hold-"))
+    (sync / "sitecustomize.py").write_text(_HOLD_HOOK)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(sync), os.environ.get("PYTHONPATH", "")]),
+           "MAE_TEST_HOLD": str(Path(checkpoint).resolve()), "MAE_TEST_HOLD_SYNC": str(sync)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=env)
+    deadline, st, seen = time.time() + timeout, None, 0
     try:
         while time.time() < deadline and proc.poll() is None:
-            if checkpoint.exists():
-                st = checkpoints.load_file(checkpoint)["train_state"]
-                if st["step"] >= at_step and st["batch"] > 0:
-                    break
-            time.sleep(0.02)
+            if not (sync / f"wait-{seen + 1}").exists():
+                time.sleep(0.01)
+                continue
+            seen += 1
+            st = checkpoints.load_file(checkpoint)["train_state"]
+            if st["step"] >= at_step and st["batch"] > 0:
+                break
+            (sync / f"go-{seen}").touch()
     finally:
         tree = _descendants(proc.pid)  # torchrun starts its workers in sessions of their own
-        os.killpg(proc.pid, signal.SIGKILL)  # everything at once, as a machine that goes away
+        with contextlib.suppress(ProcessLookupError):  # a run that ended by itself left no group
+            os.killpg(proc.pid, signal.SIGKILL)  # everything at once, as a machine that goes away
         for pid in tree:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         proc.wait()
-    assert st is not None and st["batch"] > 0, f"no mid-epoch checkpoint before the run ended: {st}"
+        shutil.rmtree(sync, ignore_errors=True)
+    assert st is not None and st["batch"] > 0 and st["step"] >= at_step, \
+        f"no mid-epoch checkpoint at step >= {at_step} before the run ended (exit {proc.returncode}): {st}"
     return st
 
 

@@ -199,7 +199,7 @@ def test_every_broken_classes_file_is_one_line(seg_set, tmp_path_factory, capsys
        newline=st.sampled_from(["\n", "\r\n"]))
 @FUZZ
 def test_classes_files_in_any_encoding_with_a_bom_read_the_same(tmp_path_factory, names, codec, newline):
-    from mae_transfer.schemas import read_classes
+    from mae_transfer.reading import read_classes
 
     names = [n.strip() for n in names]
     if len(set(names)) < len(names) or not all(names) or any(c in n for n in names for c in "\x85\x1c\x1d\x1e"):

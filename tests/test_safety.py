@@ -98,7 +98,7 @@ def test_data_mistakes_are_one_line(tmp_path):
 
     from mae_transfer.data import DataError
     from mae_transfer.data.synthetic import make_coco_shapes
-    from mae_transfer.schemas import read_classes
+    from mae_transfer.reading import read_classes
 
     (tmp_path / "classes.txt").write_text("background\ncat\ndog\ncat\n")
     with pytest.raises(DataError, match="'cat' more than once"):

@@ -16,7 +16,8 @@ from ..engine.config import resolve_config
 from ..errors import ConfigError, DataError
 from ..export.graphs import run_with
 from ..export.pipeline import exported
-from ..schemas import CocoCategories, read_json
+from ..reading import read_json
+from ..schemas import CocoCategories
 from .common import Parser, number, path
 
 PREDICT_DOC = """Run a trained detector or segmenter on images and draw the result.

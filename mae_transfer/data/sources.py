@@ -15,7 +15,8 @@ import torch
 from braceexpand import UnbalancedBracesError, braceexpand
 
 from ..errors import DataError
-from ..schemas import ShardIndex, read_json, read_lines
+from ..reading import read_json, read_lines
+from ..schemas import ShardIndex
 from .images import IMG_EXTENSIONS, ImageDataset, LabelledImageFolder
 from .shards import IMAGE_EXTS, Shard, Shards, count_samples, kind_of, local
 

@@ -24,7 +24,8 @@ from PIL import Image
 
 from ..errors import DataError
 from ..outputs import atomic, check_new, refuse_inputs, write_json
-from ..schemas import ShardEntry, ShardIndex, validate
+from ..reading import validate
+from ..schemas import ShardEntry, ShardIndex
 from .images import IMG_EXTENSIONS, find_images, load_rgb, probe
 
 _logger = logging.getLogger("mae_transfer")

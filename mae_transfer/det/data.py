@@ -7,7 +7,8 @@ from detectron2.data.datasets import register_coco_instances
 
 from ..data.images import probe_all
 from ..errors import DataError
-from ..schemas import CocoInstances, read_json, validate
+from ..reading import read_json, validate
+from ..schemas import CocoInstances
 
 
 def check_coco_json(json_file, image_root) -> dict:

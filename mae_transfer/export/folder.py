@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .. import outputs, schemas
+from .. import outputs, reading, schemas
 from ..errors import CheckpointError
 from ..results import sha256
 
@@ -78,7 +78,7 @@ def check_config(path: Path) -> None:
         return loader.construct_sequence(node, deep=True) if isinstance(node, yaml.SequenceNode) else suffix
     Checking.add_multi_constructor("tag:yaml.org,2002:python/", python_tag)
     try:
-        obj = yaml.load(path.read_bytes(), Checking) if path.suffix == ".yaml" else schemas.parse_json(  # noqa: S506
+        obj = yaml.load(path.read_bytes(), Checking) if path.suffix == ".yaml" else reading.parse_json(  # noqa: S506
             path.read_bytes(), path.name)
     except (yaml.YAMLError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable config ({str(e).splitlines()[0]})") from None
@@ -114,7 +114,7 @@ def read_meta(folder: Path, kind: Optional[str] = None) -> schemas.ExportMeta:
     if not (folder / META).is_file():
         raise CheckpointError(f"{folder}: no {META} (pass the folder `mae-transfer export` wrote, after its parity "
                               f"gate passed)")
-    meta = schemas.read_json(folder / META, schemas.ExportMeta, CheckpointError, "export metadata")
+    meta = reading.read_json(folder / META, schemas.ExportMeta, CheckpointError, "export metadata")
     if kind and meta.kind != kind:
         raise CheckpointError(f"{folder} holds an exported {meta.kind}, not a {kind} model")
     return meta

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .. import checkpoints, outputs, schemas
+from .. import checkpoints, outputs, reading, schemas
 from ..data import demo_photos
 from ..identify import expect
 from . import folder, graphs, parity
@@ -95,10 +95,10 @@ def check_pt2(path: Path) -> None:
                                                   f"refused") from None
         if name.endswith(("_weights_config.json", "_constants_config.json")):
             try:
-                obj = schemas.parse_json(reader.read_bytes(name), name)
+                obj = reading.parse_json(reader.read_bytes(name), name)
             except ValueError as e:
                 raise checkpoints.CheckpointError(f"{path}: {name}: {e}") from None
-            cfg = schemas.validate(obj, schemas.Pt2Config, checkpoints.CheckpointError, f"{path}: {name}")
+            cfg = reading.validate(obj, schemas.Pt2Config, checkpoints.CheckpointError, f"{path}: {name}")
             absent = [m.path_name for m in cfg.config.values()
                       if f"{name.rsplit('/', 1)[0]}/{m.path_name}" not in names]
             if absent:
@@ -256,7 +256,7 @@ def export_model(kind: str, config: Optional[str], weights: Optional[str], out, 
         outputs.write_json(out / folder.REPORT, full)
         print(parity.table(report))
         if full["parity"]:  # what predict --runtime trusts: only files that passed the gate
-            schemas.validate(meta, schemas.ExportMeta, checkpoints.CheckpointError, "export.json")  # writes what reads
+            reading.validate(meta, schemas.ExportMeta, checkpoints.CheckpointError, "export.json")  # writes what reads
             outputs.write_json(out / folder.META, meta)
     failed = [f"{name}: {f}" for name, r in report.items() for f in r["failed"]]
     if failed:

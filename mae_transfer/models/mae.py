@@ -16,7 +16,8 @@ from timm.models.vision_transformer import Block
 from torch.utils.checkpoint import checkpoint
 
 from .. import checkpoints
-from ..schemas import ModelArgs, validate
+from ..reading import validate
+from ..schemas import ModelArgs
 from .masking import make_noise, random_masking
 from .pos_embed import get_2d_sincos_pos_embed
 from .sizes import ARCHS, SHORT

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..data.images import EXIF_ORIENTATION, IMG_EXTENSIONS, undecodable, upright_size
 from ..errors import DataError
-from ..schemas import read_classes, read_lines
+from ..reading import read_classes, read_lines
 
 MASK_MODES = ("1", "L", "P", "I", "I;16")  # one channel of class indices (palette PNGs: the index, not the colour)
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Images/s per CPU core of the pretraining input pipeline: the torchvision reference, the default (pipeline=fast)
 and the candidates it was chosen from, side by side in one run, with each one's PSNR against the reference on
-the same crops and the CPU cores per GPU each would need.
+the same crops and the CPU cores per GPU each would need; then fine-tuning's and linear probing's training
+transforms (pipeline=torchvision vs fast, RandAugment and erasing included).
 
   python bench/data_speed.py            # ~4 min: ImageNet-sized and web-sized photos, folders and shards
   python bench/data_speed.py --quick    # ~1 min; the last line ends in the default's speed-up per core
@@ -38,6 +39,7 @@ from mae_transfer.data.sources import image_source  # noqa: E402
 from mae_transfer.data.write_shards import write_shards  # noqa: E402
 from mae_transfer.engine.common import make_loader  # noqa: E402
 from mae_transfer.engine.distributed import DistInfo  # noqa: E402
+from mae_transfer.engine.finetune import ClassifyConfig, build_transforms  # noqa: E402
 from mae_transfer.rng import seeded  # noqa: E402
 
 SIZES = {"ImageNet 500x375": (500, 375), "web 1600x1200": (1600, 1200)}
@@ -81,8 +83,8 @@ PATHS = {"torchvision (reference)": lambda: pretrain_transform(224), "fast (defa
          "PIL draft + one resize": lambda: PilDraft(224), "OpenCV decode + resize": lambda: OpenCV(224)}
 
 
-def rate(source, make, workers: int, seconds: float) -> float:
-    ds = SeededSamples(source, make(), 0, python_numpy=False)
+def rate(source, make, workers: int, seconds: float, python_numpy: bool = False) -> float:
+    ds = SeededSamples(source, make(), 0, python_numpy=python_numpy)
     loader = make_loader(ds, 32, DistInfo(), 0, workers)
     n, t0, epoch = 0, None, 0
     while True:
@@ -97,18 +99,41 @@ def rate(source, make, workers: int, seconds: float) -> float:
         epoch += 1
 
 
-def psnr_vs_reference(files, make, n: int) -> float:
-    ref_tf, tf, scores = pretrain_transform(224), make(), []
+def _pixels(x) -> torch.Tensor:
+    """A path's output as float pixels 0-255: uint8 as it is, a normalised float image un-normalised."""
+    x = EncodedImage.collate([x]).to("cpu")[0] if isinstance(x, EncodedImage) else x
+    if x.dtype == torch.uint8:
+        return x.float()
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (x * std + mean).clamp(0, 1) * 255
+
+
+def psnr_vs_reference(files, make, n: int, make_ref=lambda: pretrain_transform(224), python_numpy=False) -> float:
+    ref_tf, tf, scores = make_ref(), make(), []
     for k in range(n):
         data = Path(files[k % len(files)]).read_bytes()
-        with seeded(k, False):
-            ref = (ref_tf(load_rgb(io.BytesIO(data))) * std + mean).clamp(0, 1) * 255
-        with seeded(k, False):
-            x = tf(data)
-        x = EncodedImage.collate([x]).to("cpu")[0] if isinstance(x, EncodedImage) else x
-        scores.append(float(10 * torch.log10(255 ** 2 / ((x.float() - ref) ** 2).mean())))
+        with seeded(k, python_numpy):
+            ref = _pixels(ref_tf(load_rgb(io.BytesIO(data))))
+        with seeded(k, python_numpy):
+            x = _pixels(tf(data))
+        mse = float(((x - ref) ** 2).mean())
+        scores.append(10 * math.log10(255 ** 2 / mse) if mse else math.inf)
     return float(np.median(scores))
+
+
+def classify_rows(files, seconds: float, n_psnr: int) -> None:
+    """Fine-tuning's (timm: crop, flip, RandAugment, ToTensor, Normalize, erasing) and linear probing's training
+    transforms, pipeline=torchvision vs fast, 1 worker, on the ImageNet-sized files."""
+    print("\n| recipe | path | images/s per core | vs reference | PSNR vs reference (median) |")
+    print("|---|---|---:|---:|---:|")
+    for mode in ("finetune", "linprobe"):
+        make = {p: (lambda p=p: build_transforms(ClassifyConfig(mode=mode, pipeline=p))[0])
+                for p in ("torchvision", "fast")}
+        base = rate(ImageDataset(Path(files[0]).parent), make["torchvision"], 1, seconds, python_numpy=True)
+        r = rate(ImageDataset(Path(files[0]).parent), make["fast"], 1, seconds, python_numpy=True)
+        q = psnr_vs_reference(files, make["fast"], n_psnr, make["torchvision"], python_numpy=True)
+        print(f"| {mode} | torchvision (reference) | {base:,.0f} | 1.00x | -- |")
+        print(f"| {mode} | fast (default) | {r:,.0f} | {r / base:.2f}x | {q:.1f} dB |", flush=True)
 
 
 def mae_gflop(width: int, depth: int, patch: int) -> float:
@@ -187,6 +212,9 @@ def main():
                             speedups.setdefault(label, []).append(r / base)
                         if label.startswith("ImageNet") and src_name == "files":
                             speedups.setdefault(name, []).append(r)
+            if label.startswith("ImageNet"):
+                imagenet_files = files
+        classify_rows(imagenet_files, seconds, 8 if a.quick else 32)
         print("\n| model | GPU images/s at 45 % MFU | cores: reference | cores: fast |\n|---|---:|---:|---:|")
         ref, fast = (np.mean(speedups[k]) for k in ("torchvision (reference)", "fast (default)"))
         for name, shape in MODELS.items():

@@ -9,6 +9,9 @@ normalised on the device (as timm's PrefetchLoader does).
                            1/2, 1/4 or 1/8 size where the crop stays at least twice the output (DCT scaling:
                            an antialiased reduction for free), cropped and resized in one call (torch's uint8
                            bicubic with antialiasing), flipped -- uint8 batches
+    fine-tuning (pipeline=fast, `FastThen`): the same decode, crop and resize with timm's crop box (`TimmCropFlip`),
+                           then the reference's remaining steps unchanged (RandAugment, ToTensor, Normalize,
+                           RandomErasing); linear probing: `FastCropFlip` at scale 0.08-1
     pipeline=device        JPEG bytes to the device, decoded there in batches (torchvision.io.decode_jpeg, nvJPEG
                            on a GPU), cropped, resized (bicubic, antialiased) and flipped as tensor ops (`device.py`)
 
@@ -18,12 +21,13 @@ mode conversion and the skipping of truncated files are the reference's decision
 bench/data_speed.py measures each path (images/s per core, PSNR against the reference on the same crops).
 """
 import io
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Type, Union
 
 import numpy as np
 import simplejpeg
 import torch
 from PIL import Image
+from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision import transforms
 
 from .images import EXIF_ORIENTATION, IMAGENET_MEAN, IMAGENET_STD, load_rgb
@@ -41,6 +45,16 @@ class CropFlip:
     def draw(self, width: int, height: int) -> Box:
         shape = torch.empty(1, 1, 1).expand(1, height, width)  # an image's dimensions, nothing allocated
         top, left, h, w = transforms.RandomResizedCrop.get_params(shape, self.scale, self.ratio)
+        return top, left, h, w, bool(torch.rand(1) < 0.5)
+
+
+class TimmCropFlip(CropFlip):
+    """Fine-tuning's random draws as parameters: timm's `RandomResizedCropAndInterpolation.get_params` box (from
+    Python's `random`), then torchvision's flip, in the order timm's `create_transform(is_training=True)` draws."""
+
+    def draw(self, width: int, height: int) -> Box:
+        shape = torch.empty(1, 1, 1).expand(1, height, width)
+        top, left, h, w = RandomResizedCropAndInterpolation.get_params(shape, self.scale, self.ratio)
         return top, left, h, w, bool(torch.rand(1) < 0.5)
 
 
@@ -77,8 +91,8 @@ class FastCropFlip:
     None where the reference reader would skip the image. Draws `CropFlip`'s parameters."""
     wants_bytes = True
 
-    def __init__(self, size: int = 224, scale=(0.2, 1.0)):
-        self.crop = CropFlip(size, scale)
+    def __init__(self, size: int = 224, scale=(0.2, 1.0), draws: Type[CropFlip] = CropFlip):
+        self.crop = draws(size, scale)
 
     def __call__(self, data: Union[bytes, Image.Image]) -> Optional[torch.Tensor]:
         size = self.crop.size
@@ -108,6 +122,20 @@ class FastCropFlip:
                                           box=(left * sx, top * sy, (left + w) * sx, (top + h) * sy))
         out = np.asarray(out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else out)
         return torch.from_numpy(out.copy()).permute(2, 0, 1)
+
+
+class FastThen:
+    """pipeline=fast for fine-tuning: `first` (a FastCropFlip) decodes, crops, resizes and flips; `then` (the
+    reference's remaining steps, e.g. timm's RandAugment, ToTensor, Normalize, RandomErasing) runs on its picture
+    as it would on the reference's. Both draw from the sample's generators in the reference's order."""
+    wants_bytes = True
+
+    def __init__(self, first: FastCropFlip, then: Callable[[Image.Image], torch.Tensor]):
+        self.first, self.then = first, then
+
+    def __call__(self, data: Union[bytes, Image.Image]) -> Optional[torch.Tensor]:
+        x = self.first(data)  # uint8 [3, H, W], or None where the reference reader skips the image
+        return None if x is None else self.then(Image.fromarray(x.permute(1, 2, 0).numpy()))
 
 
 def normalize_on_device(x: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from torchvision import transforms
 from .. import checkpoints, models
 from ..data import IMAGENET_MEAN, IMAGENET_STD, DataError, SeededSamples
 from ..data.compat import patch_timm_posterize
+from ..data.fast import FastCropFlip, FastThen, TimmCropFlip, normalize_on_device
 from ..data.shards import Shards
 from ..data.sources import labelled_source
 from ..models.sizes import ENCODERS
@@ -28,6 +29,7 @@ from .logger import log_lr_table
 from .trainer import Trainer
 
 _logger = logging.getLogger("mae_transfer")
+CROP_SCALE = (0.08, 1.0)  # RandomResizedCrop's default (torchvision's and timm's), as the official recipes use it
 
 
 @dataclass
@@ -56,6 +58,9 @@ class ClassifyConfig(TrainConfig):
     cutmix: float = 1.0
     aa: Optional[str] = "rand-m9-mstd0.5-inc1"  # RandAugment
     reprob: float = 0.25                # random erasing
+    # the training input pipeline (data/fast.py): fast = the reference's crop box and flip, decoded and resized
+    # faster (bench/data_speed.py), then the same RandAugment and erasing; torchvision = the reference
+    pipeline: str = "fast"
     head_init_std: float = 2e-5         # trunc_normal std of the fresh head (0.01 for linear probing)
     data_path: Optional[str] = None     # <data_path>/{train,val}: class folders, or shards with labels (.cls)
     output_dir: str = "output/finetune"
@@ -66,6 +71,7 @@ class ClassifyConfig(TrainConfig):
     def check(self) -> None:
         super().check()
         one_of(self, "mode", ("finetune", "linprobe"))
+        one_of(self, "pipeline", ("fast", "torchvision"))
         at_least(self, 1, "num_classes", "img_size", "eval_freq")
         at_least(self, 0, "finetune_last_k", "mixup", "cutmix")
         positive(self, "head_init_std")
@@ -110,20 +116,25 @@ def build_model(cfg: ClassifyConfig) -> nn.Module:
 
 
 def build_transforms(cfg: ClassifyConfig):
+    """(train, eval) transforms. Training draws its crop box and flip as the reference does (torchvision's for
+    linear probing, timm's for fine-tuning), so pipeline=fast and pipeline=torchvision see the same crops."""
     eval_tf = transforms.Compose([  # resize to 1/0.875 then center crop, bicubic (official eval)
         transforms.Resize(int(cfg.img_size / 0.875), interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.CenterCrop(cfg.img_size), transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    if cfg.mode == "linprobe":  # crop + flip only
-        train_tf = transforms.Compose([
-            transforms.RandomResizedCrop(cfg.img_size, interpolation=transforms.InterpolationMode.BICUBIC),
+    fast = cfg.pipeline == "fast"
+    if cfg.mode == "linprobe":  # crop + flip only (uint8 from pipeline=fast, normalised on the device)
+        train_tf = FastCropFlip(cfg.img_size, CROP_SCALE) if fast else transforms.Compose([
+            transforms.RandomResizedCrop(cfg.img_size, CROP_SCALE, interpolation=transforms.InterpolationMode.BICUBIC),
             transforms.RandomHorizontalFlip(), transforms.ToTensor(),
             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    else:
-        patch_timm_posterize()
-        train_tf = create_transform(cfg.img_size, is_training=True, color_jitter=None, auto_augment=cfg.aa,
-                                    interpolation="bicubic", re_prob=cfg.reprob, re_mode="pixel", re_count=1,
-                                    mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    return train_tf, eval_tf
+        return train_tf, eval_tf
+    patch_timm_posterize()
+    crop_flip, *rest = create_transform(cfg.img_size, is_training=True, color_jitter=None, auto_augment=cfg.aa,
+                                        interpolation="bicubic", re_prob=cfg.reprob, re_mode="pixel", re_count=1,
+                                        mean=IMAGENET_MEAN, std=IMAGENET_STD, separate=True)
+    if fast:  # timm's crop box and flip, decoded fast; then timm's own RandAugment, ToTensor, Normalize, erasing
+        return FastThen(FastCropFlip(cfg.img_size, CROP_SCALE, draws=TimmCropFlip), transforms.Compose(rest)), eval_tf
+    return transforms.Compose([crop_flip, *rest]), eval_tf
 
 
 def build_optimizer(cfg: ClassifyConfig, model: nn.Module, lr: float, device=torch.device("cpu")):
@@ -233,6 +244,7 @@ def train(cfg: ClassifyConfig, info: Optional[DistInfo] = None, datasets=None) -
         imgs, target = batch  # labels were checked against the head once, before training (_check_labels) ...
         if not checked and int(target.max()) >= cfg.num_classes:  # ... or, read from shards, here (one sync)
             raise DataError(f"label {int(target.max())} is outside the head (num_classes={cfg.num_classes})")
+        imgs = normalize_on_device(imgs)  # uint8 from pipeline=fast's linear probing; floats pass through
         if mixup is not None:
             imgs, target = mixup(imgs, target)
         return criterion(trainer.net(imgs), target)

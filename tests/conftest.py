@@ -1,4 +1,5 @@
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -260,3 +262,18 @@ def assert_read_once(log: Path, backbone: Path, data, processes: int) -> None:
     if data:
         files = {str(f.resolve()) for f in Path(data).rglob("*") if f.suffix in (".png", ".jpg")}
         assert files and files <= {p for _, kind, p in events if kind == "check"}
+
+
+# property-based tests (hypothesis): seeded and bounded, so the fast tier stays fast
+FUZZ = settings(max_examples=25, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def tree(root: Path) -> dict:
+    """Every file under root (links included, not followed) -> its content hash."""
+    out = {}
+    for top, dirs, files in os.walk(root):
+        for n in files + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+            p = Path(top) / n
+            out[str(p.relative_to(root))] = "link" if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out

@@ -263,6 +263,21 @@ class ShardIndex(_Strict):
     classes: Optional[List[Name]] = None   # class names, by `.cls` index (from an ImageFolder)
     settings: Dict[StrictStr, Union[StrictStr, StrictInt, None]] = {}  # how they were written (resume checks)
 
+
+class HfDataFile(_Open):
+    filename: Name  # an Arrow file of the dataset, relative to its folder
+
+    @field_validator("filename")
+    @classmethod
+    def _inside(cls, v):
+        return relative_path(v)
+
+
+class HfState(_Open):
+    """A datasets `save_to_disk` folder's state.json: the Arrow files that hold its rows, in order."""
+    data_files: List[HfDataFile] = Field(alias="_data_files", min_length=1)
+
+
 class GraphSpec(_Strict):
     inputs: Dict[StrictStr, List[Union[StrictStr, Annotated[StrictInt, Field(ge=0)]]]]
     outputs: List[StrictStr]

@@ -3,10 +3,13 @@ shards`), HF parquet / save_to_disk sources, the planned order of a sharded epoc
 import io
 import json
 import logging
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -88,11 +91,12 @@ def test_third_party_shards_every_way_to_name_them(tmp_path):
 @settings(max_examples=60, deadline=None)
 @given(counts=st.lists(st.integers(0, 9), min_size=1, max_size=6), R=st.integers(1, 3), W=st.integers(0, 3),
        B=st.integers(1, 4), window=st.integers(0, 6), epoch=st.integers(0, 3), stop=st.integers(0, 40),
-       R2=st.integers(1, 3), W2=st.integers(0, 3), B2=st.integers(1, 4))
-def test_planned_epoch_each_sample_once_and_resume_anywhere(counts, R, W, B, window, epoch, stop, R2, W2, B2):
+       R2=st.integers(1, 3), W2=st.integers(0, 3), B2=st.integers(1, 4), window2=st.integers(0, 6))
+def test_planned_epoch_each_sample_once_and_resume_anywhere(counts, R, W, B, window, epoch, stop, R2, W2, B2,
+                                                            window2):
     """Every sample at most once per epoch over all ranks (all of them but the documented remainder); a resume with
-    the same layout is the uninterrupted order's suffix; one with another layout finishes the epoch without
-    repeating anything the first part consumed."""
+    the same layout is the uninterrupted order's suffix; one with another layout (processes, workers, batch or
+    shuffle window) finishes the epoch without repeating anything the first part consumed."""
     class Src:
         shards = [type("S", (), {"count": c})() for c in counts]
         offsets = list(np.cumsum([0] + counts))
@@ -119,6 +123,7 @@ def test_planned_epoch_each_sample_once_and_resume_anywhere(counts, R, W, B, win
     assert resumed == [o[k:] for o in full]
     if n == 0 or (k * R) % R2:
         return
+    Src.window = window2
     rest, _ = orders(R2, W2, B2, start=k * R // R2, segments=segs)
     consumed = {i for o in full for i in o[:k]}
     later = [i for o in rest for i in o]
@@ -226,6 +231,35 @@ def test_write_shards_index_and_a_killed_writer_resumes(tmp_path):
     assert again.returncode == 2 and again.stderr.startswith("error:") and again.stderr.count("\n") == 1
 
 
+def test_a_killed_writer_takes_its_encoders_with_it(tmp_path):
+    """SIGKILL (or the OOM killer) on `shards` must not leave encoders running on, writing into the folder that the
+    next run resumes: each worker exits once its parent is gone."""
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8)).save(root / f"{i}.png")
+    code = ("import os, sys, time\nimport mae_transfer.data.write_shards as w\n"
+            "def stuck(task):\n    print(os.getpid(), flush=True)\n    time.sleep(120)\n"
+            f"w._write_one = stuck\nw.write_shards({str(root)!r}, {str(tmp_path / 'out')!r}, shard_size=1, workers=2)")
+    writer = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE, text=True)
+    encoders = [int(writer.stdout.readline()) for _ in range(2)]
+    writer.kill()
+    writer.wait()
+
+    def running(pid):
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+    deadline, alive = time.time() + 20, encoders
+    while alive and time.time() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in encoders if running(p)]
+    for p in alive:
+        os.kill(p, signal.SIGKILL)
+    assert not alive, "encoders outlived the killed writer"
+
+
 def test_labels_reaching_the_loss_over_two_processes(tmp_path):
     """2 gloo processes x 2 loader workers, through the loader the trainer builds: every sample once per epoch,
     each with its own .cls (its colour is its label), across epochs."""
@@ -331,6 +365,14 @@ def test_hostile_sources_are_one_line_each(tmp_path):
     (tmp_path / "mixed/cls").mkdir(parents=True)  # a stray .tar beside class folders: which did the user mean?
     Image.new("RGB", (8, 8)).save(tmp_path / "mixed/cls/a.png")
     shutil.copy(tmp_path / "s/train-000000.tar", tmp_path / "mixed/backup.tar")
+    (tmp_path / "loose").mkdir()  # a loose image beside the shards: also ambiguous
+    shutil.copy(tmp_path / "s/train-000000.tar", tmp_path / "loose/a.tar")
+    Image.new("RGB", (8, 8)).save(tmp_path / "loose/stray.png")
+    (tmp_path / "later").mkdir()  # only the second parquet file lacks the image column
+    pq.write_table(pa.table({"image": [jpeg(0)]}), tmp_path / "later/a.parquet")
+    pq.write_table(pa.table({"picture": [jpeg(0)]}), tmp_path / "later/b.parquet")
+    (tmp_path / "hf").mkdir()  # save_to_disk's state.json with a data file that climbs out of the folder
+    (tmp_path / "hf/state.json").write_text(json.dumps({"_data_files": [{"filename": "../../etc/passwd"}]}))
     index = {"format": "mae-transfer shards", "version": 1,
              "shards": [{"name": "train-000000.tar", "samples": 10**13, "sha256": "0" * 64,
                          "bytes": (tmp_path / "s/train-000000.tar").stat().st_size}]}
@@ -341,6 +383,9 @@ def test_hostile_sources_are_one_line_each(tmp_path):
              (lambda: image_source(tmp_path / "pathonly.parquet"), "only paths"),
              (lambda: image_source(str(tmp_path / "s/train-{0..1}}.tar")), "unbalanced braces"),
              (lambda: image_source(tmp_path / "mixed"), "both .tar"),
+             (lambda: image_source(tmp_path / "loose"), "both .tar"),
+             (lambda: image_source(tmp_path / "later"), "b.parquet"),
+             (lambda: image_source(tmp_path / "hf"), "state.json"),
              (lambda: image_source(tmp_path / "s"), "cannot hold 10000000000000 samples")]
     for make, msg in cases:
         with pytest.raises(DataError, match=msg) as e:

@@ -1,7 +1,7 @@
 """The order of a sharded epoch, and the exact place a stopped one resumes from.
 
 Epoch e of a shard source (`shards.Shards`) is planned from (seed, e) and the run's layout -- processes R, loader
-workers W, batch B -- on sample indices alone, before anything is read:
+workers W, batch B, shuffle window -- on sample indices alone, before anything is read:
 
     sequence   the shards in a permutation of (seed, e), each shard's samples in order
     rank r     the contiguous block r of that sequence, N // R samples (the remainder rule: the last N mod R samples
@@ -13,7 +13,7 @@ workers W, batch B -- on sample indices alone, before anything is read:
                reads its own few shards forward, keeping at most `window` passed-over samples
 
 Each sample's crop, flip and mask come from (seed, e, its index) as for a folder, so the batches of an epoch
-depend on (seed, e, R, W, B) only. A checkpoint keeps the position as images seen plus the epoch's `segments`
+depend on (seed, e, R, W, B, window) only. A checkpoint keeps the position as images seen plus the epoch's `segments`
 (the layout each part of the epoch ran with and where it started). Resumed with the same layout, the sampler skips
 what was consumed (the shard reader passes over it without decoding): the run is bit-identical to one never
 stopped. Resumed with another layout, the samples the earlier segments consumed are worked out by planning them
@@ -52,12 +52,13 @@ class ShardSampler(torch.utils.data.Sampler):
         self.epoch, self.start, self.segments = 0, 0, []
 
     def layout(self) -> dict:
-        return {"world_size": self.R, "workers": self.W, "batch_size": self.B}
+        return {"world_size": self.R, "workers": self.W, "batch_size": self.B, "window": self.window}
 
     def set_epoch(self, epoch: int, start: int = 0, segments: Optional[List[dict]] = None) -> List[dict]:
         """Epoch `epoch` from this process's sample `start`, given the epoch's earlier `segments` (from the
         checkpoint); returns the segments to keep in the next checkpoint."""
-        segments = list(segments or []) if start else []
+        # a segment recorded before the window was part of the layout ran with this one
+        segments = [{**g, "layout": {"window": self.window, **g["layout"]}} for g in segments or []] if start else []
         if start and not segments:  # a position without segments: it ran with this layout from the start
             segments = [{"layout": self.layout(), "start": 0}]
         if not segments or segments[-1]["layout"] != self.layout():
@@ -112,6 +113,6 @@ class ShardSampler(torch.utils.data.Sampler):
         for w in range(W):
             b = self._bounds(n_batches, W, w)
             rng = np.random.default_rng([self.seed, self.epoch, segment, r, w])
-            runs.append(window_shuffle(block[b.start * B:b.stop * B], self.window, rng).reshape(-1, B))
+            runs.append(window_shuffle(block[b.start * B:b.stop * B], lay["window"], rng).reshape(-1, B))
         batches = [run[i] for i in range(max(len(run) for run in runs)) for run in runs if i < len(run)]
         return np.concatenate(batches + [block[n_batches * B:]])

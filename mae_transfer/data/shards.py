@@ -23,6 +23,7 @@ import subprocess
 import tarfile
 import tempfile
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -259,8 +260,9 @@ class Shards(torch.utils.data.Dataset):
         """The columns (HF) and the first sample: a source whose every sample would be unreadable, or unlabelled
         where labels are needed, is one error now rather than "50 images in a row were unreadable" later."""
         first = next(s for s in self.shards if s.count)
-        if first.kind != "tar":
-            _check_columns(first.url, first.kind, self.labelled)
+        tables = [s for s in self.shards if s.kind != "tar" and s.count]  # every file's columns: its footer only
+        with ThreadPoolExecutor(min(16, len(tables) or 1)) as pool:
+            list(pool.map(lambda s: _check_columns(s.url, s.kind, self.labelled), tables))
         try:
             cur = _Cursor(first)
             _, parts = cur.next()
@@ -269,8 +271,9 @@ class Shards(torch.utils.data.Dataset):
             raise DataError(f"cannot read the shard {first.url}: {' '.join(str(e).split()) or type(e).__name__}"
                             ) from None
         if not next((v for k, v in parts.items() if is_image(k)), b""):
-            raise DataError(f"{first.url}: its first sample has no image bytes (an HF Image column that holds only "
-                            "paths is not read: save the dataset with its images embedded)")
+            raise DataError(f"{first.url}: its first sample has no image bytes " + (
+                "(an empty KEY.jpg|jpeg|png|webp member)" if first.kind == "tar" else
+                "(an HF Image column that holds only paths is not read: save the dataset with its images embedded)"))
         if self.labelled and _label(parts) is None:
             raise DataError(f"{first.url}: its first sample has no usable label (KEY.cls with a class index, "
                             "KEY.json with {\"label\": n}, or an integer `label` column); fine-tuning needs one")

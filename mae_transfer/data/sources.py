@@ -16,7 +16,7 @@ from braceexpand import UnbalancedBracesError, braceexpand
 
 from ..errors import DataError
 from ..reading import read_json, read_lines
-from ..schemas import ShardIndex
+from ..schemas import HfState, ShardIndex
 from .images import IMG_EXTENSIONS, ImageDataset, LabelledImageFolder
 from .shards import IMAGE_EXTS, Shard, Shards, count_samples, kind_of, local
 
@@ -53,10 +53,12 @@ def is_shard_source(spec) -> bool:
     p = Path(s)
     if p.is_dir():
         shards = any(p.glob("*.tar")) or any(p.glob("*.parquet")) or any(p.glob("data/*.parquet"))
-        if shards and any(f.suffix.lower() in IMG_EXTENSIONS for d in p.iterdir() if d.is_dir() and d.name != "data"
-                          for f in d.iterdir()):
-            raise DataError(f"{p} holds both .tar / .parquet files and folders of images: give the shards or the "
-                            "images (move the other out)")
+        # loose images, or class folders of them (`data/` is where HF keeps its parquet files)
+        images = (f for d in p.iterdir()
+                  for f in ((d,) if d.is_file() else d.iterdir() if d.is_dir() and d.name != "data" else ()))
+        if shards and any(f.suffix.lower() in IMG_EXTENSIONS for f in images):
+            raise DataError(f"{p} holds both .tar / .parquet files and images: give the shards or the images (move "
+                            "the other out)")
         return shards or (p / "state.json").is_file()
     if p.exists():
         return p.suffix.lower() in (".tar", ".parquet", ".txt")
@@ -84,8 +86,8 @@ def shard_urls(spec) -> List[str]:
             raise DataError(f"{s}: unbalanced braces in the shard pattern") from None
     elif p.is_dir():
         if (p / "state.json").is_file():
-            files = read_json(p / "state.json", None, DataError, "save_to_disk state file").get("_data_files", [])
-            urls = [str(p / f["filename"]) for f in files if isinstance(f, dict) and "filename" in f]
+            state = read_json(p / "state.json", HfState, DataError, "save_to_disk state file")
+            urls = [str(p / f.filename) for f in state.data_files]
         else:
             urls = sorted(map(str, p.glob("*.tar"))) or sorted(map(str, p.glob("*.parquet"))) or sorted(
                 map(str, p.glob("data/*.parquet")))

@@ -15,6 +15,8 @@ import logging
 import multiprocessing
 import os
 import tarfile
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -99,6 +101,16 @@ def _write_one(task) -> dict:
             "sha256": hashlib.sha256(data).hexdigest(), "skipped": skipped}
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: when the `shards` run is killed (SIGKILL, the OOM killer) its encoders stop too, instead
+    of running on as orphans that keep writing into the output folder the next run resumes."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def write_shards(src, out, shard_size: int = 1000, max_side: Optional[int] = None, quality: int = 90,
                  workers: int = 0, seed: int = 0) -> dict:
     """Write the shards (see the module's docstring); returns a summary. `workers` 0: one per CPU core."""
@@ -124,7 +136,8 @@ def write_shards(src, out, shard_size: int = 1000, max_side: Optional[int] = Non
                      n_shards, len(tasks))
     workers = min(workers or os.cpu_count() or 1, max(1, len(tasks)))
     with open(out / PROGRESS, "a") as log, ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            workers, mp_context=multiprocessing.get_context("fork"), initializer=_exit_with_parent,
+            initargs=(os.getpid(),)) as pool:
         for entry in pool.map(_write_one, tasks):
             done[entry["name"]] = entry
             log.write(json.dumps(entry) + "\n")

@@ -373,6 +373,9 @@ def test_hostile_sources_are_one_line_each(tmp_path):
     pq.write_table(pa.table({"picture": [jpeg(0)]}), tmp_path / "later/b.parquet")
     (tmp_path / "hf").mkdir()  # save_to_disk's state.json with a data file that climbs out of the folder
     (tmp_path / "hf/state.json").write_text(json.dumps({"_data_files": [{"filename": "../../etc/passwd"}]}))
+    (tmp_path / "dd/train").mkdir(parents=True)  # a DatasetDict: which split?
+    (tmp_path / "dd/dataset_dict.json").write_text('{"splits": ["train"]}')
+    shutil.copy(tmp_path / "hf/state.json", tmp_path / "dd/train/state.json")
     index = {"format": "mae-transfer shards", "version": 1,
              "shards": [{"name": "train-000000.tar", "samples": 10**13, "sha256": "0" * 64,
                          "bytes": (tmp_path / "s/train-000000.tar").stat().st_size}]}
@@ -386,6 +389,7 @@ def test_hostile_sources_are_one_line_each(tmp_path):
              (lambda: image_source(tmp_path / "loose"), "both .tar"),
              (lambda: image_source(tmp_path / "later"), "b.parquet"),
              (lambda: image_source(tmp_path / "hf"), "state.json"),
+             (lambda: image_source(tmp_path / "dd"), "DatasetDict.*dd/train"),
              (lambda: image_source(tmp_path / "s"), "cannot hold 10000000000000 samples")]
     for make, msg in cases:
         with pytest.raises(DataError, match=msg) as e:

@@ -59,6 +59,10 @@ def is_shard_source(spec) -> bool:
         if shards and any(f.suffix.lower() in IMG_EXTENSIONS for f in images):
             raise DataError(f"{p} holds both .tar / .parquet files and images: give the shards or the images (move "
                             "the other out)")
+        if not shards and (p / "dataset_dict.json").is_file():
+            splits = sorted(d.name for d in p.iterdir() if (d / "state.json").is_file())
+            raise DataError(f"{p} is a DatasetDict saved with save_to_disk: give one split's folder ("
+                            f"{', '.join(str(p / d) for d in splits) or 'none found'})")
         return shards or (p / "state.json").is_file()
     if p.exists():
         return p.suffix.lower() in (".tar", ".parquet", ".txt")

@@ -117,7 +117,7 @@ class FastCropFlip:
             return _resize(arr[top:top + h, left:left + w], size, flip)
         # the box in the reduced image is fractional: PIL's resize takes it as it is (rounding it to whole pixels of
         # the reduced image shifts the crop by up to f/2 pixels: ~30 dB instead of ~47 against the reference)
-        sy, sx = arr.shape[0] / dims[1], arr.shape[1] / dims[0]
+        sy = sx = 1 / f  # libjpeg scales by exactly 1/f, rounding the size up: not arr.shape / dims
         out = Image.fromarray(arr).resize((size, size), Image.Resampling.BICUBIC,
                                           box=(left * sx, top * sy, (left + w) * sx, (top + h) * sy))
         out = np.asarray(out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else out)

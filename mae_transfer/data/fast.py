@@ -21,6 +21,7 @@ mode conversion and the skipping of truncated files are the reference's decision
 bench/data_speed.py measures each path (images/s per core, PSNR against the reference on the same crops).
 """
 import io
+import random
 from typing import Callable, Optional, Tuple, Type, Union
 
 import numpy as np
@@ -104,6 +105,8 @@ class FastCropFlip:
             return None if img is None else _pil_path(img, self.crop.draw(*img.size), size)
         if min(dims) < 2:  # load_rgb's rule for degenerate images
             return None
+        # the reference draws nothing for a file it cannot read: keep the generators to rewind them if that happens
+        before = torch.get_rng_state(), random.getstate()
         top, left, h, w, flip = self.crop.draw(*dims)
         f = 1
         while f < 8 and w >= 4 * f * size and h >= 4 * f * size:  # DCT scaling, the crop still at least 2x the output
@@ -112,7 +115,11 @@ class FastCropFlip:
             arr = simplejpeg.decode_jpeg(data, "rgb", min_width=-(-dims[0] // f), min_height=-(-dims[1] // f))
         except ValueError:  # what libjpeg-turbo calls recoverable (extraneous bytes, a damaged scan, a subsampling
             img = load_rgb(io.BytesIO(data))  # it does not know) PIL may read: its decision, on the same box
-            return None if img is None else _pil_path(img, (top, left, h, w, flip), size)
+            if img is None:
+                torch.set_rng_state(before[0])
+                random.setstate(before[1])
+                return None
+            return _pil_path(img, (top, left, h, w, flip), size)
         if f == 1:
             return _resize(arr[top:top + h, left:left + w], size, flip)
         # the box in the reduced image is fractional: PIL's resize takes it as it is (rounding it to whole pixels of

@@ -1,15 +1,16 @@
 """Data at scale: WebDataset shards (written by plain tarfile, as other tools write them, and by `mae-transfer
 shards`), HF parquet / save_to_disk sources, the planned order of a sharded epoch and its exact resume."""
+import contextlib
 import io
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -245,19 +246,12 @@ def test_a_killed_writer_takes_its_encoders_with_it(tmp_path):
     encoders = [int(writer.stdout.readline()) for _ in range(2)]
     writer.kill()
     writer.wait()
-
-    def running(pid):
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except FileNotFoundError:
-            return False
-    deadline, alive = time.time() + 20, encoders
-    while alive and time.time() < deadline:
-        time.sleep(0.2)
-        alive = [p for p in encoders if running(p)]
-    for p in alive:
-        os.kill(p, signal.SIGKILL)
-    assert not alive, "encoders outlived the killed writer"
+    # the encoders hold the pipe's write end (forked): it reaches its end once the last of them has exited
+    gone = bool(select.select([writer.stdout], [], [], 20)[0]) and writer.stdout.read() == ""
+    for p in encoders if not gone else ():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    assert gone, "encoders outlived the killed writer"
 
 
 def test_labels_reaching_the_loss_over_two_processes(tmp_path):

@@ -24,7 +24,7 @@ from typing import Any, Dict, List
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file as st_load
-from safetensors.torch import save_file
+from safetensors.torch import save as save_bytes
 
 from . import beit, outputs
 from .env import mmengine_checkpoint_types
@@ -239,16 +239,17 @@ def load_into(module: torch.nn.Module, sd: StateDict, source, fresh_ok: str = No
 
 
 # ----------------------------------------------------------------------------------------- writing
-def save(path, obj: Dict[str, Any]) -> Path:
-    """Atomically save a checkpoint dict (`.pth`) or a flat state dict (`.safetensors`)."""
+def save(path, obj: Dict[str, Any], replace: bool = True) -> Path:
+    """Atomically save a checkpoint dict (`.pth`) or a flat state dict (`.safetensors`); with `replace=False`
+    only where no file is (`outputs.atomic`)."""
     path = Path(path)
     if path.suffix == ".safetensors":
         sd, meta = unwrap(obj), {"format": "pt", "layout": "official-mae"}
         if isinstance(obj.get("model_args"), dict):  # the architecture travels in the header
             meta["model_args"] = json.dumps(obj["model_args"])
-        return outputs.write_with(path, lambda tmp: save_file({k: v.contiguous() for k, v in sd.items()}, tmp,
-                                                              metadata=meta))
-    return outputs.write_with(path, lambda tmp: torch.save(obj, tmp))
+        data = save_bytes({k: v.contiguous() for k, v in sd.items()}, metadata=meta)
+        return outputs.write_bytes(path, data, replace)  # written here, so a failed write keeps its errno
+    return outputs.write_stream(path, lambda f: torch.save(obj, f), replace)  # a file object: the errno is kept
 
 
 def save_official(path, state_dict: StateDict, **extra) -> Path:

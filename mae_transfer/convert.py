@@ -50,13 +50,13 @@ def convert_checkpoint(src_path, target: str, out, det_patch_size: Optional[int]
     if target == "safetensors" and out.suffix != ".safetensors":
         raise CheckpointError(f"--to safetensors writes a .safetensors file, not {out.name}")
     outputs.refuse_inputs([out], [src_path])  # e.g. `convert X.pth --to timm X.pth` would replace X with its encoder
-    outputs.check_new(out, f"--to {target} output")
+    outputs.check_new(out, f"--to {target} output")  # early; the write itself publishes only where nothing is
     obj = checkpoints.load_file(src_path)
     sd = checkpoints.read_state_dict(obj, src_path)
     arch = {"model_args": obj["model_args"]} if isinstance(obj, dict) and obj.get("model_args") else {}
     if target in ("safetensors", "official"):
         # .pth: the official {'model': ...}; .safetensors: flat, the architecture in its header
-        checkpoints.save(out, {"model": sd, **arch})
+        checkpoints.save(out, {"model": sd, **arch}, replace=False)
         return _report(sd, sd, out)
     if target == "hf":
         try:
@@ -64,13 +64,13 @@ def convert_checkpoint(src_path, target: str, out, det_patch_size: Optional[int]
             config = hf_config(obj, sd)
         except (CheckpointError, ValueError) as e:  # a BEiT; a size that cannot be told
             raise CheckpointError(f"{src_path}: {e}") from None
-        out.mkdir(parents=True, exist_ok=True)
-        outputs.write_json(out / "config.json", config, indent=2)
-        checkpoints.save(out / "model.safetensors", {"model": hf})
+        with outputs.atomic_folder(out) as tmp:  # filled beside, then renamed onto `out` if nothing is there
+            outputs.write_json(tmp / "config.json", config, indent=2)
+            checkpoints.save(tmp / "model.safetensors", {"model": hf})
         return _report(sd, hf, out, renamed=list(sd))
     if target == "timm":
         enc, notes = hosts.adapt(sd, "timm")
-        checkpoints.save(out, enc)  # a flat state dict (.pth or .safetensors)
+        checkpoints.save(out, enc, replace=False)  # a flat state dict (.pth or .safetensors)
         return _report(sd, enc, out, notes=notes)
     if target == "detectron2":
         patch = det_patch_size or sd["patch_embed.proj.weight"].shape[-1]
@@ -83,9 +83,10 @@ def convert_checkpoint(src_path, target: str, out, det_patch_size: Optional[int]
         if old != side * side:
             notes = [*notes, f"position table resampled from {int(old ** 0.5)}x{int(old ** 0.5)} to {side}x{side} "
                              f"(--det-pretrain-img-size {det_pretrain_img_size})"]
-        checkpoints.save(out, {"model": d2, "__author__": "mae_transfer", "matching_heuristics": False, **arch})
+        checkpoints.save(out, {"model": d2, "__author__": "mae_transfer", "matching_heuristics": False, **arch},
+                         replace=False)
         return _report(sd, d2, out, renamed=[k for k in sd if hosts.D2_PREFIX + k in d2], notes=notes)
     mm, notes = hosts.adapt(sd, "mmseg")
-    checkpoints.save(out, {"state_dict": mm, "meta": {"source": str(src_path)}, **arch})
+    checkpoints.save(out, {"state_dict": mm, "meta": {"source": str(src_path)}, **arch}, replace=False)
     return _report(sd, mm, out, renamed=[k for k in sd if k not in mm and not k.startswith(DECODER + ("norm.",))],
                    notes=notes)

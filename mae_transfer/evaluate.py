@@ -68,7 +68,7 @@ def _error_line(log: Path) -> Optional[str]:
 def _run(r: Run, env: Dict[str, str]) -> Optional[str]:
     """One run in a subprocess, its output in run.log; None when it succeeded, else the reason."""
     r.dir.mkdir(parents=True, exist_ok=True)
-    with open(r.dir / "run.log", "w") as f:
+    with open(outputs.private(r.dir / "run.log"), "w") as f:  # a hard-linked copy's log stays its own
         f.write(shlex.join(r.argv) + "\n")
         f.flush()
         rc = subprocess.run(r.argv, stdout=f, stderr=subprocess.STDOUT, env=env).returncode

@@ -2,27 +2,43 @@
 
 * a folder belongs to one run at a time: `claim` takes a lock the OS releases when the process dies;
 * a folder that already holds results is not overwritten (`--resume` continues it), and a resumed run keeps
-  the settings it started with (`settings.json`);
+  the settings it started with (`settings.json`); a single output file or folder is published only where
+  nothing is (`atomic(replace=False)`, `atomic_folder`: two commands racing for one name, one wins);
 * a refusal leaves nothing behind: a command that stops on a user error before it wrote any weights
-  removes what its claim created, so the corrected command starts as if the first had never run;
-* no file is written through a symbolic link: the toolkit's own files are written beside their name and
-  renamed onto it (`atomic`: a crash never leaves half a file; a link at the name is replaced, never
-  followed), and a claimed folder holding a link is refused, since the host libraries' writers would follow it;
+  removes what its claim created, so the corrected command starts as if the first had never run; a run
+  that started and fails (a full disk: `WriteFailed`, decided by errno) keeps its folder and its log;
+* no file is written through a symbolic link or a hard link: the toolkit's own files are written beside
+  their name and renamed onto it (`atomic`: a crash never leaves half a file; a link at the name is
+  replaced, never followed); a file appended to or rewritten in place is first made this folder's own
+  (`private`: a copy renamed onto it when it has other names, as in a `cp -al` snapshot of a run); a
+  claimed folder holding a symbolic link is refused, since the host libraries' writers would follow it;
 * an output is never one of the command's own inputs (`refuse_inputs`), and two inputs never share one
   output name (`unique_names`)."""
 import contextlib
 import fcntl
-import json
+import itertools
 import os
 import shutil
+import stat
 import sys
-import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
-from .errors import CheckpointError, ConfigError, UserError
+from .errors import ConfigError, RunFailed, UserError
 from .reading import parse_json, validate
 from .schemas import Settings
+from .writing import (  # noqa: F401  (every command writes through this module)
+    WriteFailed,
+    append,
+    atomic,
+    atomic_folder,
+    private,
+    write_bytes,
+    write_json,
+    write_stream,
+    write_text,
+    write_with,
+)
 
 LOCK = ".lock"
 LOCK_ENV = "MAE_TRANSFER_LOCKED"  # given by a launcher holding the lock to the processes it starts
@@ -30,57 +46,6 @@ SETTINGS = "settings.json"
 # files by which a folder is known to hold a run: the toolkit's, detectron2's, mmengine's, an export's
 RUN_MARKERS = ("result.json", "checkpoint-last.pth", "last_checkpoint", "export.json")
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".pt2", ".onnx", ".data")
-_UMASK = os.umask(0o022)  # read once, at import (single-threaded), and put back at once
-os.umask(_UMASK)
-
-
-# ------------------------------------------------------------------------------------------ writing
-@contextlib.contextmanager
-def atomic(path) -> Iterator[str]:
-    """Yield a temporary name beside `path` (same suffix, so writers that go by it still do); on success it
-    is fsynced and renamed onto `path`. A symlink at `path` is replaced, never written through; a crash or an
-    error leaves `path` as it was. A folder that cannot be written is one CheckpointError."""
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-        os.close(fd)  # mkstemp creates exclusively (O_EXCL): never through a link
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide every output from the user's group
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-        if isinstance(e, RuntimeError) and "write" not in str(e).lower():
-            raise
-        kept = f"; {path} is the last good one, intact" if path.is_file() else ""
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
-        raise CheckpointError(f"cannot write {path} ({reason}){kept}") from None
-    finally:
-        if tmp and os.path.lexists(tmp):
-            os.unlink(tmp)
-
-
-def write_with(path, write: Callable[[str], None]) -> Path:
-    """`write(tmp_name)` then rename onto `path` (see `atomic`)."""
-    with atomic(path) as tmp:
-        write(tmp)
-    return Path(path)
-
-
-def write_bytes(path, data: bytes) -> Path:
-    return write_with(path, lambda tmp: Path(tmp).write_bytes(data))
-
-
-def write_text(path, text: str) -> Path:
-    return write_bytes(path, text.encode("utf-8"))
-
-
-def write_json(path, obj, indent: Optional[int] = 1) -> Path:
-    """JSON (never NaN: `allow_nan=False`), atomically."""
-    return write_text(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
 
 
 # ----------------------------------------------------------------------------------- inputs, outputs
@@ -134,20 +99,6 @@ def unique_names(files: Sequence[Path]) -> List[str]:
     raise ConfigError(f"{dup} is given twice")
 
 
-def links_inside(folder: Path, limit: int = 100_000) -> Optional[Path]:
-    """The first symbolic link inside `folder` (not following links; at most `limit` entries looked at)."""
-    seen = 0
-    for root, dirs, files in os.walk(folder, followlinks=False):
-        for n in dirs + files:
-            p = Path(root) / n
-            if p.is_symlink():
-                return p
-            seen += 1
-            if seen >= limit:
-                return None
-    return None
-
-
 # ------------------------------------------------------------------------------------ claiming a folder
 def check_fresh(output_dir, resume: bool) -> None:
     """An output directory holds one run: starting afresh where a run already wrote is refused (its
@@ -183,12 +134,23 @@ def check_settings(output_dir, resume: bool, run: Optional[Dict[str, Optional[st
                           f"cannot be checked: add --allow-changes to resume with the settings given now")
     if then and now.get("backbone") is None:  # left out on resume: the run continues from its own checkpoint
         now["backbone"] = then.get("backbone")
-    changed = [f"{k} {'(none)' if then[k] is None else then[k]} -> {'(none)' if v is None else v}"
-               for k, v in now.items() if then and then.get(k) != v]
+    if then and then.get("overrides") is None:  # a run started before overrides were recorded
+        then["overrides"] = now.get("overrides")
+    changed = [f"{k} {'(none)' if a is None else a} -> {'(none)' if b is None else b}"
+               for k, a, b in _changes(then or {}, now)]
     if changed and not allow_changes:
         raise ConfigError(f"{output_dir} holds a run started with other settings ({'; '.join(changed)}): "
                           f"resume it with its own, or add --allow-changes to go on with the new ones")
     write_json(path, now)
+
+
+def _changes(then: dict, now: dict) -> List[tuple]:
+    """(name, then, now) of every setting that differs; overrides one by one, by key (`img_size=`)."""
+    if not then:
+        return []
+    a, b = ({**{k: v for k, v in s.items() if k != "overrides"},
+             **{f"{k}=": v for k, v in (s.get("overrides") or {}).items()}} for s in (then, now))
+    return [(k, a.get(k), b.get(k)) for k in [*a, *(k for k in b if k not in a)] if a.get(k) != b.get(k)]
 
 
 class _Snapshot:
@@ -201,28 +163,31 @@ class _Snapshot:
     def __init__(self, folder: Path):
         self.folder = folder
         self.created = [p for p in [folder, *folder.parents] if not p.exists()]  # the folders a claim makes
-        self.names = set(os.listdir(folder)) if folder.is_dir() else set()
+        self.names = self._names()
         self.saved, budget = {}, self.BUDGET
-        for n in sorted(self.names):
+        for n in sorted(os.listdir(folder) if folder.is_dir() else ()):
             p = folder / n
             if p.is_file() and not p.is_symlink() and p.stat().st_size <= min(budget, 1 << 24):
                 self.saved[n] = p.read_bytes()
                 budget -= len(self.saved[n])
 
+    def _names(self, limit: int = 100_000) -> set:
+        """Every path inside the folder (relative; a new file in an old subfolder too, e.g. tensorboard's)."""
+        walk = os.walk(self.folder, followlinks=False) if self.folder.is_dir() else ()
+        return set(itertools.islice((os.path.relpath(os.path.join(root, n), self.folder)
+                                     for root, dirs, files in walk for n in dirs + files), limit))
+
     def wrote_weights(self) -> bool:
-        for n in set(os.listdir(self.folder)) - self.names if self.folder.exists() else ():
-            p = self.folder / n
-            files = [p] if p.is_file() else (p.rglob("*") if p.is_dir() else [])
-            if any(f.suffix in WEIGHT_SUFFIXES or f.name == "last_checkpoint" for f in files):
-                return True
-        return False
+        return any(Path(n).suffix in WEIGHT_SUFFIXES or Path(n).name == "last_checkpoint"
+                   for n in self._names() - self.names)
 
     def restore(self) -> None:
         if not self.folder.exists():
             return
-        for n in set(os.listdir(self.folder)) - self.names:
+        for n in sorted(self._names() - self.names):  # a new folder before what is in it
             p = self.folder / n
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            if os.path.lexists(p):
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         for n, data in self.saved.items():
             p = self.folder / n
             if n != LOCK and (not p.is_file() or p.stat().st_size != len(data) or p.read_bytes() != data):
@@ -265,23 +230,17 @@ def claim(output_dir, resume: bool = False, run: Optional[Dict[str, Optional[str
     snap = _Snapshot(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        f = _lock(out)
     except OSError as e:
         raise ConfigError(f"cannot write to the output folder {out}: {e.strerror}") from None
-    with open(fd, "r+") as f:
-        try:  # a POSIX record lock: not inherited by forked loader workers, gone when this process dies
-            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = f.read().strip() or "another process"
-            raise ConfigError(f"{out} is in use by another run ({holder}); wait for it to end, or choose "
-                              f"another output folder") from None
+    started = False
+    with f:
         try:
-            link = links_inside(out)
-            if link is not None:
-                raise ConfigError(f"{link} is a symbolic link: the toolkit and its host libraries would write "
-                                  f"through it; remove it, or choose another output folder")
+            _own_files(out)
             f.truncate()
-            f.write(f"pid {os.getpid()} on {os.uname().nodename}: {' '.join(sys.argv)}\n")
+            here = os.stat(out)
+            f.write(f"pid {os.getpid()} on {os.uname().nodename}: {' '.join(sys.argv)}\n"
+                    f"folder {here.st_dev}:{here.st_ino}\n")
             f.flush()
             if not markers_ok:
                 check_fresh(out, resume)
@@ -289,9 +248,84 @@ def claim(output_dir, resume: bool = False, run: Optional[Dict[str, Optional[str
                 if stale.is_file() and not stale.is_symlink():
                     stale.unlink()
             check_settings(out, resume, run, allow_changes)
+            started = True
             yield  # the lock goes with the file, closed here or by the OS
         except BaseException as e:
-            if _refusal(e) and not snap.wrote_weights():
-                with contextlib.suppress(OSError):
+            # a refusal, or a failure of the claim itself, leaves the folder as it was; a run that started and
+            # failed (a full disk) keeps it, its log and its result.json
+            if (_refusal(e) or not started) and not snap.wrote_weights():
+                with contextlib.suppress(OSError, UserError, RunFailed):
                     snap.restore()
             raise
+
+
+def _lock(out: Path):
+    """<out>/.lock, open and locked (lockf: not inherited by forked loader workers, gone when this process dies),
+    a file of this folder's own: one with other names (a `cp -al` snapshot of a run shares it with the run) is
+    replaced by a new one first, and a lock taken on a file no longer at the name is taken again."""
+    path, here = out / LOCK, os.stat(out)
+    for _ in range(20):
+        _unshare_lock(path, here)
+        f = open(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644), "r+")
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = (f.read().strip().splitlines() or ["another process"])[0]
+            f.close()
+            raise ConfigError(f"{out} is in use by another run ({holder}); wait for it to end, or choose "
+                              f"another output folder") from None
+        mine, now = os.fstat(f.fileno()), _lstat(path)
+        if now is not None and (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino):
+            if mine.st_nlink == 1:
+                return f
+            write_bytes(path, b"")  # held by us, so by no run: the name gets a file of its own, then locked again
+        f.close()
+    raise ConfigError(f"{path} keeps being replaced by another process; retry, or choose another output folder")
+
+
+def _lstat(path: Path) -> Optional[os.stat_result]:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _unshare_lock(path: Path, here: os.stat_result) -> None:
+    """A lock file with other names that names another folder as its holder's (a run of the folder this one was
+    snapshotted from, maybe running now) is replaced by a new file before it is locked (in turn with other
+    claimants: flock on the folder). One holding this folder's run, or whose cannot be told, is left to `_lock`."""
+    st = _lstat(path)
+    if st is None or not stat.S_ISREG(st.st_mode) or st.st_nlink < 2:
+        return
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(dfd, fcntl.LOCK_EX)
+        st = _lstat(path)
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_nlink < 2:
+            return
+        with open(path, "rb") as f:
+            text = f.read(4096).decode("utf-8", "replace").splitlines()
+        owner = [x.split()[1] for x in text if x.startswith("folder ") and len(x.split()) > 1]
+        if owner and owner[0] != f"{here.st_dev}:{here.st_ino}":
+            write_bytes(path, b"")
+    finally:
+        os.close(dfd)
+
+
+def _own_files(out: Path, limit: int = 100_000) -> None:
+    """A claimed folder holding a symbolic link is refused (the toolkit's and its hosts' writers would follow it);
+    a file a host may append to or rewrite in place (detectron2's log.txt and metrics.json, mmengine's
+    last_checkpoint) is made the folder's own where it has other names (`private`). Weights stay shared: the
+    toolkit replaces them by renaming, never in place. At most `limit` entries are looked at."""
+    entries = ((Path(root) / n, n in files) for root, dirs, files in os.walk(out, followlinks=False)
+               for n in dirs + files)
+    found = []
+    for p, is_file in itertools.islice(entries, limit):
+        if p.is_symlink():
+            raise ConfigError(f"{p} is a symbolic link: the toolkit and its host libraries would write "
+                              f"through it; remove it, or choose another output folder")
+        if is_file and p.name != LOCK and p.suffix not in WEIGHT_SUFFIXES:
+            found.append(p)
+    for p in found:
+        private(p)

@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import torch
 
 from . import outputs, reading, schemas
-from .errors import UserError
+from .errors import RunFailed, UserError
 
 NAME = "result.json"
 TASKS = schemas.TASKS
@@ -67,6 +67,9 @@ class Record:
         self.task, self.output_dir, self.config, self.seed = task, output_dir, config, seed
         self.checkpoint, self.metrics, self.started = checkpoint, {}, _now()
         self.world_size = _world()
+        # the run's weights as they are before it starts, where an earlier result.json holds their record: a
+        # resume that fails before it wrote any (before its first step) leaves that record as it was
+        self.weights_before = _weights(output_dir) if (Path(output_dir) / NAME).is_file() else None
         try:  # a resumed run that finds nothing left to do keeps the metrics its first part measured
             prev = read(output_dir)
             self.previous = prev["metrics"] if prev["status"] == "ok" and prev["task"] == task else {}
@@ -95,11 +98,28 @@ def write(record: Record, error: Optional[str] = None) -> Optional[Path]:
     return outputs.write_json(Path(record.output_dir) / NAME, record.as_dict(error))
 
 
+def _weights(folder) -> Dict[str, tuple]:
+    """Each weights file of a run folder (the toolkit's, detectron2's, mmengine's) and what identifies its bytes."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return {}
+    found = {}
+    for e in entries:
+        if (e.name.endswith(outputs.WEIGHT_SUFFIXES) or e.name == "last_checkpoint") and e.is_file(
+                follow_symlinks=False):
+            st = e.stat(follow_symlinks=False)
+            found[e.name] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return found
+
+
 @contextlib.contextmanager
 def recorded(task: str, output_dir, config=None, seed=None, checkpoint=None) -> Iterator[Record]:
     """Run the block and write result.json: status ok with the metrics, or failed with the error line of a run
-    that could not finish (the exception is re-raised for the command's own one-line report). A user error is a
-    refusal, not a run: it writes no result file."""
+    that could not finish (the exception is re-raised for the command's own one-line report: where result.json
+    cannot be written either, on a full disk, the error is still the first one's). A user error is a refusal,
+    not a run: it writes no result file; nor does a run that fails before it wrote any weights where an earlier
+    result.json records the weights the folder holds (a resume that fails before its first step)."""
 
     rec = Record(task, output_dir, config, seed, checkpoint)
     try:
@@ -108,8 +128,9 @@ def recorded(task: str, output_dir, config=None, seed=None, checkpoint=None) -> 
         raise
     except BaseException as e:
         line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        with contextlib.suppress(OSError):
-            write(rec, f"{type(e).__name__}: {line}" if not isinstance(e, (KeyboardInterrupt, SystemExit)) else line)
+        if rec.weights_before is None or _weights(output_dir) != rec.weights_before:
+            with contextlib.suppress(OSError, UserError, RunFailed):
+                write(rec, line if isinstance(e, (KeyboardInterrupt, SystemExit)) else f"{type(e).__name__}: {line}")
         raise
     write(rec)
 
@@ -119,12 +140,28 @@ def model_name(cfg) -> str:
     return cfg.model + (f" {cfg.model_kwargs}" if cfg.model_kwargs else "")
 
 
-def settings(config, seed, model=None, backbone=None, data=()) -> Dict[str, Optional[str]]:
-    """What a resumed run must share with its first start (`check_settings`), as text; paths absolute."""
+# key=value overrides a resumed run may change: how long it runs and how it is spread over processes, workers and
+# checkpoints -- resuming at another world size, with another per-device batch (the same effective batch) or
+# another strategy is exact by design; every other override is the run's recipe, recorded and compared
+RESUME_MAY_CHANGE = frozenset({
+    "epochs", "max_steps", "num_workers", "batch_size", "strategy", "device", "amp", "grad_checkpointing",
+    "data_timeout", "ckpt_every_steps", "ckpt_every_minutes", "save_freq", "vis_freq", "eval_freq", "resume",
+    "output_dir", "max_rollbacks",
+    "train.max_iter", "train.checkpointer.period", "train.eval_period", "train.log_period",  # detectron2
+    "dataloader.train.num_workers", "dataloader.test.num_workers", "train.device",
+    "train_cfg.max_iters", "train_cfg.val_interval", "default_hooks.checkpoint.interval",  # mmengine
+    "default_hooks.logger.interval", "train_dataloader.num_workers", "val_dataloader.num_workers"})
+
+
+def settings(config, seed, model=None, backbone=None, data=(), overrides=()) -> Dict[str, Any]:
+    """What a resumed run must share with its first start (`check_settings`), as text; paths absolute; the
+    key=value `overrides` it was given, but those in RESUME_MAY_CHANGE."""
     def where(x):  # a URL, a `pipe:` command or a brace pattern of them is kept as given
         return (x if str(x).startswith("pipe:") or "://" in str(x) else str(Path(x).resolve())) if x else None
+    recipe = dict(o.split("=", 1) for o in overrides)
     return {"config": where(config), "seed": None if seed is None else str(seed), "model": model,
-            "backbone": where(backbone), "data": ", ".join(where(d) for d in data if d) or None}
+            "backbone": where(backbone), "data": ", ".join(where(d) for d in data if d) or None,
+            "overrides": {k: v for k, v in sorted(recipe.items()) if k not in RESUME_MAY_CHANGE}}
 
 
 def validate(obj: Any) -> List[str]:

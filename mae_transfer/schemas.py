@@ -198,6 +198,7 @@ class Settings(_Strict):
     model: Optional[StrictStr] = None
     backbone: Optional[StrictStr] = None
     data: Optional[StrictStr] = None
+    overrides: Optional[Dict[StrictStr, StrictStr]] = None  # key=value recipe overrides (None: not recorded)
 
 
 class CheckpointRef(_Strict):
@@ -262,6 +263,20 @@ class ShardIndex(_Strict):
     shards: List[ShardEntry]
     classes: Optional[List[Name]] = None   # class names, by `.cls` index (from an ImageFolder)
     settings: Dict[StrictStr, Union[StrictStr, StrictInt, None]] = {}  # how they were written (resume checks)
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_classes(cls, v):  # as a classes file (reading.read_classes): per-class results are keyed by name
+        seen, dup = set(), None
+        for n in v or ():
+            if n in seen:
+                dup = n
+                break
+            seen.add(n)
+        if dup is not None:
+            raise ValueError(f"lists {dup!r} more than once: class names must be unique (per-class results are "
+                             "keyed by name)")
+        return v
 
 
 class HfDataFile(_Open):
@@ -332,3 +347,66 @@ class Pt2Payload(_Strict):
 
 class Pt2Config(_Strict):
     config: Dict[StrictStr, Pt2Payload]
+
+
+# ----------------------------------------------------------------- a training run's own checkpoint-last.pth
+Positive = Annotated[StrictInt, Field(ge=1, le=2**31)]
+Steps = Annotated[StrictInt, Field(ge=0, le=2**62)]
+
+
+class SegmentLayout(_Strict):
+    world_size: Positive
+    workers: Positive
+    batch_size: Positive
+    window: Annotated[StrictInt, Field(ge=0, le=2**31)] = 0  # a segment recorded before the window was recorded
+
+
+class Segment(_Strict):
+    """A part of a sharded epoch that ran with one layout (data/order.py), from image `start` of the epoch."""
+    layout: SegmentLayout
+    start: Steps
+
+
+class TrainStateFields(_Strict):
+    """engine/state.TrainState as saved: where the run stands inside its data."""
+    epoch: Steps
+    batch: Steps
+    step: Steps
+    loss_sum: Number
+    n_loss: Steps
+    n_bad: Steps
+    rollbacks: Steps
+    segments: List[Segment] = []
+
+    @field_validator("loss_sum")
+    @classmethod
+    def _finite_sum(cls, v):
+        return _finite(float(v), "loss_sum")
+
+
+class RunArgs(_Open):
+    """The recipe a checkpoint was written with (`args`: every config field); what resuming reads of it."""
+    batch_size: Optional[Positive] = None
+
+
+class RunCheckpoint(_Open):
+    """checkpoint-last.pth's fields besides the tensors (official MAE's `epoch`, `args`; this toolkit's
+    `step`, `train_state`, `world_size`, `sharded`, `scheduler`), as resuming reads them."""
+    epoch: Annotated[StrictInt, Field(ge=-1, le=2**62)]
+    step: Steps = 0
+    train_state: Optional[TrainStateFields] = None
+    args: Optional[RunArgs] = None
+    world_size: Positive = 1
+    sharded: Optional[Name] = None
+    scheduler: Optional[Dict[StrictStr, Any]] = None
+
+    @model_validator(mode="after")
+    def _agree(self):
+        st = self.train_state
+        if st is not None and (self.epoch != st.epoch - 1 or self.step != st.step):
+            raise ValueError(f"epoch {self.epoch} and step {self.step} disagree with train_state (epoch {st.epoch}, "
+                             f"step {st.step}): the file is damaged")
+        if st is not None and st.step < st.epoch:
+            raise ValueError(f"train_state: epoch {st.epoch} after only {st.step} optimizer steps (every epoch "
+                             f"makes at least one): the file is damaged")
+        return self

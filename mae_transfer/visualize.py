@@ -35,7 +35,9 @@ def reconstruct(model: MaskedAutoencoderViT, imgs: torch.Tensor, mask_ratio: flo
             "reconstruction + visible": orig * (1 - m) + rec * m}
 
 
-def save_grid(images: dict, path, title: str = "") -> Path:
+def save_grid(images: dict, path, title: str = "", replace: bool = True) -> Path:
+    """The grid as a PNG at `path` (a run's picture is replaced each time; `replace=False`: a command's one
+    output, published only where nothing is)."""
     import matplotlib  # 0.45 s of import (measured), only when a grid is drawn
 
     matplotlib.use("Agg")
@@ -54,6 +56,6 @@ def save_grid(images: dict, path, title: str = "") -> Path:
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = outputs.write_with(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    path = outputs.write_with(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"), replace)
     plt.close(fig)
     return path

@@ -119,9 +119,10 @@ def test_resume_mistakes_and_crafted_folders_are_one_line(tmp_path):
     .metadata pickle would run code (torch's own reader unpickles it whole): one error line each, nothing run."""
     run = tmp_path / "run"
     _pretrain(run, "max_steps=1", procs=1, check=True)  # 1 process, accum 2: stopped after 16 images
-    r = _pretrain(run, "--resume", "batch_size=32", "effective_batch_size=32", procs=1, check=False)
+    r = _pretrain(run, "--resume", "batch_size=32", "effective_batch_size=32", "--allow-changes", procs=1, check=False)
     assert r.returncode == 2 and "not a whole number of" in r.stderr and "Traceback" not in r.stderr
-    r = _pretrain(run, "--resume", "effective_batch_size=32", procs=1, check=False)  # 16 images: half a step of 32
+    r = _pretrain(run, "--resume", "effective_batch_size=32", "--allow-changes", procs=1,
+                  check=False)  # 16 images are half a step of 32
     assert r.returncode == 2 and "optimizer steps" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
     ck = checkpoints.load_file(run / "checkpoint-last.pth")
     shard = next((run / ck["sharded"]).glob("*.distcp"))

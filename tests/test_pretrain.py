@@ -198,9 +198,9 @@ def test_kill_during_checkpoint_write_keeps_last_intact(tmp_path):
         real, calls = torch.save, [0]
         def save(obj, f, *a, **k):
             calls[0] += 1
-            if calls[0] == 2:  # second checkpoint: write half of it, then die
-                with open(f, "wb") as fh:
-                    fh.write(b"PK\\x03\\x04 half a zip")
+            if calls[0] == 2:  # second checkpoint (f: the file object checkpoints.save opened): half, then die
+                f.write(b"PK\\x03\\x04 half a zip")
+                f.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(obj, f, *a, **k)
         torch.save = save

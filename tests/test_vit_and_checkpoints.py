@@ -99,9 +99,8 @@ def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pth"
     checkpoints.save(path, {"model": {"a": torch.ones(2)}})
 
-    def boom(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
+    def boom(obj, f, *a, **k):  # f: the file object checkpoints.save opened (so a failed write keeps its errno)
+        f.write(b"partial")
         raise KeyboardInterrupt
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(KeyboardInterrupt):

@@ -50,6 +50,22 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+ERRORS_ENV = "MAE_TRANSFER_ERRORS"  # a launcher's folder where the processes it starts leave their closing line
+
+
+def say_error(line: str, code: int) -> None:
+    """Print a command's closing error line, or -- in a process `relaunch_under_torchrun` started -- hand it to
+    the launcher, which prints one line for all the processes (not N copies and torchrun's traceback)."""
+    errors, rank = os.environ.get(ERRORS_ENV), os.environ.get("RANK")
+    if errors and rank is not None and Path(errors).is_dir():
+        try:
+            (Path(errors) / rank).write_text(f"{code}\t{line}")
+            return
+        except OSError:
+            pass
+    print(line, file=sys.stderr)
+
+
 def run_cli(fn, *args):
     """Call fn(*args). A user mistake prints one `error:` line (exit 2); a run that could not finish (a
     diverging loss, a failed parity gate) one `error:` line (exit 1); anything else is a bug, printed as one
@@ -58,16 +74,16 @@ def run_cli(fn, *args):
     try:
         return fn(*args)
     except RunFailed as e:
-        print(f"error: {e}", file=sys.stderr)
+        say_error(f"error: {e}", 1)
         sys.exit(1)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say_error(f"error: {e}", 2)
         sys.exit(2)
     except OSError as e:  # an unwritable, full or missing path is the user's to fix, not a traceback
         if e.errno is None:
             _internal(e)
         where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        say_error(f"error: {where}{e.strerror or e}", 2)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is intact", file=sys.stderr)
@@ -91,8 +107,7 @@ def _internal(e: BaseException) -> None:
         where = "traceback below"
         print(text, file=sys.stderr)
     first = (str(e).strip().splitlines() or [""])[0][:300]
-    print(f"internal error: {type(e).__name__}: {first} (a bug in mae-transfer or a host library; {where})",
-          file=sys.stderr)
+    say_error(f"internal error: {type(e).__name__}: {first} (a bug in mae-transfer or a host library; {where})", 1)
     sys.exit(1)
 
 

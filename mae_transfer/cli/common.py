@@ -19,11 +19,13 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import List, Optional
 
 from ..engine.config import ConfigError, check_unique_keys, config_names, seed_arg, split_override
 from ..outputs import LOCK_ENV
+from . import ERRORS_ENV
 
 PREFLIGHT_ENV = "MAE_TRANSFER_PREFLIGHT"  # set by a launcher for the processes it starts: inputs checked
 
@@ -124,9 +126,24 @@ def relaunch_under_torchrun(command: str, argv: List[str], num_gpus: int, locked
             rest.append(x)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_gpus}",
            "-m", "mae_transfer", command, *rest]
-    env = {**os.environ, PREFLIGHT_ENV: _argv_key(command, rest),
-           **({LOCK_ENV: str(Path(locked).resolve())} if locked else {})}
-    sys.exit(subprocess.run(cmd, env=env).returncode)
+    with tempfile.TemporaryDirectory(prefix="mae-transfer-errors-") as errors:
+        # OMP_NUM_THREADS: torchrun's own default (1), given so that it does not print a banner saying so
+        env = {"OMP_NUM_THREADS": "1", **os.environ, PREFLIGHT_ENV: _argv_key(command, rest), ERRORS_ENV: errors,
+               **({LOCK_ENV: str(Path(locked).resolve())} if locked else {})}
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
+        while chunk := os.read(proc.stderr.fileno(), 1 << 16):  # as it comes (progress bars end in \r, not \n)
+            if not any(Path(errors).iterdir()):  # once a process has said why it stops, torchrun's report is noise
+                sys.stderr.buffer.write(chunk)
+                sys.stderr.flush()
+        code = proc.wait()
+        said = []  # (order, rank, code, line): a user's mistake, then a failure, then a bug (a peer it broke)
+        for f in Path(errors).iterdir():
+            c, line = f.read_text().split("\t", 1)
+            said.append(((c != "2") + line.startswith("internal"), int(f.name), int(c), line))
+        if said:
+            _, _, code, line = min(said)
+            print(line, file=sys.stderr)
+    sys.exit(code)
 
 
 class _Once(argparse.Action):

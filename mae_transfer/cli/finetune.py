@@ -3,6 +3,7 @@ from pathlib import Path
 from typing import List
 
 from .. import outputs, results
+from ..data.sources import input_paths
 from ..engine.config import ConfigError, apply_overrides, load_config, resolve_config
 from ..engine.finetune import ClassifyConfig, train
 from ..identify import BACKBONES, check_backbone
@@ -48,8 +49,9 @@ def classify(mode: str, argv: List[str], prog: str):
     if cfg.eval_only and not common.launcher_checked(mode, argv):
         check_backbone(cfg.eval_only, ("classifier",), f"{mode} --eval-only")
     out = Path(cfg.output_dir)
-    run = results.settings(path, cfg.seed, results.model_name(cfg), cfg.eval_only or cfg.finetune, [cfg.data_path])
-    with outputs.claim(out, a.resume or cfg.resume != "none", run, a.allow_changes):
+    run = results.settings(path, cfg.seed, results.model_name(cfg), cfg.eval_only or cfg.finetune, [cfg.data_path],
+                           a.overrides)
+    with outputs.claim(out, a.resume or cfg.resume != "none", run, a.allow_changes, inputs=input_paths(cfg.data_path)):
         common.relaunch_under_torchrun(mode, argv, a.num_gpus, out)
         with results.recorded(mode, out, path, cfg.seed, cfg.eval_only or cfg.finetune) as rec:
             stats = train(cfg)

@@ -37,7 +37,7 @@ def main(argv: List[str], prog: str = "mae-transfer visualize"):
     if not a.output.lower().endswith(".png"):
         raise ConfigError(f"-o {a.output}: the grid is a PNG file (name it *.png)")
     outputs.refuse_inputs([a.output], [a.checkpoint, *a.images])
-    outputs.check_new(a.output, "grid")
+    outputs.check_new(a.output, "grid")  # early; the grid is then published only where nothing is
     missing = [src for src in a.images if not os.path.exists(src)]
     if missing:
         raise DataError(f"--images {missing[0]}: no such file or folder")
@@ -55,5 +55,6 @@ def main(argv: List[str], prog: str = "mae-transfer visualize"):
     noise = make_noise(model.mask_strategy, batch.shape[0], model.grid_size, a.mask_ratio,
                        generator=torch.Generator().manual_seed(a.seed))
     grid = reconstruct(model, batch, a.mask_ratio, noise)
-    out = save_grid(grid, a.output, f"{a.checkpoint}, mask ratio {a.mask_ratio}" + NORM_PIX_NOTE * model.norm_pix_loss)
+    out = save_grid(grid, a.output, f"{a.checkpoint}, mask ratio {a.mask_ratio}" + NORM_PIX_NOTE * model.norm_pix_loss,
+                    replace=False)
     print(f"reconstructions: {out}")

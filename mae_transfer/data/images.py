@@ -16,7 +16,7 @@ from PIL import Image, ImageFile, ImageOps
 from torchvision import transforms
 
 from ..errors import DataError  # noqa: F401  (re-exported)
-from ..rng import seeded
+from ..rng import derive_seed, seeded
 
 _logger = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -215,7 +215,7 @@ class SeededSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         epoch, i = key if isinstance(key, tuple) else (0, key)
-        seed = (self.seed * 1_000_003 + epoch) * 10_000_019 + i
+        seed = derive_seed("sample", self.seed, epoch, i)
         with seeded(seed, self.python_numpy):
             for n_bad in range(self.MAX_TRIES if self.replace_bad else 1):
                 j = i if n_bad == 0 else int(torch.randint(len(self.source), ()))

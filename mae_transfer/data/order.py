@@ -23,6 +23,8 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from ..rng import derive_seed
+
 
 def window_shuffle(ids: np.ndarray, window: int, rng: np.random.Generator) -> np.ndarray:
     """`ids` in the order a buffer of `window` samples emits them (fill it; then emit a random one and put the next
@@ -91,8 +93,8 @@ class ShardSampler(torch.utils.data.Sampler):
     # ------------------------------------------------------------------------------------------------ plan
     def _sequence(self) -> np.ndarray:
         """The epoch's samples: shards in the order of (seed, epoch), each shard's in order."""
-        perm = (np.random.default_rng([self.seed, self.epoch]).permutation(len(self.counts)) if self.shuffle
-                else np.arange(len(self.counts)))
+        rng = np.random.default_rng(derive_seed("shard_order", self.seed, self.epoch))
+        perm = rng.permutation(len(self.counts)) if self.shuffle else np.arange(len(self.counts))
         return np.concatenate([np.arange(self.offsets[s], self.offsets[s] + self.counts[s]) for s in perm])
 
     @staticmethod
@@ -112,7 +114,7 @@ class ShardSampler(torch.utils.data.Sampler):
         runs = []
         for w in range(W):
             b = self._bounds(n_batches, W, w)
-            rng = np.random.default_rng([self.seed, self.epoch, segment, r, w])
+            rng = np.random.default_rng(derive_seed("window", self.seed, self.epoch, segment, r, w))
             runs.append(window_shuffle(block[b.start * B:b.stop * B], lay["window"], rng).reshape(-1, B))
         batches = [run[i] for i in range(max(len(run) for run in runs)) for run in runs if i < len(run)]
         return np.concatenate(batches + [block[n_batches * B:]])

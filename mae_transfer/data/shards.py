@@ -18,20 +18,19 @@ import bisect
 import io
 import json
 import logging
+import os
 import posixpath
-import subprocess
 import tarfile
-import tempfile
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
 
-import fsspec
 import torch
 
 from ..errors import DataError
 from .images import load_rgb
+from .streams import DEFAULT_TIMEOUT, RemoteFile, Stalled, Stream, local
 
 _logger = logging.getLogger(__name__)
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -46,50 +45,9 @@ class Shard:
 
 
 # ----------------------------------------------------------------------------------------------- opening
-def local(url: str) -> bool:
-    return not url.startswith("pipe:") and "://" not in url
-
-
 def kind_of(url: str) -> str:
     name = url.split("?")[0].lower()
     return "parquet" if name.endswith(".parquet") else "arrow" if name.endswith(".arrow") else "tar"
-
-
-class _Stream:
-    """A shard's bytes: a local file (seekable), a `pipe:` command's output, or an fsspec URL."""
-
-    def __init__(self, url: str):
-        self.url, self.proc = url, None
-        if url.startswith("pipe:"):  # stderr to a file: a chatty command (curl's progress) must not block on it
-            self.err = tempfile.TemporaryFile()
-            self.proc = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE, stderr=self.err)
-            self.f = self.proc.stdout
-        elif local(url):
-            self.f = open(url, "rb")
-        else:
-            try:
-                self.f = fsspec.open(url, "rb").open()
-            except ImportError as e:  # the protocol's fsspec backend (s3fs, gcsfs, aiohttp) is not installed
-                raise OSError(f"no reader for {url.split('://')[0]}:// URLs here ({e})") from None
-
-    @property
-    def seekable(self) -> bool:
-        return self.proc is None and local(self.url)
-
-    def close(self) -> Optional[str]:
-        """Close; for a command, why it failed (its stderr's last line) or None."""
-        self.f.close()
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.kill()
-        code = self.proc.wait()
-        self.err.seek(0)
-        err = self.err.read().decode(errors="replace").strip()
-        self.err.close()
-        if code <= 0:  # done, or killed here (a shard left before its end)
-            return None
-        return f"`{self.url[5:]}` exited with status {code}" + (f": {err.splitlines()[-1]}" if err else "")
 
 
 def _split_name(name: str) -> Optional[Tuple[str, str]]:
@@ -124,10 +82,10 @@ def tar_samples(f, seekable: bool, data: bool = True) -> Iterator[Sample]:
         yield key, parts
 
 
-def _parquet(url: str):
+def _parquet(url: str, timeout: float = DEFAULT_TIMEOUT):
     import pyarrow.parquet as pq  # optional: HF sources only
 
-    return pq.ParquetFile(url if local(url) else fsspec.open(url, "rb").open())
+    return pq.ParquetFile(url if local(url) else RemoteFile(url, timeout))
 
 
 def _arrow(url: str):
@@ -137,10 +95,10 @@ def _arrow(url: str):
     return pa.ipc.open_stream(pa.memory_map(url))
 
 
-def _table_samples(url: str, kind: str, start: int = 0) -> Iterator[Sample]:
+def _table_samples(url: str, kind: str, start: int = 0, timeout: float = DEFAULT_TIMEOUT) -> Iterator[Sample]:
     """Rows of a parquet or Arrow file from row `start` (whole row groups before it are not read)."""
     if kind == "parquet":
-        pf = _parquet(url)
+        pf = _parquet(url, timeout)
         first, groups = 0, []
         for g in range(pf.num_row_groups):
             n = pf.metadata.row_group(g).num_rows
@@ -169,10 +127,10 @@ def _table_samples(url: str, kind: str, start: int = 0) -> Iterator[Sample]:
             yield f"{row:09d}", parts
 
 
-def _check_columns(url: str, kind: str, labelled: bool) -> None:
+def _check_columns(url: str, kind: str, labelled: bool, timeout: float = DEFAULT_TIMEOUT) -> None:
     import pyarrow as pa  # optional: HF sources only
 
-    schema = _parquet(url).schema_arrow if kind == "parquet" else _arrow(url).schema
+    schema = _parquet(url, timeout).schema_arrow if kind == "parquet" else _arrow(url).schema
     name = "image" if "image" in schema.names else "img" if "img" in schema.names else None
     if name is None:
         raise DataError(f"{url}: no `image` column (columns: {', '.join(schema.names)})")
@@ -187,20 +145,24 @@ def _check_columns(url: str, kind: str, labelled: bool) -> None:
         raise DataError(f"{url}: fine-tuning needs an integer `label` column (found: {have})")
 
 
-def count_samples(url: str) -> int:
-    """Samples in one shard, read from its metadata (parquet) or headers (tar); DataError if it cannot be read."""
+def count_samples(url: str, timeout: float = DEFAULT_TIMEOUT) -> int:
+    """Samples in one shard, read from its metadata (parquet) or headers (tar); DataError if it cannot be read
+    (`Stalled` if a command or server sends nothing for `timeout` s)."""
     kind = kind_of(url)
     try:
         if kind == "parquet":
-            return _parquet(url).metadata.num_rows
+            return _parquet(url, timeout).metadata.num_rows
         if kind == "arrow":
             return sum(b.num_rows for b in _arrow(url))
-        stream, n, damage = _Stream(url), 0, None
+        stream, n, damage = Stream(url, timeout), 0, None
         try:
             for _ in tar_samples(stream.f, stream.seekable, data=False):
                 n += 1
         except (OSError, EOFError, tarfile.TarError) as e:
             damage = e
+        except BaseException:  # a stall: the command is ended here, not left running
+            stream.close()
+            raise
         failed = stream.close()  # a `pipe:` command's own failure says more than the empty stream it left
         if failed or (damage and not n):
             raise OSError(failed or damage)
@@ -217,15 +179,15 @@ def count_samples(url: str) -> int:
 
 # -------------------------------------------------------------------------------------------------- reader
 class _Cursor:
-    """One shard open for reading forward; `pos` is the ordinal of the next sample."""
+    """One shard open for reading forward by this process; `pos` is the ordinal of the next sample."""
 
-    def __init__(self, shard: Shard, start: int = 0):
+    def __init__(self, shard: Shard, start: int = 0, timeout: float = DEFAULT_TIMEOUT):
         self.shard, self.pos, self.stream = shard, 0, None
         if shard.kind == "tar":
-            self.stream = _Stream(shard.url)
+            self.stream = Stream(shard.url, timeout)
             self.samples = tar_samples(self.stream.f, self.stream.seekable)
         else:
-            self.samples, self.pos = _table_samples(shard.url, shard.kind, start), start
+            self.samples, self.pos = _table_samples(shard.url, shard.kind, start, timeout), start
 
     def next(self) -> Sample:
         sample = next(self.samples)
@@ -240,18 +202,36 @@ class Shards(torch.utils.data.Dataset):
     """The samples of a list of shards by global index (see the module's docstring). Returns a PIL image, or
     (image, label) when `labelled`; None for a sample that cannot be read (a damaged member, a shard that ends
     early or cannot be opened), which SeededSamples replaces and counts. `window` is the shuffle window the
-    sampler plans with: up to 2x that many passed-over samples are kept (raw bytes) per open shard."""
+    sampler plans with: up to 2x that many passed-over samples are kept (raw bytes) per open shard. `timeout`:
+    seconds a piped or remote shard may send nothing before the read stops with `Stalled`.
+
+    Each reader (a process: the main one, each loader worker) reads through streams of its own: what a process
+    opened before it forked its loader workers (the first batch read for the reconstructions, say) is let go in
+    each worker, never read there -- a forked file shares its position, and a command its output, between them."""
 
     def __init__(self, shards: List[Shard], spec: str = "", labelled: bool = False, window: int = 1000,
-                 classes: Optional[List[str]] = None):
+                 classes: Optional[List[str]] = None, timeout: float = DEFAULT_TIMEOUT):
         self.shards, self.spec, self.labelled, self.window, self.classes = shards, str(spec), labelled, window, classes
+        self.timeout = timeout
         self.offsets = [0]
         for s in self.shards:
             self.offsets.append(self.offsets[-1] + s.count)
-        self._open: "OrderedDict[int, _Cursor]" = OrderedDict()
-        self._kept: "OrderedDict[int, Dict[str, bytes]]" = OrderedDict()
-        self._broken: Dict[int, int] = {}  # shard -> the first sample it could not read
-        self._warned = set()
+        self.__dict__.update(self._reader_state())
+
+    @staticmethod
+    def _reader_state() -> dict:
+        """What one reader keeps for itself: its open shards, the samples it passed over, what it found broken."""
+        return {"_pid": os.getpid(), "_open": OrderedDict(), "_kept": OrderedDict(),
+                "_broken": {},  # shard -> the first sample it could not read
+                "_warned": set()}
+
+    def _own(self) -> None:
+        """In a process other than the one that opened the streams (a forked loader worker): let them go, start
+        afresh."""
+        if self._pid != os.getpid():
+            for cur in self._open.values():
+                cur.close()  # this process's copies of the descriptors only (Stream.close)
+            self.__dict__.update(self._reader_state())
 
     def __len__(self):
         return self.offsets[-1]
@@ -262,14 +242,19 @@ class Shards(torch.utils.data.Dataset):
         first = next(s for s in self.shards if s.count)
         tables = [s for s in self.shards if s.kind != "tar" and s.count]  # every file's columns: its footer only
         with ThreadPoolExecutor(min(16, len(tables) or 1)) as pool:
-            list(pool.map(lambda s: _check_columns(s.url, s.kind, self.labelled), tables))
+            list(pool.map(lambda s: _check_columns(s.url, s.kind, self.labelled, self.timeout), tables))
+        cur = None
         try:
-            cur = _Cursor(first)
+            cur = _Cursor(first, timeout=self.timeout)
             _, parts = cur.next()
-            cur.close()
+        except Stalled:
+            raise
         except Exception as e:  # noqa: BLE001  counted a moment ago, unreadable now: as a damaged shard
             raise DataError(f"cannot read the shard {first.url}: {' '.join(str(e).split()) or type(e).__name__}"
                             ) from None
+        finally:
+            if cur is not None:
+                cur.close()
         if not next((v for k, v in parts.items() if is_image(k)), b""):
             raise DataError(f"{first.url}: its first sample has no image bytes " + (
                 "(an empty KEY.jpg|jpeg|png|webp member)" if first.kind == "tar" else
@@ -278,8 +263,8 @@ class Shards(torch.utils.data.Dataset):
             raise DataError(f"{first.url}: its first sample has no usable label (KEY.cls with a class index, "
                             "KEY.json with {\"label\": n}, or an integer `label` column); fine-tuning needs one")
 
-    def __getstate__(self):  # open streams stay in the process that opened them (forked loader workers)
-        return {**self.__dict__, "_open": OrderedDict(), "_kept": OrderedDict(), "_broken": {}, "_warned": set()}
+    def __getstate__(self):  # open streams stay in the process that opened them (spawned loader workers)
+        return {**self.__dict__, **self._reader_state(), "_pid": None}
 
     def locate(self, i: int) -> Tuple[int, int]:
         s = bisect.bisect_right(self.offsets, i) - 1
@@ -293,6 +278,7 @@ class Shards(torch.utils.data.Dataset):
 
     def encoded(self, i: int):
         """Sample i's image bytes, undecoded (and its label when `labelled`); None (None, -1) if unreadable."""
+        self._own()
         parts = self._kept.pop(i, None)
         if parts is None:
             parts = self._read(i)
@@ -316,7 +302,9 @@ class Shards(torch.utils.data.Dataset):
             if cur is not None:
                 cur.close()
             try:
-                cur = _Cursor(self.shards[s], start=k)
+                cur = _Cursor(self.shards[s], start=k, timeout=self.timeout)
+            except Stalled:
+                raise
             except Exception as e:  # noqa: BLE001  a shard that cannot be opened: its samples are unreadable
                 return self._lost(s, 0, f"cannot be opened ({e})")
             self._open[s] = cur
@@ -327,6 +315,9 @@ class Shards(torch.utils.data.Dataset):
             at = self.offsets[s] + cur.pos
             try:
                 _, parts = cur.next()
+            except Stalled:  # the run stops (one line naming the source); the stalled command is ended
+                self._open.pop(s).close()
+                raise
             except StopIteration:
                 return self._lost(s, cur.pos, f"ends after {cur.pos} samples; the index said {self.shards[s].count}")
             except Exception as e:  # noqa: BLE001  a truncated or corrupt tar: the rest of the shard is unreadable

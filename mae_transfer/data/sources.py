@@ -4,6 +4,9 @@
                                 them, a save_to_disk folder) or a folder of images (ImageFolder tree or flat)
     labelled_source(path, ...)  fine-tuning / linear probing: labelled shards (`.cls`, `.json`, a `label` column)
                                 or an ImageFolder tree
+    input_paths(path)           the local files and folders it reads, which no output may land in or beside
+
+`timeout`: seconds a `pipe:` command or a remote URL may send nothing (the `data_timeout` setting).
 """
 import logging
 import os
@@ -18,32 +21,35 @@ from ..errors import DataError
 from ..reading import read_json, read_lines
 from ..schemas import HfState, ShardIndex
 from .images import IMG_EXTENSIONS, ImageDataset, LabelledImageFolder
-from .shards import IMAGE_EXTS, Shard, Shards, count_samples, kind_of, local
+from .shards import IMAGE_EXTS, Shard, Shards, count_samples, kind_of
+from .streams import DEFAULT_TIMEOUT, local
 
 _logger = logging.getLogger(__name__)
 INDEX = "index.json"
 
 
-def image_source(path, window: int = 1000) -> torch.utils.data.Dataset:
-    return open_shards(path, window=window) if is_shard_source(path) else ImageDataset(path)
+def image_source(path, window: int = 1000, timeout: float = DEFAULT_TIMEOUT) -> torch.utils.data.Dataset:
+    return open_shards(path, window=window, timeout=timeout) if is_shard_source(path) else ImageDataset(path)
 
 
-def labelled_source(path, classes: Optional[Sequence[str]] = None, window: int = 1000, train: bool = True):
+def labelled_source(path, classes: Optional[Sequence[str]] = None, window: int = 1000, train: bool = True,
+                    timeout: float = DEFAULT_TIMEOUT):
     """An ImageFolder, or labelled shards (their index.json's class names, where they have one, must be the
     training set's). A validation set's shards are read in order, unshuffled."""
     if not is_shard_source(path):
         return LabelledImageFolder(Path(path), classes=classes)
-    src = open_shards(path, labelled=True, window=window if train else 0)
+    src = open_shards(path, labelled=True, window=window if train else 0, timeout=timeout)
     if classes is not None and src.classes is not None and list(src.classes) != list(classes):
         raise DataError(f"{path}: the shards' classes (index.json) differ from the training set's")
     return src
 
 
-def open_shards(spec, labelled: bool = False, window: int = 1000) -> Shards:
+def open_shards(spec, labelled: bool = False, window: int = 1000, timeout: float = DEFAULT_TIMEOUT) -> Shards:
     """`shards.Shards` over what `spec` names, its first sample checked (readable, labelled where needed)."""
     urls = shard_urls(spec)
     index = _local_index(urls)
-    src = Shards(list_shards(spec, urls, index), spec, labelled, window, index.classes if index else None)
+    src = Shards(list_shards(spec, urls, index, timeout), spec, labelled, window, index.classes if index else None,
+                 timeout)
     src.check_first()
     return src
 
@@ -52,7 +58,7 @@ def is_shard_source(spec) -> bool:
     s = str(spec)
     p = Path(s)
     if p.is_dir():
-        shards = any(p.glob("*.tar")) or any(p.glob("*.parquet")) or any(p.glob("data/*.parquet"))
+        shards = bool(_shard_files(p))  # files only: a class folder named `v1.tar` is a class folder
         # loose images, or class folders of them (`data/` is where HF keeps its parquet files)
         images = (f for d in p.iterdir()
                   for f in ((d,) if d.is_file() else d.iterdir() if d.is_dir() and d.name != "data" else ()))
@@ -93,17 +99,48 @@ def shard_urls(spec) -> List[str]:
             state = read_json(p / "state.json", HfState, DataError, "save_to_disk state file")
             urls = [str(p / f.filename) for f in state.data_files]
         else:
-            urls = sorted(map(str, p.glob("*.tar"))) or sorted(map(str, p.glob("*.parquet"))) or sorted(
-                map(str, p.glob("data/*.parquet")))
+            urls = _shard_files(p)
     else:
         urls = [s]
     if not urls:
         raise DataError(f"{s}: no shards (.tar, .parquet or .arrow files) found")
+    folders = [u for u in urls if local(u) and os.path.isdir(u)]
+    if folders:
+        raise DataError(f"{folders[0]} is a folder, not a shard (.tar, .parquet or .arrow file)")
     missing = [u for u in urls if local(u) and not os.path.isfile(u)]
     if missing:
         raise DataError(f"{missing[0]}: shard not found" + (f" (and {len(missing) - 1} more of {len(urls)})"
                                                             if len(missing) > 1 else ""))
     return urls
+
+
+def _shard_files(folder: Path) -> List[str]:
+    """A folder's shards: its .tar files, else its .parquet files, else data/*.parquet (files: a folder is never a
+    shard, whatever its name)."""
+    for pattern in ("*.tar", "*.parquet", "data/*.parquet"):
+        found = sorted(str(f) for f in folder.glob(pattern) if f.is_file())
+        if found:
+            return found
+    return []
+
+
+def input_paths(spec) -> List[str]:
+    """The local files and folders a `--data-path` reads, for `outputs.claim(inputs=...)`: the path itself, and for
+    a list file, a brace pattern or one shard, every local shard it names and the folder holding each (no output
+    lands in or beside a shard: it would end up in the data folder). A source that cannot be listed gives the path
+    alone; reading it reports what is wrong."""
+    s = str(spec or "")
+    if not s or not local(s):
+        return []
+    if Path(s).is_dir():
+        return [s]
+    try:
+        urls = shard_urls(s)
+    except DataError:
+        return [s]
+    named = [u[len("file://"):] if u.startswith("file://") else u for u in urls]
+    named = [u for u in named if local(u)]
+    return list(dict.fromkeys([s, *named, *(os.path.dirname(os.path.abspath(u)) for u in named)]))
 
 
 def _local_index(urls: Sequence[str]) -> Optional[ShardIndex]:
@@ -129,7 +166,8 @@ def _index_counts(urls: Sequence[str], index: Optional[ShardIndex]) -> Dict[str,
     return counts
 
 
-def list_shards(spec, urls: Sequence[str], index: Optional[ShardIndex]) -> List[Shard]:
+def list_shards(spec, urls: Sequence[str], index: Optional[ShardIndex], timeout: float = DEFAULT_TIMEOUT
+                ) -> List[Shard]:
     """The shards `spec` names (`urls`) with their counts: from the index where one matches, else read (in
     threads)."""
     known = _index_counts(urls, index)
@@ -139,7 +177,7 @@ def list_shards(spec, urls: Sequence[str], index: Optional[ShardIndex]) -> List[
             _logger.info("counting the samples of %d shards (no index.json beside them; `mae-transfer shards` "
                          "writes one)", len(todo))
         with ThreadPoolExecutor(min(16, len(todo))) as pool:
-            known.update(zip(todo, pool.map(count_samples, todo)))
+            known.update(zip(todo, pool.map(lambda u: count_samples(u, timeout), todo)))
     shards = [Shard(u, known[u], kind_of(u)) for u in urls]
     if not sum(s.count for s in shards):
         raise DataError(f"{spec}: the shards hold no images ({', '.join(IMAGE_EXTS)} members)")

@@ -4,10 +4,11 @@
     OUT/index.json             samples, bytes and SHA-256 per shard; the class names (schemas.ShardIndex)
 
 Samples are shuffled (seeded) before they are cut into shards: a reader shuffles only within a window, so a shard
-must already mix the classes. Shards are written in parallel processes, each atomically; a killed writer leaves
-`.progress.jsonl` and, run again with the same arguments, writes only the shards it lacks. `max_side` re-encodes
-(EXIF-upright, longer side at most `max_side`, JPEG at `quality`): what FFCV / DailyMAE do to cut decode time;
-bench/data_scale.py measures what it saves."""
+must already mix the classes. Shards are written in parallel processes, each atomically, by one writer at a time
+(`outputs.claim`: a second is one error naming the first); a killed writer leaves `.progress.jsonl` and, run
+again with the same arguments, writes only the shards it lacks. Images none of which can be read are an error,
+not an empty index. `max_side` re-encodes (EXIF-upright, longer side at most `max_side`, JPEG at `quality`): what
+FFCV / DailyMAE do to cut decode time; bench/data_scale.py measures what it saves."""
 import hashlib
 import io
 import json
@@ -25,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
-from ..outputs import atomic, check_new, refuse_inputs, write_json
+from ..outputs import LOCK, atomic, check_new, claim, private, refuse_inputs, write_json
 from ..reading import validate
 from ..schemas import ShardEntry, ShardIndex
 from .images import IMG_EXTENSIONS, find_images, load_rgb, probe
@@ -121,6 +122,16 @@ def write_shards(src, out, shard_size: int = 1000, max_side: Optional[int] = Non
     samples, classes = _samples(src)
     settings = {"source": str(src.resolve()), "images": len(samples), "shard_size": shard_size,
                 "max_side": max_side, "quality": quality if max_side else None, "seed": seed}
+    if out.is_symlink() or out.is_file():
+        check_new(out, "shard folder")
+    with claim(out, markers_ok=True, inputs=[src]):  # one writer at a time; a refusal leaves nothing behind
+        summary = _write(src, out, samples, classes, settings, shard_size, max_side, quality, workers, seed)
+        (out / LOCK).unlink()  # a finished folder holds the shards and their index only (a later writer refuses it)
+    return summary
+
+
+def _write(src: Path, out: Path, samples, classes, settings: dict, shard_size: int, max_side: Optional[int],
+           quality: int, workers: int, seed: int) -> dict:
     done = _progress(out, settings)
     order = np.random.default_rng(seed).permutation(len(samples))
     tasks = []
@@ -135,7 +146,7 @@ def write_shards(src, out, shard_size: int = 1000, max_side: Optional[int] = Non
         _logger.info("%s: %d of %d shards were written by an earlier run; writing the other %d", out, len(done),
                      n_shards, len(tasks))
     workers = min(workers or os.cpu_count() or 1, max(1, len(tasks)))
-    with open(out / PROGRESS, "a") as log, ProcessPoolExecutor(
+    with open(private(out / PROGRESS), "a") as log, ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("fork"), initializer=_exit_with_parent,
             initargs=(os.getpid(),)) as pool:
         for entry in pool.map(_write_one, tasks):
@@ -144,6 +155,8 @@ def write_shards(src, out, shard_size: int = 1000, max_side: Optional[int] = Non
             log.flush()
             os.fsync(log.fileno())
     entries = [done[f"shard-{s:06d}.tar"] for s in range(n_shards)]
+    if not sum(e["samples"] for e in entries):
+        raise DataError(f"none of the {len(samples)} images under {src} could be read: no shards written")
     index = ShardIndex(format="mae-transfer shards", version=1, classes=classes, settings=settings,
                        shards=[ShardEntry(**{k: e[k] for k in ("name", "samples", "bytes", "sha256")})
                                for e in entries])
@@ -159,8 +172,8 @@ def _progress(out: Path, settings: dict) -> dict:
     """The shards an interrupted run with the same settings finished (their files intact), or {} for a new OUT."""
     log = out / PROGRESS
     if not log.is_file():
-        check_new(out, "shard folder")
-        out.mkdir(parents=True, exist_ok=True)
+        if set(os.listdir(out)) - {LOCK}:  # under the lock: what another writer finished is not written over
+            check_new(out, "shard folder")
         log.write_text(json.dumps({"settings": settings}) + "\n")
         return {}
     records = []

@@ -37,6 +37,8 @@ class TrainConfig:
     # shards: each loader worker reads its shards forward and shuffles within this many samples (WebDataset's
     # buffer); it keeps up to 2x as many undecoded samples in memory (~110 KB each for ImageNet JPEGs)
     shuffle_window: int = 1000
+    # shards from a `pipe:` command or a URL: seconds without a byte before the run stops with one error naming it
+    data_timeout: float = 60.0
     amp: str = "auto"                   # auto | bf16 | fp16 | none
     device: str = "auto"
     seed: int = 0
@@ -66,7 +68,7 @@ class TrainConfig:
                  "ckpt_every_steps", "max_steps")
         at_least(self, 0, "warmup_epochs", "num_workers", "max_rollbacks", "min_lr", "weight_decay", "shuffle_window")
         check_seed(self.seed)
-        positive(self, "blr", "lr", "ckpt_every_minutes")
+        positive(self, "blr", "lr", "ckpt_every_minutes", "data_timeout")
         one_of(self, "amp", ("auto", "bf16", "fp16", "none"))
         one_of(self, "on_nonfinite", ("stop", "rollback"))
         one_of(self, "strategy", ("ddp", "fsdp"))
@@ -92,13 +94,6 @@ def start_run(cfg, info=None):
     barrier(info)
     setup_logging(out, info.is_main)
     return info, out
-
-
-def micro_batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
-    """The seed of the main process's random draws (drop path, Mixup/CutMix) for micro-batch `batch` of
-    `epoch`: from (seed, epoch, batch, rank) alone, so a resumed run draws what an uninterrupted one does
-    without restoring any generator state (the draws run inside `rng.seeded`)."""
-    return ((seed * 1_000_003 + epoch) * 10_000_019 + batch) * 1_009 + rank
 
 
 def make_loader(dataset, batch_size: int, info: DistInfo, seed: int, num_workers: int, collate_fn=None,

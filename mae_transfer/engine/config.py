@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, List, Mapping, Sequence
 
 from ..errors import ConfigError  # noqa: F401  (re-exported)
+from ..schemas import SEED_MAX
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
 _HELPERS = {"__init__", "coco_loader_lsj"}  # files under configs/ that are parts, not configs
@@ -164,7 +165,6 @@ def apply_overrides(cfg, overrides: List[str]):
 
 
 # ------------------------------------------------------------------------------------- value checks
-SEED_MAX = 2**32 - 1  # one rule for every host: numpy's and detectron2's seeding take [0, 2**32)
 
 
 def check_seed(seed, where: str = "seed") -> int:

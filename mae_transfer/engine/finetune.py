@@ -201,8 +201,9 @@ def _check_labels(dataset, num_classes: int) -> bool:
 def _datasets(cfg: ClassifyConfig, train_tf, eval_tf):
     if not cfg.data_path:
         raise DataError("data_path is required: <data_path>/train/<class>/*.jpg and <data_path>/val/<class>/*.jpg")
-    train_src = labelled_source(Path(cfg.data_path) / "train", window=cfg.shuffle_window)
-    val_src = labelled_source(Path(cfg.data_path) / "val", classes=train_src.classes, train=False)
+    train_src = labelled_source(Path(cfg.data_path) / "train", window=cfg.shuffle_window, timeout=cfg.data_timeout)
+    val_src = labelled_source(Path(cfg.data_path) / "val", classes=train_src.classes, train=False,
+                              timeout=cfg.data_timeout)
     if train_src.classes and len(train_src.classes) > cfg.num_classes:
         raise DataError(f"{len(train_src.classes)} classes in {cfg.data_path}/train but the head has "
                         f"num_classes={cfg.num_classes}")

@@ -22,6 +22,22 @@ class _Stdout(logging.StreamHandler):
         pass
 
 
+class _RunLog(logging.FileHandler):
+    """run.log: a line that cannot be written (a full disk) is said once on stderr, then the log goes on on the
+    terminal only -- not a traceback per line; the write that stops the run reports itself."""
+
+    def __init__(self, path: Path, owner: logging.Logger):
+        super().__init__(path)
+        self.owner = owner
+
+    def handleError(self, record):
+        err = sys.exc_info()[1]
+        print(f"warning: cannot append to {self.baseFilename}: {getattr(err, 'strerror', None) or err}; "
+              f"logging to the terminal only", file=sys.stderr)
+        self.owner.removeHandler(self)
+        self.close()
+
+
 def setup_logging(output_dir: Optional[Path], is_main: bool, name: str = "mae_transfer") -> logging.Logger:
     root = logging.getLogger(name)
     root.setLevel(logging.INFO if is_main else logging.WARNING)
@@ -31,7 +47,7 @@ def setup_logging(output_dir: Optional[Path], is_main: bool, name: str = "mae_tr
     h.setFormatter(fmt)
     root.addHandler(h)
     if output_dir is not None and is_main:
-        fh = logging.FileHandler(Path(output_dir) / "run.log")
+        fh = _RunLog(outputs.private(Path(output_dir) / "run.log"), root)  # appended to: never through a hard link
         fh.setFormatter(fmt)
         root.addHandler(fh)
     root.propagate = False
@@ -61,8 +77,7 @@ class RunLogger:
         """Append one JSON line to log.txt (official format) and redraw the loss curve."""
         if not self.enabled:
             return
-        with open(self.dir / "log.txt", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        outputs.append(self.dir / "log.txt", json.dumps(record) + "\n")  # never through a hard link
         if self.tb is not None:
             self.tb.flush()
         plot_curves(self.records(), self.dir / "loss_curve.png")
@@ -70,8 +85,7 @@ class RunLogger:
     def event(self, record: Dict):
         """Something that happened outside the epoch rhythm (a rollback): one JSON line in events.jsonl."""
         if self.enabled:
-            with open(self.dir / "events.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            outputs.append(self.dir / "events.jsonl", json.dumps(record) + "\n")
 
     def records(self) -> List[Dict]:
         path = self.dir / "log.txt"

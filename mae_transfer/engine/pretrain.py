@@ -73,7 +73,7 @@ def build_data(cfg: PretrainConfig, grid, source=None):
     if source is None and cfg.data_path is None:  # the demo photos, sampled with replacement
         source, length = demo_photos(), cfg.demo_samples
     elif source is None:
-        source = image_source(cfg.data_path, window=cfg.shuffle_window)
+        source = image_source(cfg.data_path, window=cfg.shuffle_window, timeout=cfg.data_timeout)
     return SeededSamples(source, transform, cfg.seed, length=length, extras=[noise], python_numpy=False)
 
 

@@ -35,6 +35,8 @@ from ..checkpoints import CheckpointError
 from ..errors import RunFailed
 from ..models.mae import training_args
 from ..outputs import check_fresh
+from ..reading import validate
+from ..schemas import RunCheckpoint
 from .distributed import barrier
 
 _logger = logging.getLogger("mae_transfer")
@@ -200,12 +202,13 @@ def load_checkpoint(path: Path, tr) -> TrainState:
     any world size from any other); returns the saved TrainState in this run's micro-batches."""
     path = Path(path)
     obj = checkpoints.load_file(path, peek=True)  # memory-mapped: a sharded run never reads the whole model
-    if not obj.get("sharded"):
+    meta = _run_fields(obj, path)
+    if not meta.sharded:
         obj = checkpoints.load_file(path)  # read: loaded optimizer tensors must not be views of a mapped file
-    if obj.get("sharded"):
-        rel = Path(str(obj["sharded"]))
+    if meta.sharded:
+        rel = Path(meta.sharded)
         if rel.is_absolute() or ".." in rel.parts or not rel.parts or rel.parts[0] != SHARDS:
-            raise CheckpointError(f"{path}: sharded={obj['sharded']!r} is not a folder under {SHARDS}/ beside it")
+            raise CheckpointError(f"{path}: sharded={meta.sharded!r} is not a folder under {SHARDS}/ beside it")
         folder = path.parent / rel
         if not (folder / ".metadata").is_file():
             raise CheckpointError(f"{path} keeps its optimizer state in {folder}, which is missing or incomplete")
@@ -230,10 +233,12 @@ def load_checkpoint(path: Path, tr) -> TrainState:
     # a resumed run that extends `epochs` or changes the batch follows its new schedule, not the saved one.
     if tr.scaler is not None and "scaler" in obj:
         tr.scaler.load_state_dict(obj["scaler"])
-    if "train_state" not in obj:
-        return TrainState(epoch=obj["epoch"] + 1, step=obj.get("step", 0))
-    st = TrainState(**obj["train_state"])
-    seen = st.batch * training_args(obj).get("batch_size", tr.cfg.batch_size) * obj.get("world_size", 1)
+    if meta.train_state is None:
+        return TrainState(epoch=meta.epoch + 1, step=meta.step)
+    # segments as saved: one recorded before the window was part of the layout has none (the sampler fills it in)
+    st = TrainState(**{**meta.train_state.model_dump(), "segments": obj["train_state"].get("segments", [])})
+    seen = st.batch * (meta.args.batch_size if meta.args and meta.args.batch_size else tr.cfg.batch_size) * \
+        meta.world_size
     per = tr.cfg.batch_size * tr.info.world_size
     if seen % (per * tr.accum):
         raise CheckpointError(f"{path} stopped {seen} images into epoch {st.epoch}, which is not a whole number of "
@@ -242,6 +247,18 @@ def load_checkpoint(path: Path, tr) -> TrainState:
                               f"effective_batch_size it was written with")
     st.batch = seen // per
     return st
+
+
+def _run_fields(obj, path: Path) -> RunCheckpoint:
+    """The checkpoint's fields besides its tensors, through their schema: a damaged one is one line naming the
+    field (official checkpoints' `args` is an argparse.Namespace, read as a dict)."""
+    if not isinstance(obj, dict) or "model" not in obj or "optimizer" not in obj and "sharded" not in obj:
+        raise CheckpointError(f"{path}: not a training checkpoint (it has no model and optimizer state to resume)")
+    fields = {k: obj[k] for k in RunCheckpoint.model_fields if k in obj and k != "args"}
+    if obj.get("args") is not None:  # a dict, or an official checkpoint's Namespace; anything else as it is (refused)
+        fields["args"] = training_args(obj) if hasattr(obj["args"], "__dict__") or isinstance(obj["args"], dict) \
+            else obj["args"]
+    return validate(fields, RunCheckpoint, CheckpointError, str(path))
 
 
 def _by_name(model, optimizer, saved: dict) -> dict:

@@ -18,6 +18,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from ..errors import CheckpointError
 from .common import autocast
 from .distributed import DistInfo
 
@@ -63,6 +64,7 @@ class Strategy:
         return model.state_dict()
 
     def load_full_state_dict(self, model: torch.nn.Module, sd: Dict[str, torch.Tensor]) -> None:
+        check_fits(model, sd)
         model.load_state_dict(sd, strict=True)
 
 
@@ -104,10 +106,28 @@ class FSDP(Strategy):
     def load_full_state_dict(self, model, sd):
         if not self.info.distributed:
             return super().load_full_state_dict(model, sd)
+        check_fits(model, sd)
         set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
 STRATEGIES = {"ddp": Strategy, "fsdp": FSDP}
+
+
+def check_fits(model: torch.nn.Module, sd: Dict[str, torch.Tensor]) -> None:
+    """A checkpoint whose weights do not fit the model this run built -- an override (img_size, a size of the
+    model) that differs from the run's own -- is one CheckpointError naming what differs, before anything is
+    loaded (torch's own error is a many-line RuntimeError). An empty `sd` (a rank that receives a broadcast) passes."""
+    own = model.state_dict()
+    if not sd:
+        return
+    diff = [f"{k}: {tuple(sd[k].shape)} in the checkpoint, {tuple(v.shape)} in this run's model"
+            for k, v in own.items() if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    diff += [f"{k}: missing from the checkpoint" for k in own if k not in sd]
+    diff += [f"{k}: in the checkpoint, not in this run's model" for k in sd if k not in own]
+    if diff:
+        raise CheckpointError(f"the checkpoint does not fit the model this run builds ({'; '.join(diff[:2])}"
+                              f"{f'; {len(diff) - 2} more' if len(diff) > 2 else ''}): an override such as img_size "
+                              f"or the model's size differs from the run's own; resume with the run's values")
 
 
 def set_grad_checkpointing(model: torch.nn.Module) -> None:

@@ -24,9 +24,9 @@ import torch
 from tqdm import tqdm
 
 from ..errors import RunFailed
-from ..rng import seeded
+from ..rng import derive_seed, seeded
 from . import state as ckpt
-from .common import micro_batch_seed, resolve_amp, train_loader, warmup_cosine
+from .common import resolve_amp, train_loader, warmup_cosine
 from .distributed import DistInfo, all_reduce_sum, barrier
 from .logger import RunLogger
 from .state import TrainState
@@ -116,7 +116,7 @@ class Trainer:
                 st.n_bad += n_bad
                 batch = [t.to(info.device, non_blocking=True) for t in batch]
                 with self.strategy.sync(self.net, micro == self.accum - 1), \
-                        seeded(micro_batch_seed(cfg.seed, st.epoch, st.batch, info.rank)):
+                        seeded(derive_seed("micro_batch", cfg.seed, st.epoch, st.batch, info.rank)):
                     with self.strategy.autocast():
                         loss = self.loss_fn(batch)
                     (self.scaler.scale(loss / self.accum) if self.scaler else loss / self.accum).backward()

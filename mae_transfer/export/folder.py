@@ -2,7 +2,6 @@
 graph's external data file), a snapshot of the config (executed by the host when it loads it) and of the
 trained weights the Python parts use -- and export.json (`schemas.ExportMeta`) records the SHA-256 of every
 file in it. Nothing outside the folder is read, and nothing in it runs unless its hash matches."""
-import os
 import shutil
 from pathlib import Path
 from typing import Optional, Sequence
@@ -16,16 +15,10 @@ NOT_HASHED = {META, REPORT, outputs.LOCK}
 
 
 def snapshot_weights(weights, out: Path) -> Path:
-    """The trained weights beside the graphs (a hard link where the file system allows, else a copy)."""
+    """The trained weights beside the graphs: a copy, not a hard link (a host that rewrites its checkpoint in
+    place, as detectron2 does model_final.pth on a resumed run, would change the export's file through it)."""
     dest = out / ("weights" + (Path(weights).suffix or ".pth"))
-
-    def put(tmp):
-        os.unlink(tmp)
-        try:
-            os.link(weights, tmp)
-        except OSError:
-            shutil.copyfile(weights, tmp)
-    return outputs.write_with(dest, put)
+    return outputs.write_with(dest, lambda tmp: shutil.copyfile(weights, tmp))
 
 
 def snapshot_config(kind: str, config: Optional[str], out: Path) -> Optional[Path]:

@@ -108,4 +108,5 @@ def settings(args, cfg: Config) -> dict:
     """What a resumed run must share with its first start (outputs.claim)."""
     data = [args.data_root] + [getattr(args, f"{s}_{k}", None) for s in ("train", "val") for k in ("images", "masks")]
     return results.settings(args.config, cfg.get("randomness", {}).get("seed"), None,
-                            args.eval_only or args.backbone or None, data + [getattr(args, "classes", None)])
+                            args.eval_only or args.backbone or None, data + [getattr(args, "classes", None)],
+                            args.overrides or ())

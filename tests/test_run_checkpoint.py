@@ -1,0 +1,148 @@
+"""A run's own checkpoint-last.pth is read through its schema (schemas.RunCheckpoint): a damaged training state,
+args, world size, epoch or step is one `error:` line naming the field when the run is resumed -- never an internal
+error, never a run that "resumes" at epoch 10**6 and exits 0 -- and the run's folder is left as it was."""
+import copy
+import math
+import shutil
+
+import pytest
+import torch
+from conftest import FUZZ, refused, tree
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mae_transfer.cli import main
+
+
+def _files(folder) -> dict:
+    """tree() but the lock, which names whoever holds the folder last."""
+    return {k: v for k, v in tree(folder).items() if k != ".lock"}
+
+TINY = ["img_size=32", "demo_samples=8", "batch_size=8", "effective_batch_size=8", "epochs=1", "warmup_epochs=0",
+        "num_workers=0", "vis_freq=100", "save_freq=100"]
+
+
+def _resume(out, *extra):
+    return ["pretrain", "--config", "demo_tiny", "--output-dir", str(out), "--resume",
+            *[x for x in TINY if x.split("=")[0] not in {e.split("=")[0] for e in extra}], *extra]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    main(["pretrain", "--config", "demo_tiny", "--output-dir", str(out), *TINY])
+    return out
+
+
+FIELDS = ["epoch", "batch", "step", "loss_sum", "n_loss", "n_bad", "rollbacks", "segments"]
+BAD = st.sampled_from([None, "3", -1, 1.5, True, math.nan, math.inf, 2**70, [1], {"a": 1}])
+BAD_SEGMENTS = st.sampled_from([None, "x", [1], [{"layout": {}, "start": 0}], [{"start": -1}],
+                                [{"layout": {"world_size": 0, "workers": 1, "batch_size": 8}, "start": 0}]])
+
+
+@st.composite
+def damage(draw) -> tuple:
+    """(what, field, value): one damage to a checkpoint's non-tensor fields, applied by `_apply`."""
+    how = draw(st.sampled_from(["state field", "state missing", "state extra", "state type", "segments", "epoch",
+                                "step", "far epoch", "world_size", "args", "args batch", "sharded", "no optimizer"]))
+    field = draw(st.sampled_from(FIELDS[:-1]))
+    value = draw({"state field": BAD, "state type": st.sampled_from([5, "state", [1, 2]]), "segments": BAD_SEGMENTS,
+                  "epoch": st.sampled_from([5, -2, "0", None, 1.0]), "step": st.sampled_from([7, -1, "1", 1e3]),
+                  "world_size": st.sampled_from([0, -1, "2", None, 2.0, True]),
+                  "args": st.sampled_from([5, "args", [1]]),
+                  "args batch": st.sampled_from([0, -8, "8", 8.5, [8], True]),
+                  "sharded": st.sampled_from(["/etc", "../x", "shards/../../x", "", 5])}.get(how, st.just(None)))
+    if how == "state field" and field == "loss_sum" and type(value) in (int, float) and math.isfinite(value):
+        value = "3"  # any finite number is a valid running sum
+    return how, field, value
+
+
+def _apply(obj: dict, how: str, field: str, value) -> dict:
+    obj = {k: (copy.deepcopy(v) if k not in ("model", "optimizer") else v) for k, v in obj.items()}
+    ts = obj["train_state"]
+    if how == "state field":
+        ts[field] = value
+    elif how == "state missing":
+        del ts[field]
+    elif how == "state extra":
+        ts["epochs_done"] = 1
+    elif how == "state type":
+        obj["train_state"] = value
+    elif how == "segments":
+        ts["segments"] = value
+    elif how == "far epoch":  # consistent with itself, but far past what the run's steps allow
+        ts["epoch"], obj["epoch"] = 10**6, 10**6 - 1
+    elif how == "args batch":
+        obj["args"]["batch_size"] = value
+    elif how == "no optimizer":
+        del obj["optimizer"]
+    else:  # epoch, step, world_size, args, sharded
+        obj[how] = value
+    return obj
+
+
+def test_a_damaged_training_state_is_one_line_naming_the_field(run, tmp_path_factory, capsys):
+    obj = torch.load(run / "checkpoint-last.pth", weights_only=True)
+
+    @FUZZ
+    @given(case=damage())
+    def check(case):
+        work = tmp_path_factory.mktemp("case") / "run"
+        shutil.copytree(run, work)
+        torch.save(_apply(obj, *case), work / "checkpoint-last.pth")
+        before = _files(work)
+        line = refused(capsys, _resume(work, "epochs=2"))
+        assert "checkpoint-last.pth" in line, line
+        assert _files(work) == before
+    check()
+
+
+def test_the_field_is_named(run, tmp_path, capsys):
+    obj = torch.load(run / "checkpoint-last.pth", weights_only=True)
+    obj["train_state"]["n_bad"] = -3
+    work = tmp_path / "run"
+    shutil.copytree(run, work)
+    torch.save(obj, work / "checkpoint-last.pth")
+    assert "train_state.n_bad" in refused(capsys, _resume(work, "epochs=2"))
+
+
+def test_an_intact_checkpoint_still_resumes(run, tmp_path):
+    work = tmp_path / "run"
+    shutil.copytree(run, work)
+    main(_resume(work, "epochs=2"))
+    assert torch.load(work / "checkpoint-last.pth", weights_only=True)["train_state"]["epoch"] == 2
+
+
+@pytest.mark.cli
+def test_a_refusal_in_every_process_of_num_gpus_2_is_one_line(run, tmp_path):
+    """The processes torchrun starts each meet the damaged checkpoint: the launcher prints one `error:` line (not
+    one per process and torchrun's traceback) and exits 2."""
+    import subprocess
+    import sys
+
+    obj = torch.load(run / "checkpoint-last.pth", weights_only=True)
+    obj["train_state"]["n_bad"] = -3
+    work = tmp_path / "run"
+    shutil.copytree(run, work)
+    torch.save(obj, work / "checkpoint-last.pth")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_NUM_THREADS"}
+    r = subprocess.run([sys.executable, "-m", "mae_transfer", *_resume(work, "epochs=2", "demo_samples=16",
+                                                                      "batch_size=4", "effective_batch_size=8"),
+                        "--num-gpus", "2", "--allow-changes"], capture_output=True, text=True, timeout=300, env=env)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and err[0].startswith("error: ") and "train_state.n_bad" in err[0], \
+        r.stderr
+
+
+def test_a_resume_compares_every_recipe_override_and_names_it(run, tmp_path, capsys):
+    """The run was started with TINY's overrides: a resume that changes one of its recipe (blr, img_size) or drops
+    one is refused naming the key; how long it runs (epochs) may change."""
+    work = tmp_path / "run"
+    shutil.copytree(run, work)
+    before = _files(work)
+    line = refused(capsys, _resume(work, "epochs=2", "blr=2e-3"))
+    assert "blr= (none) -> 2e-3" in line and "--allow-changes" in line, line
+    line = refused(capsys, [x for x in _resume(work, "epochs=2") if x != "warmup_epochs=0"])
+    assert "warmup_epochs= 0 -> (none)" in line, line
+    assert _files(work) == before
+    main(_resume(work, "epochs=2", "num_workers=1"))  # the length and the loader's workers are not the recipe

@@ -229,3 +229,23 @@ def test_a_resume_that_fails_before_its_first_step_leaves_the_earlier_result(fin
     line = refused(capsys, _argv(run, "epochs=2", "--resume"), code=1)
     assert line.startswith("internal error: RuntimeError: broken before the first step")
     assert _files(run)["result.json"] == before and results.read(run)["status"] == "ok"
+
+
+def test_detectron2s_checkpoints_are_written_beside_a_hard_link_not_through_it(tmp_path):
+    """fvcore's Checkpointer writes model_final.pth and last_checkpoint in place; the toolkit's writes them beside
+    their names and renames, so a `cp -al` snapshot's resumed detection run leaves the original's files alone."""
+    pytest.importorskip("detectron2")
+    from mae_transfer.det.checkpoint import SafeCheckpointer
+
+    orig, snap = tmp_path / "orig", tmp_path / "snap"
+    orig.mkdir()
+    SafeCheckpointer(torch.nn.Linear(2, 2), str(orig)).save("model_final", iteration=4)
+    shutil.copytree(orig, snap, copy_function=os.link)
+    before = {p.name: p.read_bytes() for p in orig.iterdir()}
+    model = torch.nn.Linear(2, 2)
+    torch.nn.init.ones_(model.weight)
+    SafeCheckpointer(model, str(snap)).save("model_final", iteration=8)
+    assert {p.name: p.read_bytes() for p in orig.iterdir()} == before
+    ck = checkpoints.load_file(snap / "model_final.pth")
+    assert ck["iteration"] == 8 and torch.equal(ck["model"]["weight"], torch.ones(2, 2))
+    assert (snap / "last_checkpoint").read_text() == "model_final.pth"

@@ -8,7 +8,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
-from .. import checkpoints, hosts
+from .. import checkpoints, hosts, outputs
 
 _logger = logging.getLogger("mae_transfer")
 # Parameters of the trunk that may legitimately start fresh: ViTDet adds relative position tables.
@@ -36,7 +36,21 @@ def load_backbone(model: torch.nn.Module, path, prefix: str = hosts.D2_PREFIX) -
 
 class SafeCheckpointer(DetectionCheckpointer):
     """detectron2's own DetectionCheckpointer whose file reading goes through the toolkit's safe reader
-    (no unpickling of code, one-line errors), for --resume, --eval-only and prediction alike."""
+    (no unpickling of code, one-line errors), for --resume, --eval-only and prediction alike, and whose writes go
+    through the output policy: beside the name and renamed (fvcore writes in place, through a hard link of a
+    `cp -al` snapshot and half-written on a crash), a failed write one line by errno."""
+
+    def save(self, name: str, **kwargs) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict(), **{k: v.state_dict() for k, v in self.checkpointables.items()},
+                **kwargs}
+        self.logger.info("Saving checkpoint to %s", Path(self.save_dir) / f"{name}.pth")
+        checkpoints.save(Path(self.save_dir) / f"{name}.pth", data)
+        self.tag_last_checkpoint(f"{name}.pth")
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        outputs.write_text(Path(self.save_dir) / "last_checkpoint", last_filename_basename)
 
     def _load_file(self, filename):
         obj = checkpoints.load_file(filename)

@@ -22,7 +22,7 @@ import shutil
 import stat
 import sys
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import ConfigError, RunFailed, UserError
 from .reading import parse_json, validate
@@ -34,6 +34,7 @@ from .writing import (  # noqa: F401  (every command writes through this module)
     atomic_folder,
     private,
     write_bytes,
+    write_error,
     write_json,
     write_stream,
     write_text,
@@ -109,13 +110,18 @@ def check_fresh(output_dir, resume: bool) -> None:
                           f"or choose another --output-dir")
 
 
-def _read_settings(path: Path) -> Optional[Dict[str, Optional[str]]]:
-    """settings.json through its schema; None when it is missing or damaged."""
+def _read_settings(path: Path) -> Tuple[Optional[dict], str]:
+    """settings.json through its schema: (its settings, "") or (None, why it cannot be used)."""
     try:
         obj = parse_json(path.read_bytes(), "settings")
-        return validate(obj, Settings, ConfigError, str(path)).model_dump()
-    except (OSError, ValueError, ConfigError):
-        return None
+        then = validate(obj, Settings, ConfigError, str(path)).model_dump()
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, ValueError, ConfigError) as e:
+        return None, f"damaged ({str(e).split(': ', 1)[-1]})"
+    if then["recipe"] is None:  # written by an earlier version, which recorded the identity only
+        return None, "without the run's recipe (written by an earlier mae-transfer)"
+    return then, ""
 
 
 def check_settings(output_dir, resume: bool, run: Optional[Dict[str, Optional[str]]], allow_changes: bool) -> None:
@@ -127,36 +133,34 @@ def check_settings(output_dir, resume: bool, run: Optional[Dict[str, Optional[st
         return
     path, now = Path(output_dir) / SETTINGS, dict(validate(dict(run), Settings, ConfigError, "settings").model_dump())
     holds_run = any((Path(output_dir) / m).is_file() for m in RUN_MARKERS)
-    then = _read_settings(path) if resume and holds_run else None
-    if resume and holds_run and then is None and not allow_changes:
-        state = "damaged" if path.exists() else "missing"
-        raise ConfigError(f"{output_dir} holds a run whose {SETTINGS} is {state}, so its seed, model and data "
-                          f"cannot be checked: add --allow-changes to resume with the settings given now")
+    then, why = _read_settings(path) if resume and holds_run else (None, "")
+    if why and not allow_changes:
+        raise ConfigError(f"{output_dir} holds a run whose {SETTINGS} is {why}, so its seed, model, data and "
+                          f"recipe cannot be checked: add --allow-changes to resume with the settings given now")
     if then and now.get("backbone") is None:  # left out on resume: the run continues from its own checkpoint
         now["backbone"] = then.get("backbone")
-    if then and then.get("overrides") is None:  # a run started before overrides were recorded
-        then["overrides"] = now.get("overrides")
     changed = [f"{k} {'(none)' if a is None else a} -> {'(none)' if b is None else b}"
                for k, a, b in _changes(then or {}, now)]
     if changed and not allow_changes:
         raise ConfigError(f"{output_dir} holds a run started with other settings ({'; '.join(changed)}): "
                           f"resume it with its own, or add --allow-changes to go on with the new ones")
-    write_json(path, now)
+    if now != then:  # unchanged: not rewritten (a refused resume leaves the folder as it was, times included)
+        write_json(path, now)
 
 
 def _changes(then: dict, now: dict) -> List[tuple]:
-    """(name, then, now) of every setting that differs; overrides one by one, by key (`img_size=`)."""
+    """(name, then, now) of every setting that differs; the recipe field by field (`img_size=`)."""
     if not then:
         return []
-    a, b = ({**{k: v for k, v in s.items() if k != "overrides"},
-             **{f"{k}=": v for k, v in (s.get("overrides") or {}).items()}} for s in (then, now))
+    a, b = ({**{k: v for k, v in s.items() if k != "recipe"},
+             **{f"{k}=": v for k, v in (s.get("recipe") or {}).items()}} for s in (then, now))
     return [(k, a.get(k), b.get(k)) for k in [*a, *(k for k in b if k not in a)] if a.get(k) != b.get(k)]
 
 
 class _Snapshot:
     """What a folder held when it was claimed, so that a refused command can put it back as it was: the names
     in it, and the bytes of its small files (a host library may rewrite its config or append to its log before
-    the refusal), within a budget."""
+    the refusal), within a budget; and their times and those of its folders, put back too."""
 
     BUDGET = 64 << 20  # bytes of small files kept
 
@@ -170,6 +174,9 @@ class _Snapshot:
             if p.is_file() and not p.is_symlink() and p.stat().st_size <= min(budget, 1 << 24):
                 self.saved[n] = p.read_bytes()
                 budget -= len(self.saved[n])
+        folders = [""] + [n for n in self.names if (folder / n).is_dir() and not (folder / n).is_symlink()]
+        self.times = {n: (s.st_atime_ns, s.st_mtime_ns) for n in [*self.saved, *folders]
+                      for s in [os.stat(folder / n)]} if folder.is_dir() else {}
 
     def _names(self, limit: int = 100_000) -> set:
         """Every path inside the folder (relative; a new file in an old subfolder too, e.g. tensorboard's)."""
@@ -192,6 +199,9 @@ class _Snapshot:
             p = self.folder / n
             if n != LOCK and (not p.is_file() or p.stat().st_size != len(data) or p.read_bytes() != data):
                 write_bytes(p, data)
+        for n, ns in sorted(self.times.items(), reverse=True):  # a folder after what is in it
+            with contextlib.suppress(OSError):
+                os.utime(self.folder / n, ns=ns, follow_symlinks=False)
         for p in self.created:  # innermost first: the folders the claim made, where they are empty again
             if p.is_dir() and not any(p.iterdir()):
                 p.rmdir()

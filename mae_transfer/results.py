@@ -8,7 +8,9 @@
 
 The report card (`mae-transfer evaluate`) reads nothing else. (Not `metrics.json`: detectron2 writes
 its own event log under that name.)"""
+import ast
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import math
@@ -140,28 +142,45 @@ def model_name(cfg) -> str:
     return cfg.model + (f" {cfg.model_kwargs}" if cfg.model_kwargs else "")
 
 
-# key=value overrides a resumed run may change: how long it runs and how it is spread over processes, workers and
-# checkpoints -- resuming at another world size, with another per-device batch (the same effective batch) or
-# another strategy is exact by design; every other override is the run's recipe, recorded and compared
+# What a resumed run may change: how long it runs, and how it is spread over processes, workers and checkpoints
+# (resuming at another world size, per-device batch of the same effective batch, or strategy is exact by design);
+# and what `settings` records apart (seed, data, model, backbone, the folder). The rest is the run's recipe.
 RESUME_MAY_CHANGE = frozenset({
     "epochs", "max_steps", "num_workers", "batch_size", "strategy", "device", "amp", "grad_checkpointing",
-    "data_timeout", "ckpt_every_steps", "ckpt_every_minutes", "save_freq", "vis_freq", "eval_freq", "resume",
-    "output_dir", "max_rollbacks",
+    "data_timeout", "ckpt_every_steps", "ckpt_every_minutes", "save_freq", "vis_freq", "eval_freq", "max_rollbacks",
     "train.max_iter", "train.checkpointer.period", "train.eval_period", "train.log_period",  # detectron2
     "dataloader.train.num_workers", "dataloader.test.num_workers", "train.device",
     "train_cfg.max_iters", "train_cfg.val_interval", "default_hooks.checkpoint.interval",  # mmengine
     "default_hooks.logger.interval", "train_dataloader.num_workers", "val_dataloader.num_workers"})
+RECORDED_APART = frozenset({"seed", "data_path", "output_dir", "resume", "model", "model_kwargs", "finetune",
+                            "eval_only", "train.seed", "randomness.seed", "train.output_dir", "work_dir",
+                            "train.init_checkpoint"})
 
 
-def settings(config, seed, model=None, backbone=None, data=(), overrides=()) -> Dict[str, Any]:
-    """What a resumed run must share with its first start (`check_settings`), as text; paths absolute; the
-    key=value `overrides` it was given, but those in RESUME_MAY_CHANGE."""
+def recipe(cfg=None, overrides=()) -> Dict[str, str]:
+    """A run's recipe as text, field by field: every field of a dataclass config (its value however it was given:
+    the config file, `key=value`, or a flag; `1e-3` and `0.001` alike), or -- for a host's config tree (detectron2,
+    mmengine) -- the `key=value` overrides, each value read as a Python literal where it is one."""
+    if dataclasses.is_dataclass(cfg):
+        values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    else:
+        values = {}
+        for o in overrides:
+            k, v = o.split("=", 1)
+            with contextlib.suppress(ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                v = ast.literal_eval(v)
+            values[k] = v
+    return {k: repr(v) for k, v in sorted(values.items()) if k not in RESUME_MAY_CHANGE | RECORDED_APART}
+
+
+def settings(config, seed, model=None, backbone=None, data=(), recipe: Optional[Dict[str, str]] = None) -> Dict:
+    """What a resumed run must share with its first start (`check_settings`), as text; paths absolute; `recipe`
+    from `recipe()`."""
     def where(x):  # a URL, a `pipe:` command or a brace pattern of them is kept as given
         return (x if str(x).startswith("pipe:") or "://" in str(x) else str(Path(x).resolve())) if x else None
-    recipe = dict(o.split("=", 1) for o in overrides)
     return {"config": where(config), "seed": None if seed is None else str(seed), "model": model,
             "backbone": where(backbone), "data": ", ".join(where(d) for d in data if d) or None,
-            "overrides": {k: v for k, v in sorted(recipe.items()) if k not in RESUME_MAY_CHANGE}}
+            "recipe": recipe or {}}
 
 
 def validate(obj: Any) -> List[str]:

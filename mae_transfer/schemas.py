@@ -198,7 +198,7 @@ class Settings(_Strict):
     model: Optional[StrictStr] = None
     backbone: Optional[StrictStr] = None
     data: Optional[StrictStr] = None
-    overrides: Optional[Dict[StrictStr, StrictStr]] = None  # key=value recipe overrides (None: not recorded)
+    recipe: Optional[Dict[StrictStr, StrictStr]] = None  # the recipe's values, as text (None: not recorded)
 
 
 class CheckpointRef(_Strict):

@@ -40,7 +40,7 @@ def _os_error(e: BaseException) -> Optional[OSError]:
     return None
 
 
-def _write_error(path: Path, e: BaseException, op: str = "write") -> Optional[UserError]:
+def write_error(path: Path, e: BaseException, op: str = "write") -> Optional[UserError]:
     """The one-line error of a write of `path` that raised `e` (None when `e` is no OS error: a bug)."""
     err = _os_error(e)
     if err is None:
@@ -78,7 +78,7 @@ def atomic(path, replace: bool = True) -> Iterator[str]:
     except UserError:
         raise
     except (OSError, RuntimeError) as e:  # torch wraps the OSError of a write in a RuntimeError
-        err = _write_error(path, e)
+        err = write_error(path, e)
         if err is None:
             raise
         raise err from None
@@ -125,7 +125,7 @@ def atomic_folder(path) -> Iterator[Path]:
                               f"is never written over them; choose a new name or remove it") from None
         tmp = None
     except OSError as e:
-        raise _write_error(path, e) or e from None
+        raise write_error(path, e) or e from None
     finally:
         if tmp is not None and tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -184,5 +184,5 @@ def append(path, text: str) -> Path:
         with open(fd, "a", encoding="utf-8") as f:
             f.write(text)
     except OSError as e:
-        raise _write_error(p, e, "append to") or e from None
+        raise write_error(p, e, "append to") or e from None
     return p

@@ -8,15 +8,19 @@ import shutil
 import pytest
 import torch
 from conftest import FUZZ, refused, tree
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mae_transfer.cli import main
 
 
 def _files(folder) -> dict:
-    """tree() but the lock, which names whoever holds the folder last."""
-    return {k: v for k, v in tree(folder).items() if k != ".lock"}
+    """tree() with each file's and folder's modification time, but the lock, which names whoever held it last."""
+    import os
+
+    times = {str(p.relative_to(folder)): os.stat(p).st_mtime_ns for p in [folder, *folder.rglob("*")]}
+    content = tree(folder)
+    return {k: (content.get(k, "folder"), t) for k, t in times.items() if k != ".lock"}
 
 TINY = ["img_size=32", "demo_samples=8", "batch_size=8", "effective_batch_size=8", "epochs=1", "warmup_epochs=0",
         "num_workers=0", "vis_freq=100", "save_freq=100"]
@@ -44,14 +48,19 @@ BAD_SEGMENTS = st.sampled_from([None, "x", [1], [{"layout": {}, "start": 0}], [{
 def damage(draw) -> tuple:
     """(what, field, value): one damage to a checkpoint's non-tensor fields, applied by `_apply`."""
     how = draw(st.sampled_from(["state field", "state missing", "state extra", "state type", "segments", "epoch",
-                                "step", "far epoch", "world_size", "args", "args batch", "sharded", "no optimizer"]))
+                                "step", "far epoch", "world_size", "args", "args batch", "sharded", "no optimizer",
+                                "optimizer", "optimizer state", "optimizer groups", "optimizer hyper", "far batch"]))
     field = draw(st.sampled_from(FIELDS[:-1]))
     value = draw({"state field": BAD, "state type": st.sampled_from([5, "state", [1, 2]]), "segments": BAD_SEGMENTS,
                   "epoch": st.sampled_from([5, -2, "0", None, 1.0]), "step": st.sampled_from([7, -1, "1", 1e3]),
                   "world_size": st.sampled_from([0, -1, "2", None, 2.0, True]),
                   "args": st.sampled_from([5, "args", [1]]),
                   "args batch": st.sampled_from([0, -8, "8", 8.5, [8], True]),
-                  "sharded": st.sampled_from(["/etc", "../x", "shards/../../x", "", 5])}.get(how, st.just(None)))
+                  "sharded": st.sampled_from(["/etc", "../x", "shards/../../x", "", 5]),
+                  "optimizer": st.sampled_from(["x", 5, [], {"state": {}}]),
+                  "optimizer hyper": st.sampled_from([("betas", "xy"), ("betas", ("a", "b")), ("betas", (0.9,)),
+                                                      ("lr", "1e-3"), ("weight_decay", None), ("eps", math.nan)]),
+                  "far batch": st.sampled_from([5, 2**40])}.get(how, st.just(None)))
     if how == "state field" and field == "loss_sum" and type(value) in (int, float) and math.isfinite(value):
         value = "3"  # any finite number is a valid running sum
     return how, field, value
@@ -76,6 +85,18 @@ def _apply(obj: dict, how: str, field: str, value) -> dict:
         obj["args"]["batch_size"] = value
     elif how == "no optimizer":
         del obj["optimizer"]
+    elif how == "optimizer":
+        obj["optimizer"] = value
+    elif how == "optimizer state":
+        obj["optimizer"] = {k: v for k, v in obj["optimizer"].items() if k != "state"}
+    elif how == "optimizer groups":
+        obj["optimizer"] = {**obj["optimizer"], "param_groups": obj["optimizer"]["param_groups"][:1]}
+    elif how == "optimizer hyper":
+        groups = copy.deepcopy(obj["optimizer"]["param_groups"])
+        groups[-1][value[0]] = value[1]
+        obj["optimizer"] = {**obj["optimizer"], "param_groups": groups}
+    elif how == "far batch":  # the epoch has one micro-batch
+        ts["batch"] = value
     else:  # epoch, step, world_size, args, sharded
         obj[how] = value
     return obj
@@ -84,7 +105,7 @@ def _apply(obj: dict, how: str, field: str, value) -> dict:
 def test_a_damaged_training_state_is_one_line_naming_the_field(run, tmp_path_factory, capsys):
     obj = torch.load(run / "checkpoint-last.pth", weights_only=True)
 
-    @FUZZ
+    @settings(parent=FUZZ, max_examples=45)  # 18 kinds of damage
     @given(case=damage())
     def check(case):
         work = tmp_path_factory.mktemp("case") / "run"
@@ -134,15 +155,35 @@ def test_a_refusal_in_every_process_of_num_gpus_2_is_one_line(run, tmp_path):
         r.stderr
 
 
-def test_a_resume_compares_every_recipe_override_and_names_it(run, tmp_path, capsys):
-    """The run was started with TINY's overrides: a resume that changes one of its recipe (blr, img_size) or drops
-    one is refused naming the key; how long it runs (epochs) may change."""
+def test_a_resume_compares_the_whole_recipe_by_value_and_names_what_changed(run, tmp_path, capsys):
+    """The run's recipe is every config field's value: a resume that changes one (blr, or warmup_epochs by dropping
+    its override) is refused naming it; the same values spelled otherwise, or the config's own value restated, are
+    no change; how long it runs and the loader's workers may change."""
+    import json
+
     work = tmp_path / "run"
     shutil.copytree(run, work)
     before = _files(work)
     line = refused(capsys, _resume(work, "epochs=2", "blr=2e-3"))
-    assert "blr= (none) -> 2e-3" in line and "--allow-changes" in line, line
+    assert "blr= " in line and "-> 0.002" in line and "--allow-changes" in line, line
     line = refused(capsys, [x for x in _resume(work, "epochs=2") if x != "warmup_epochs=0"])
-    assert "warmup_epochs= 0 -> (none)" in line, line
+    assert "warmup_epochs= 0 -> " in line, line
     assert _files(work) == before
-    main(_resume(work, "epochs=2", "num_workers=1"))  # the length and the loader's workers are not the recipe
+    recipe = json.loads((work / "settings.json").read_text())["recipe"]
+    main(_resume(work, "epochs=2", "num_workers=1", f"blr={float(recipe['blr']):.6e}", "seed=0",
+                 f"mask_ratio={float(recipe['mask_ratio']):.6e}"))
+
+
+def test_settings_without_a_recipe_are_not_trusted(run, tmp_path, capsys):
+    """settings.json as an earlier version wrote it (no recipe), or hand-edited to drop it: the recipe cannot be
+    checked, so the resume is refused unless --allow-changes (which records it)."""
+    import json
+
+    work = tmp_path / "run"
+    shutil.copytree(run, work)
+    settings = json.loads((work / "settings.json").read_text())
+    del settings["recipe"]
+    (work / "settings.json").write_text(json.dumps(settings))
+    assert "without the run's recipe" in refused(capsys, _resume(work, "epochs=2", "blr=0.1"))
+    main(_resume(work, "epochs=2", "--allow-changes"))
+    assert json.loads((work / "settings.json").read_text())["recipe"]["blr"]

@@ -1,6 +1,7 @@
 """`mae-transfer <command>` (also `python -m mae_transfer <command>`, e.g. under torchrun): one entry point
 for every tool; each command's logic lives in the package, `tools/*.py` are shims for the same calls."""
 import difflib
+import errno
 import importlib
 import os
 import sys
@@ -79,12 +80,13 @@ def run_cli(fn, *args):
     except UserError as e:
         say_error(f"error: {e}", 2)
         sys.exit(2)
-    except OSError as e:  # an unwritable, full or missing path is the user's to fix, not a traceback
+    except OSError as e:  # an unwritable or missing path is the user's to fix; a full disk a failure: no traceback
         if e.errno is None:
             _internal(e)
         where = f"{e.filename}: " if e.filename else ""
-        say_error(f"error: {where}{e.strerror or e}", 2)
-        sys.exit(2)
+        code = 1 if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO) else 2
+        say_error(f"error: {where}{e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)})", code)
+        sys.exit(code)
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is intact", file=sys.stderr)
         sys.exit(130)

@@ -73,8 +73,8 @@ def parser(prog: str, doc: str, kind: Optional[str], default_config: Optional[st
     g.add_argument("--config", metavar="NAME|PATH",
                    help=f"a shipped config ({names}) or a config file (default: {default_config})")
     g.add_argument("--output-dir", type=path, metavar="DIR", help="where the run writes (default: the config's)")
-    g.add_argument("--seed", type=seed_arg, help="seeds model init, sampling, augmentation and masks: an integer in "
-                   "[0, 2**32) (default: the config's, else 0)")
+    g.add_argument("--seed", type=seed_arg, action=Once, help="seeds model init, sampling, augmentation and masks: an "
+                   "integer in [0, 2**32) (default: the config's, else 0)")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --output-dir from its last checkpoint (without it, a directory "
                         "that already holds a run is refused)")
@@ -146,18 +146,21 @@ def relaunch_under_torchrun(command: str, argv: List[str], num_gpus: int, locked
     sys.exit(code)
 
 
-class _Once(argparse.Action):
-    """An option given twice is an error, not the last one winning: an unquoted shard pattern in the
-    `--data-path=train-{0..9}.tar` form is expanded by the shell into ten options."""
+class Once(argparse.Action):
+    """An option given twice is an error, not the last one winning (`--seed 3 --seed 4`; an unquoted shard pattern
+    in the `--data-path=train-{0..9}.tar` form, which the shell expands into ten options)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        if getattr(namespace, self.dest, None) is not None:
-            parser.error(f"{option_string} is given more than once (quote a shard pattern: '...{{000..999}}.tar')")
+        given = namespace.__dict__.setdefault("_given_once", set())
+        if self.dest in given:
+            hint = " (quote a shard pattern: '...{000..999}.tar')" if self.dest == "data_path" else ""
+            parser.error(f"{option_string} is given more than once{hint}")
+        given.add(self.dest)
         setattr(namespace, self.dest, values)
 
 
 def add_data_path(p: argparse.ArgumentParser, help_text: str) -> None:
-    p.add_argument("--data-path", metavar="DIR", help=help_text, action=_Once)
+    p.add_argument("--data-path", metavar="DIR", help=help_text, action=Once)
 
 
 def main_process() -> bool:

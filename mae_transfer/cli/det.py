@@ -56,7 +56,7 @@ def main(argv: List[str], prog: str = "mae-transfer det"):
     seed = check_seed(a.seed if a.seed is not None else cfg.train.get("seed"), "train.seed")
     run = results.settings(a.config, seed, None,
                           a.eval_only or a.backbone or cfg.train.get("init_checkpoint"),
-                          [a.train_json, a.train_images, a.val_json, a.val_images], a.opts)
+                          [a.train_json, a.train_images, a.val_json, a.val_images], results.recipe(overrides=a.opts))
     with outputs.claim(a.output_dir or cfg.train.output_dir, a.resume, run, a.allow_changes):  # held for launch's
         launch(det_main, a.num_gpus, num_machines=a.num_machines, machine_rank=a.machine_rank, dist_url=a.dist_url,
                args=(a,))

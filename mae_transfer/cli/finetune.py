@@ -50,7 +50,7 @@ def classify(mode: str, argv: List[str], prog: str):
         check_backbone(cfg.eval_only, ("classifier",), f"{mode} --eval-only")
     out = Path(cfg.output_dir)
     run = results.settings(path, cfg.seed, results.model_name(cfg), cfg.eval_only or cfg.finetune, [cfg.data_path],
-                           a.overrides)
+                           results.recipe(cfg))
     with outputs.claim(out, a.resume or cfg.resume != "none", run, a.allow_changes, inputs=input_paths(cfg.data_path)):
         common.relaunch_under_torchrun(mode, argv, a.num_gpus, out)
         with results.recorded(mode, out, path, cfg.seed, cfg.eval_only or cfg.finetune) as rec:

@@ -33,14 +33,15 @@ def pretrain(argv: List[str], prog: str = "mae-transfer pretrain"):
     if a.eval_only:
         # unreadable, unsafe, foreign or without the decoder the masked loss needs: one line before anything is written
         check_backbone(a.eval_only, ("mae",), "pretrain --eval-only")
-        run = results.settings(path, cfg.seed, results.model_name(cfg), a.eval_only, [cfg.data_path], a.overrides)
+        run = results.settings(path, cfg.seed, results.model_name(cfg), a.eval_only, [cfg.data_path],
+                               results.recipe(cfg))
         with outputs.claim(out, a.resume, run, a.allow_changes, inputs=input_paths(cfg.data_path)), \
                 results.recorded("pretrain", out, path, cfg.seed, a.eval_only) as rec:
             rec.metrics.update(evaluate_checkpoint(cfg, a.eval_only))
         print(f"masked-patch loss {rec.metrics['loss']:.4f} over {int(rec.metrics['images'])} images "
               f"(result: {out / results.NAME})")
         return rec.metrics
-    run = results.settings(path, cfg.seed, results.model_name(cfg), data=[cfg.data_path], overrides=a.overrides)
+    run = results.settings(path, cfg.seed, results.model_name(cfg), data=[cfg.data_path], recipe=results.recipe(cfg))
     # every shard a list file or pattern names is an input: no checkpoint lands in (or beside) the data
     with outputs.claim(out, a.resume or cfg.resume != "none", run, a.allow_changes, inputs=input_paths(cfg.data_path)):
         common.relaunch_under_torchrun("pretrain", argv, a.num_gpus, out)

@@ -2,8 +2,8 @@
 from typing import List
 
 from ..data.write_shards import write_shards
-from ..schemas import SEED_MAX
-from .common import Parser, number, path
+from ..engine.config import seed_arg
+from .common import Once, Parser, number, path
 
 SHARDS_DOC = """Write a folder of images (an ImageFolder tree: labels as KEY.cls; or a flat folder) as WebDataset
 shards with an index.json (samples, bytes and SHA-256 per shard), which pretrain / finetune / linprobe read:
@@ -24,7 +24,7 @@ def main(argv: List[str], prog: str = "mae-transfer shards"):
     p.add_argument("--max-side", type=number(8, 65536, int), help="re-encode as JPEG, longer side at most this")
     p.add_argument("--quality", type=number(1, 100, int), help="JPEG quality when re-encoding (90)")
     p.add_argument("--workers", type=number(0, 1024, int), default=0, help="processes (0: one per core)")
-    p.add_argument("--seed", type=number(0, SEED_MAX, int), default=0, help="the shuffle across shards")
+    p.add_argument("--seed", type=seed_arg, default=0, action=Once, help="the shuffle across shards")
     a = p.parse_args(argv)
     if a.quality is not None and a.max_side is None:
         p.error("--quality applies when re-encoding: give --max-side too")

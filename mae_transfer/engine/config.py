@@ -181,6 +181,8 @@ def seed_arg(text: str) -> int:
     """argparse type of --seed."""
 
     try:
+        if not (text.isascii() and text.isdigit()):  # int() would take " 5", "+5", "1_000" and other scripts' digits
+            raise ValueError(text)
         return check_seed(int(text), "--seed")
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: a seed is an integer in [0, {SEED_MAX}]") from None

@@ -3,6 +3,7 @@ format: one dict per epoch), and a loss-curve PNG redrawn every epoch."""
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -64,14 +65,24 @@ class RunLogger:
                 # tensorboard: an optional writer, made on the main process only
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(self.dir / "tensorboard"))
+                if threading.excepthook is not _quiet_tensorboard_writer:
+                    _quiet_tensorboard_writer.default = threading.excepthook
+                    threading.excepthook = _quiet_tensorboard_writer
+                self.tb = self._tb(SummaryWriter, str(self.dir / "tensorboard"))
             except ImportError:  # tensorboard is optional for the core
                 self.tb = None
+
+    def _tb(self, call, *args):
+        """A TensorBoard call; the OS error of its writer (a full disk) as the one line of any other write."""
+        try:
+            return call(*args)
+        except OSError as e:
+            raise outputs.write_error(self.dir / "tensorboard", e) or e from None
 
     def scalars(self, values: Dict[str, float], step: int):
         if self.tb is not None:
             for k, v in values.items():
-                self.tb.add_scalar(k, v, step)
+                self._tb(self.tb.add_scalar, k, v, step)
 
     def epoch(self, record: Dict):
         """Append one JSON line to log.txt (official format) and redraw the loss curve."""
@@ -79,7 +90,7 @@ class RunLogger:
             return
         outputs.append(self.dir / "log.txt", json.dumps(record) + "\n")  # never through a hard link
         if self.tb is not None:
-            self.tb.flush()
+            self._tb(self.tb.flush)
         plot_curves(self.records(), self.dir / "loss_curve.png")
 
     def event(self, record: Dict):
@@ -93,7 +104,15 @@ class RunLogger:
 
     def close(self):
         if self.tb is not None:
-            self.tb.close()
+            self._tb(self.tb.close)
+
+
+def _quiet_tensorboard_writer(args) -> None:
+    """threading.excepthook: the OS error of TensorBoard's writer thread (a full disk) is not printed as a
+    traceback there -- the writer raises it again at its next call in the main thread, which says it in one line."""
+    if type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError):
+        return
+    _quiet_tensorboard_writer.default(args)
 
 
 def plot_curves(records: List[Dict], path: Path, keys=("train_loss", "test_loss", "test_acc1")):

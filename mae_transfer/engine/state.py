@@ -11,6 +11,7 @@ all processes together and turned back into this run's micro-batches on resume."
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import pickle
 import shutil
@@ -222,17 +223,11 @@ def load_checkpoint(path: Path, tr) -> TrainState:
         except (CheckpointException, RuntimeError, KeyError, OSError, ValueError) as e:
             raise CheckpointError(f"{folder} (named by {path.name}) cannot be loaded into this run's model and "
                                   f"optimizer -- damaged, incomplete or of another model: {_first_line(e)}") from None
-    elif tr.strategy.sharded and tr.info.distributed:  # a ddp run's file: whole weights, optimizer by name
-        tr.strategy.load_full_state_dict(tr.model, obj["model"])
-        set_optimizer_state_dict(tr.model, tr.optimizer, _by_name(tr.model, tr.optimizer, obj["optimizer"]),
-                                 options=StateDictOptions(full_state_dict=True))
     else:
         tr.strategy.load_full_state_dict(tr.model, obj["model"])
-        tr.optimizer.load_state_dict(obj["optimizer"])
+        _load_optimizer(tr, obj, path)
     # The schedule is not restored: it is a function of the step and this run's config (epochs, lr, warm-up), so
     # a resumed run that extends `epochs` or changes the batch follows its new schedule, not the saved one.
-    if tr.scaler is not None and "scaler" in obj:
-        tr.scaler.load_state_dict(obj["scaler"])
     if meta.train_state is None:
         return TrainState(epoch=meta.epoch + 1, step=meta.step)
     # segments as saved: one recorded before the window was part of the layout has none (the sampler fills it in)
@@ -246,7 +241,42 @@ def load_checkpoint(path: Path, tr) -> TrainState:
                               f"{tr.info.world_size} processes = {per * tr.accum} images: resume with the "
                               f"effective_batch_size it was written with")
     st.batch = seen // per
+    if st.batch > tr.steps_per_epoch * tr.accum:
+        raise CheckpointError(f"{path}: train_state.batch: {seen} images into epoch {st.epoch}, more than the epoch's "
+                              f"{tr.steps_per_epoch * tr.accum * per}: the file is damaged, or of other data")
     return st
+
+
+def _load_optimizer(tr, obj: dict, path: Path) -> None:
+    """The saved optimizer (and fp16 scaler) state into this run's: one that torch cannot load, or whose
+    hyper-parameters are not of the types this run's optimizer holds (they would fail inside its first step), is
+    one line naming `optimizer`."""
+    fresh = [{k: v for k, v in g.items() if k != "params" and v is not None} for g in tr.optimizer.param_groups]
+    try:
+        if tr.strategy.sharded and tr.info.distributed:  # a ddp run's file under fsdp: the optimizer by name
+            set_optimizer_state_dict(tr.model, tr.optimizer, _by_name(tr.model, tr.optimizer, obj["optimizer"]),
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            tr.optimizer.load_state_dict(obj["optimizer"])
+        if tr.scaler is not None and "scaler" in obj:
+            tr.scaler.load_state_dict(obj["scaler"])
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: optimizer: {_first_line(e)} (damaged, or of another optimizer or model)"
+                              ) from None
+    for i, (g, ref) in enumerate(zip(tr.optimizer.param_groups, fresh)):
+        for k, v in ref.items():
+            if not _alike(g.get(k), v):
+                raise CheckpointError(f"{path}: optimizer.param_groups[{i}].{k}={g.get(k)!r} where this run's "
+                                      f"optimizer holds {v!r}: the file is damaged")
+
+
+def _alike(value, ref) -> bool:
+    """`value` is of the kind `ref` is: a number for a number, a bool for a bool, a tuple of as many alike items."""
+    if isinstance(ref, bool) or not isinstance(ref, (int, float, tuple, list)):
+        return isinstance(value, type(ref))
+    if isinstance(ref, (int, float)):
+        return type(value) in (int, float) and math.isfinite(value)
+    return isinstance(value, (tuple, list)) and len(value) == len(ref) and all(map(_alike, value, ref))
 
 
 def _run_fields(obj, path: Path) -> RunCheckpoint:

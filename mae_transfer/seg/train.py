@@ -109,4 +109,4 @@ def settings(args, cfg: Config) -> dict:
     data = [args.data_root] + [getattr(args, f"{s}_{k}", None) for s in ("train", "val") for k in ("images", "masks")]
     return results.settings(args.config, cfg.get("randomness", {}).get("seed"), None,
                             args.eval_only or args.backbone or None, data + [getattr(args, "classes", None)],
-                            args.overrides or ())
+                            results.recipe(overrides=args.overrides or ()))

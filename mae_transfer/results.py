@@ -74,18 +74,20 @@ class Record:
         self.weights_before = _weights(output_dir) if (Path(output_dir) / NAME).is_file() else None
         try:  # a resumed run that finds nothing left to do keeps the metrics its first part measured
             prev = read(output_dir)
-            self.previous = prev["metrics"] if prev["status"] == "ok" and prev["task"] == task else {}
+            done = prev["status"] == "ok" and prev["task"] == task
+            self.previous, self.previous_checkpoint = (prev["metrics"], prev["checkpoint"]) if done else ({}, None)
         except (OSError, ValueError):
-            self.previous = {}
+            self.previous, self.previous_checkpoint = {}, None
 
     def as_dict(self, error: Optional[str]) -> Dict[str, Any]:
-        ckpt = None
+        ckpt = None if self.checkpoint or self.metrics else self.previous_checkpoint
         if self.checkpoint and Path(self.checkpoint).is_file():
             ckpt = {"path": str(Path(self.checkpoint).resolve()), "sha256": sha256(self.checkpoint)}
         elif self.checkpoint:
             ckpt = {"path": str(self.checkpoint), "sha256": None}
         return {"task": self.task, "status": "failed" if error else "ok", "error": error,
-                "metrics": _finite(self.metrics or self.previous), "seed": self.seed,
+                "metrics": _finite({k: v for k, v in self.metrics.items() if v is not None} or self.previous),
+                "seed": self.seed,
                 "threads": torch.get_num_threads(),
                 "world_size": max(self.world_size, _world()),
                 "config": str(Path(self.config).resolve()) if self.config else None, "checkpoint": ckpt,

@@ -49,7 +49,8 @@ def damage(draw) -> tuple:
     """(what, field, value): one damage to a checkpoint's non-tensor fields, applied by `_apply`."""
     how = draw(st.sampled_from(["state field", "state missing", "state extra", "state type", "segments", "epoch",
                                 "step", "far epoch", "world_size", "args", "args batch", "sharded", "no optimizer",
-                                "optimizer", "optimizer state", "optimizer groups", "optimizer hyper", "far batch"]))
+                                "optimizer", "optimizer state", "optimizer groups", "optimizer hyper", "far batch",
+                                "moment", "no train_state"]))
     field = draw(st.sampled_from(FIELDS[:-1]))
     value = draw({"state field": BAD, "state type": st.sampled_from([5, "state", [1, 2]]), "segments": BAD_SEGMENTS,
                   "epoch": st.sampled_from([5, -2, "0", None, 1.0]), "step": st.sampled_from([7, -1, "1", 1e3]),
@@ -60,7 +61,9 @@ def damage(draw) -> tuple:
                   "optimizer": st.sampled_from(["x", 5, [], {"state": {}}]),
                   "optimizer hyper": st.sampled_from([("betas", "xy"), ("betas", ("a", "b")), ("betas", (0.9,)),
                                                       ("lr", "1e-3"), ("weight_decay", None), ("eps", math.nan)]),
-                  "far batch": st.sampled_from([5, 2**40])}.get(how, st.just(None)))
+                  "far batch": st.sampled_from([5, 2**40]),
+                  "moment": st.sampled_from([("exp_avg", "shape"), ("exp_avg_sq", "nan"), ("step", "negative")])
+                  }.get(how, st.just(None)))
     if how == "state field" and field == "loss_sum" and type(value) in (int, float) and math.isfinite(value):
         value = "3"  # any finite number is a valid running sum
     return how, field, value
@@ -97,6 +100,15 @@ def _apply(obj: dict, how: str, field: str, value) -> dict:
         obj["optimizer"] = {**obj["optimizer"], "param_groups": groups}
     elif how == "far batch":  # the epoch has one micro-batch
         ts["batch"] = value
+    elif how == "moment":  # one parameter's AdamW state: another shape (a crash in the step), NaN, a negative step
+        state = {i: dict(s) for i, s in obj["optimizer"]["state"].items()}
+        key, kind = value
+        first = state[next(iter(state))]
+        first[key] = (torch.zeros(3) if kind == "shape" else torch.full_like(first[key], math.nan) if kind == "nan"
+                      else torch.tensor(-5.0))
+        obj["optimizer"] = {**obj["optimizer"], "state": state}
+    elif how == "no train_state":
+        del obj["train_state"]
     else:  # epoch, step, world_size, args, sharded
         obj[how] = value
     return obj
@@ -105,7 +117,7 @@ def _apply(obj: dict, how: str, field: str, value) -> dict:
 def test_a_damaged_training_state_is_one_line_naming_the_field(run, tmp_path_factory, capsys):
     obj = torch.load(run / "checkpoint-last.pth", weights_only=True)
 
-    @settings(parent=FUZZ, max_examples=45)  # 18 kinds of damage
+    @settings(parent=FUZZ, max_examples=50)  # 20 kinds of damage
     @given(case=damage())
     def check(case):
         work = tmp_path_factory.mktemp("case") / "run"
@@ -118,13 +130,20 @@ def test_a_damaged_training_state_is_one_line_naming_the_field(run, tmp_path_fac
     check()
 
 
-def test_the_field_is_named(run, tmp_path, capsys):
+@pytest.mark.parametrize("case,named", [
+    (("state field", "n_bad", -3), "train_state.n_bad"),
+    (("moment", None, ("exp_avg", "shape")), "optimizer.state[0].exp_avg has shape (3,)"),
+    (("moment", None, ("exp_avg_sq", "nan")), "optimizer.state[0].exp_avg_sq is not finite"),
+    (("moment", None, ("step", "negative")), "optimizer.state[0].step is negative"),
+    (("optimizer hyper", None, ("betas", ("a", "b"))), "optimizer.param_groups[1].betas"),
+    (("far batch", None, 5), "train_state.batch"),
+    (("no train_state", None, None), "train_state: missing")])
+def test_the_field_is_named(run, tmp_path, capsys, case, named):
     obj = torch.load(run / "checkpoint-last.pth", weights_only=True)
-    obj["train_state"]["n_bad"] = -3
     work = tmp_path / "run"
     shutil.copytree(run, work)
-    torch.save(obj, work / "checkpoint-last.pth")
-    assert "train_state.n_bad" in refused(capsys, _resume(work, "epochs=2"))
+    torch.save(_apply(obj, *case), work / "checkpoint-last.pth")
+    assert named in refused(capsys, _resume(work, "epochs=2"))
 
 
 def test_an_intact_checkpoint_still_resumes(run, tmp_path):
@@ -187,3 +206,28 @@ def test_settings_without_a_recipe_are_not_trusted(run, tmp_path, capsys):
     assert "without the run's recipe" in refused(capsys, _resume(work, "epochs=2", "blr=0.1"))
     main(_resume(work, "epochs=2", "--allow-changes"))
     assert json.loads((work / "settings.json").read_text())["recipe"]["blr"]
+
+
+def test_resuming_a_finished_finetuning_keeps_its_result(tmp_path, capsys):
+    """Resumed after its last epoch, a run has nothing to train and nothing new to measure: result.json keeps the
+    metrics and checkpoint its first part recorded (it once became `top-1: null`)."""
+    import itertools
+    import json
+
+    from PIL import Image
+
+    data = tmp_path / "data"
+    for split, c, i in itertools.product(("train", "val"), ("a", "b"), range(4)):
+        (data / split / c).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 40), (60 * i, 90 if c == "a" else 200, 0)).save(data / split / c / f"{i}.png")
+    argv = ["finetune", "--data-path", str(data), "--output-dir", str(tmp_path / "ft"), "model=vit_tiny_patch8",
+            "img_size=32", "num_classes=2", "epochs=1", "batch_size=4", "effective_batch_size=4", "num_workers=0",
+            "warmup_epochs=0"]
+    main(argv)
+    first = json.loads((tmp_path / "ft" / "result.json").read_text())
+    capsys.readouterr()
+    main(argv + ["--resume"])
+    assert "no evaluation in this run" in capsys.readouterr().out
+    again = json.loads((tmp_path / "ft" / "result.json").read_text())
+    assert again["metrics"] == first["metrics"] and again["metrics"]["top-1"] is not None
+    assert again["checkpoint"] == first["checkpoint"]

@@ -56,7 +56,10 @@ def classify(mode: str, argv: List[str], prog: str):
         with results.recorded(mode, out, path, cfg.seed, cfg.eval_only or cfg.finetune) as rec:
             stats = train(cfg)
             rec.metrics.update({"top-1": stats.get("acc1"), "top-5": stats.get("acc5")})
-    if common.main_process():
+    if common.main_process() and "acc1" not in stats:  # resumed after its last epoch: result.json keeps what it was
+        print(f"no evaluation in this run (its {cfg.epochs} epochs were done already, or max_steps stopped it "
+              f"first); result: {out / results.NAME}")
+    elif common.main_process():
         print(f"top-1 {stats.get('acc1', float('nan')):.2f}  top-5 {stats.get('acc5', float('nan')):.2f}  "
               f"(result: {out / results.NAME})")
     return rec.metrics

@@ -132,7 +132,7 @@ def input_paths(spec) -> List[str]:
     s = str(spec or "")
     if not s or not local(s):
         return []
-    if Path(s).is_dir():
+    if Path(s).is_dir() or not is_shard_source(s):  # a folder of images or shards; a file that is no source at all
         return [s]
     try:
         urls = shard_urls(s)

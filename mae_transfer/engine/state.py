@@ -268,6 +268,14 @@ def _load_optimizer(tr, obj: dict, path: Path) -> None:
             if not _alike(g.get(k), v):
                 raise CheckpointError(f"{path}: optimizer.param_groups[{i}].{k}={g.get(k)!r} where this run's "
                                       f"optimizer holds {v!r}: the file is damaged")
+    params = [p for g in tr.optimizer.param_groups for p in g["params"]]
+    for i, p in enumerate(params):  # a moment of another shape, or not finite, would crash or diverge the first step
+        for k, v in tr.optimizer.state.get(p, {}).items():
+            bad = ("is not finite" if v.is_floating_point() and not bool(torch.isfinite(v).all()) else
+                   f"has shape {tuple(v.shape)}, its parameter {tuple(p.shape)}" if v.ndim and v.shape != p.shape else
+                   "is negative" if k == "step" and bool((v < 0).any()) else None) if torch.is_tensor(v) else None
+            if bad:
+                raise CheckpointError(f"{path}: optimizer.state[{i}].{k} {bad}: the file is damaged")
 
 
 def _alike(value, ref) -> bool:
@@ -284,6 +292,8 @@ def _run_fields(obj, path: Path) -> RunCheckpoint:
     field (official checkpoints' `args` is an argparse.Namespace, read as a dict)."""
     if not isinstance(obj, dict) or "model" not in obj or "optimizer" not in obj and "sharded" not in obj:
         raise CheckpointError(f"{path}: not a training checkpoint (it has no model and optimizer state to resume)")
+    if obj.get("train_state") is None and ("step" in obj or "world_size" in obj):  # this toolkit's, not official
+        raise CheckpointError(f"{path}: train_state: missing (where the run stands in its data): the file is damaged")
     fields = {k: obj[k] for k in RunCheckpoint.model_fields if k in obj and k != "args"}
     if obj.get("args") is not None:  # a dict, or an official checkpoint's Namespace; anything else as it is (refused)
         fields["args"] = training_args(obj) if hasattr(obj["args"], "__dict__") or isinstance(obj["args"], dict) \

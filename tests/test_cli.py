@@ -86,6 +86,7 @@ def test_every_training_command_shows_the_same_grammar(capsys):
     assert all(name in overview for name in COMMANDS)
 
 
+@pytest.mark.slow
 def test_python_m_is_the_same_command():
     r = subprocess.run([sys.executable, "-m", "mae_transfer", "pretrain", "epochs=0"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip() == "error: epochs=0: must be >= 1"

@@ -27,6 +27,7 @@ def src(tmp_path_factory):
     return d / "ck.pth", mae.eval()
 
 
+@pytest.mark.slow
 def test_hf_directory_opens_with_from_pretrained_and_round_trips(tmp_path, src):
     from transformers import ViTMAEForPreTraining, ViTMAEModel
 
@@ -101,6 +102,7 @@ def test_mmseg_file_loads_through_init_cfg(tmp_path, src):
     assert torch.equal(mm.layers[0].ln1.weight, sd["blocks.0.norm1.weight"])
 
 
+@pytest.mark.slow
 def test_convert_cli_reports_and_errors(tmp_path, src):
     path, _ = src
     r = subprocess.run([sys.executable, str(ROOT / "tools/convert.py"), str(path), "--to", "safetensors",
@@ -113,6 +115,7 @@ def test_convert_cli_reports_and_errors(tmp_path, src):
     assert r.returncode == 2 and r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_architecture_travels_and_is_never_guessed(tmp_path, tiny_mae):
     """The tests' 64-wide model has 4 heads: a width the table of known sizes lacks. With the model_args a
     checkpoint records, every consumer rebuilds it exactly; without them, conversion refuses in one line."""

@@ -90,7 +90,7 @@ def test_vit_h_kernel_resampled_to_16():
     torch.testing.assert_close(w, a.expand(1280, 3, 16, 16), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_train_eval_resume_through_the_tool(tmp_path, coco, tiny_ckpts):
     d, _ = tiny_ckpts
     data = ["--train-json", coco["train_json"], "--train-images", coco["train_images"],
@@ -141,7 +141,7 @@ def test_train_eval_resume_through_the_tool(tmp_path, coco, tiny_ckpts):
     assert json.loads((tmp_path / "pred2/coco_results.json").read_text()) == []
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_two_process_gloo_training(tmp_path, coco, tiny_ckpts):
     """Two processes; the launcher checks the data and peeks the backbone, each process reads the backbone once."""
     d, _ = tiny_ckpts
@@ -155,7 +155,7 @@ def test_two_process_gloo_training(tmp_path, coco, tiny_ckpts):
     assert_read_once(log, d / "encoder.pth", data, processes=2)
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_two_runs_on_one_output_dir(tmp_path, coco):
     data = ["--train-json", coco["train_json"], "--train-images", coco["train_images"],
             "--val-json", coco["val_json"], "--val-images", coco["val_images"]]
@@ -164,7 +164,7 @@ def test_two_runs_on_one_output_dir(tmp_path, coco):
     assert res["seed"] == 0 and "box AP" in res["metrics"]  # det defaults to seed 0, as every recipe
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_bad_data_is_one_line(tmp_path, coco):
     bad = tmp_path / "bad.json"
     bad.write_text('{"images": [')
@@ -197,7 +197,7 @@ def _boxes_only(src, dst):
     return str(dst)
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_box_only_set_trains_and_reports_box_ap(tmp_path, coco, tiny_ckpts):
     d, _ = tiny_ckpts
     train_js = _boxes_only(coco["train_json"], tmp_path / "t.json")
@@ -236,6 +236,7 @@ def test_backbone_registry_for_yacs_configs(tiny_ckpts):
     assert feats["p2"].shape == (1, 256, 32, 32)
 
 
+@pytest.mark.slow
 def test_converted_vit_equals_our_encoder(tiny_ckpts):
     """detectron2's ViT (global attention, zero rel-pos, no cls token as in ViTDet) computes exactly
     our encoder's blocks on the patch tokens once the checkpoint is converted."""

@@ -41,7 +41,7 @@ def _losses(run_dir: Path, task: str):
     return [json.loads(s)["loss"] for s in scalars.read_text().splitlines() if '"loss"' in s]
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_every_checkpoint_format_scores_identically(tmp_path, scenes_quick):
     torch.manual_seed(0)
     mae = M.mae_vit_tiny_patch8()  # the cpu suite's ViT-Ti/8, random weights nudged off their init
@@ -68,7 +68,7 @@ def test_every_checkpoint_format_scores_identically(tmp_path, scenes_quick):
     assert (out / "chart.png").stat().st_size > 1000
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_same_seed_same_numbers_in_both_hosts(tmp_path, scenes_quick):
     common = ["random", "--tasks", "det,seg", "--quick", "--data", scenes_quick]  # timm's: the test above
     _evaluate(*common, "--seeds", "2", "--output-dir", tmp_path / "a")
@@ -162,7 +162,7 @@ def own_sets(tmp_path_factory, scenes_quick):
             "--cls-data", s / "crops"]
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_custom_suite_on_own_sets_with_pretraining_on_own_images(tmp_path, scenes_quick, own_sets):
     out = tmp_path / "ev"
     stdout = _evaluate("random", "--suite", "custom", *own_sets, "--tasks", "linprobe,det,seg", "--seeds", "2",

@@ -52,7 +52,7 @@ def _det(tmp: Path, coco, box_only: bool) -> Path:
     return out / "model_final.pth"
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_vitdet_mask_rcnn_exports_with_parity_and_predicts_with_onnxruntime(tmp_path, coco, capsys):
     weights, ex = _det(tmp_path, coco, box_only=False), tmp_path / "export"
     report = command("export")(["det", "--config", "tiny_cpu", "--weights", str(weights), "--output-dir", str(ex),
@@ -126,7 +126,7 @@ def test_vitdet_mask_rcnn_exports_with_parity_and_predicts_with_onnxruntime(tmp_
         assert e.value.code == 2 and len(err) == 1 and "no SHA-256 match" in err[0], err
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_box_only_vitdet_and_upernet_export(tmp_path, coco):
     weights = _det(tmp_path, coco, box_only=True)
     report = command("export")(["det", "--config", "tiny_cpu", "--weights", str(weights), "--output-dir",
@@ -157,6 +157,7 @@ def test_box_only_vitdet_and_upernet_export(tmp_path, coco):
         assert (a == b).mean() >= 0.999
 
 
+@pytest.mark.slow
 def test_encoder_export_and_mistakes(tmp_path, capsys):
     from mae_transfer import checkpoints
     from mae_transfer.models import create_mae

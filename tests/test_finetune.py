@@ -93,6 +93,7 @@ def test_layer_decay_matches_official_formula(tmp_path):
 
 
 @pytest.mark.parametrize("ckpt", ["pre/checkpoint-last.pth", "official_full.pth", "official_encoder.pth"])
+@pytest.mark.slow
 def test_finetune_and_linprobe_from_any_checkpoint(tmp_path, data, ckpts, ckpt):
     states = lambda: (random.getstate(), np.random.get_state()[1].tolist(), torch.get_rng_state())  # noqa: E731
     before = states()
@@ -117,7 +118,7 @@ def test_partial_finetuning_trains_only_last_blocks(tmp_path):
     assert trained == {"blocks.1", "fc_norm", "head"}
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_resume_and_eval(tmp_path, data, ckpts):
     out = tmp_path / "run"
     train(_cfg(out, f"finetune={ckpts / 'official_full.pth'}", f"data_path={data}", "epochs=1"))
@@ -135,7 +136,7 @@ def test_resume_and_eval(tmp_path, data, ckpts):
     assert res["metrics"]["top-1"] == stats["acc1"] and res["checkpoint"]["sha256"]
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_num_gpus_reads_the_backbone_once_per_process(tmp_path, data, ckpts):
     """`--num-gpus 2`, loader workers on: the launcher peeks the backbone, each process it starts reads it once."""
     backbone = ckpts / "official_encoder.pth"
@@ -149,7 +150,7 @@ def test_num_gpus_reads_the_backbone_once_per_process(tmp_path, data, ckpts):
     assert_read_once(log, backbone, None, processes=2)
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_two_runs_on_one_output_dir(tmp_path, data):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "mae_transfer", "finetune", "--data-path", str(data), "--output-dir", str(out), *SMALL]
@@ -173,7 +174,7 @@ def test_clear_errors(tmp_path, data):
         train(_cfg(tmp_path / "o2", f"data_path={data}", "num_classes=2"))
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_finetune_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, data, ckpts):
     """tools/finetune.py with the ViT-B preset's Mixup/CutMix, RandAugment and drop path, a persistent
     loader worker, accumulation 2, checkpoint-last every step, SIGKILL at a random step inside an epoch."""

@@ -16,7 +16,7 @@ from PIL import Image
 
 from mae_transfer import checkpoints
 
-pytestmark = pytest.mark.cli
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "mae_transfer"]
 # 4 optimizer steps an epoch (64 images, 16 a step: 2 processes x 8, or 1 x 8 x accum 2), 8 in all; clipping on
@@ -57,6 +57,7 @@ def _close(a, b, atol=1e-4):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=k)
 
 
+@pytest.mark.slow
 def test_fsdp_and_ddp_pretraining_give_the_same_weights(runs):
     ck = checkpoints.load_file(runs / "fsdp" / "checkpoint-last.pth")
     assert ck["sharded"] == "shards/step-000000008" and ck["world_size"] == 2 and ck["step"] == 8

@@ -113,6 +113,7 @@ def coco(tmp_path_factory):
     return make_coco_shapes(tmp_path_factory.mktemp("coco"), n_train=3, n_val=1)
 
 
+@pytest.mark.slow
 def test_every_broken_coco_json_is_one_line_before_anything_is_written(coco, tmp_path_factory, capsys):
     base = json.loads(Path(coco["train_json"]).read_text())
     root = Path(coco["train_images"]).parent

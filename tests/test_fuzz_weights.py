@@ -131,6 +131,7 @@ def broken_export_meta(draw, meta: dict) -> bytes:
     return data
 
 
+@pytest.mark.slow
 def test_every_broken_export_json_is_one_line(encoder_export, capsys):
     meta_file = encoder_export / "export.json"
     original = meta_file.read_bytes()

@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_cpu_smoke_runs_every_step(tmp_path):
     pytest.importorskip("detectron2")
     pytest.importorskip("mmseg")

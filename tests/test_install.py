@@ -45,7 +45,7 @@ def installed(tmp_path_factory):
     return py, env_dir / "bin", work
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_wheel_installs_commands_configs_and_registry(installed):
     py, bindir, work = installed
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

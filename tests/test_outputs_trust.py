@@ -57,6 +57,7 @@ def _copy(run: Path, where: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- hard links
+@pytest.mark.slow
 def test_a_hard_linked_snapshot_resumes_without_changing_the_original(finished_run, tmp_path):
     original = _copy(finished_run, tmp_path / "run")
     snap = tmp_path / "snap"
@@ -145,6 +146,7 @@ _FSIZE = ("import resource, signal, sys\nsignal.signal(signal.SIGXFSZ, signal.SI
 
 
 @pytest.mark.parametrize("target, name", [("official", "o.pth"), ("safetensors", "o.safetensors")])
+@pytest.mark.slow
 def test_a_write_past_the_file_size_limit_is_one_error_line(tmp_path, target, name):
     src, out = _mae_file(tmp_path / "mae.pth"), tmp_path / name
     assert src.stat().st_size > 1 << 16
@@ -184,6 +186,7 @@ def test_a_full_disk_after_the_start_names_the_checkpoint_and_keeps_the_folder(t
     assert not list(out.glob(".*.tmp*"))
 
 
+@pytest.mark.slow
 def test_a_full_disk_records_failed_naming_the_checkpoint(tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -203,6 +206,7 @@ def test_a_full_disk_records_failed_naming_the_checkpoint(tmp_path):
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+@pytest.mark.slow
 def test_a_resume_that_does_not_fit_an_override_is_one_line_and_leaves_the_run(finished_run, tmp_path):
     run = _copy(finished_run, tmp_path / "run")
     before = _files(run, skip=(outputs.LOCK,))

@@ -115,6 +115,7 @@ def test_uint8_batches_are_normalised_on_the_device_as_the_reference():
     assert normalize_on_device(ref) is ref  # a float batch (pipeline=torchvision) passes through
 
 
+@pytest.mark.slow
 def test_short_pretraining_with_each_pipeline_gives_the_same_losses(tmp_path):
     """Pretraining on the demo photos, 3 seeds a pipeline: the mean final loss of the fast and device paths is within
     the seed-to-seed spread of the reference's (the larger range of the compared pair, at least 0.01)."""

@@ -73,7 +73,7 @@ def _assert_same_training_state(a_path, b_path):
     return ca
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     """The shipped demo config (tools/pretrain.py without --config), persistent loader workers,
     checkpoint-last after every step, a SIGKILL at a random step inside an epoch."""
@@ -106,7 +106,7 @@ def test_cleanup_leaves_a_callers_process_group(tmp_path):
         dist.destroy_process_group()
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_two_runs_on_one_output_dir(tmp_path):
     """The second run (another seed) is refused while the first holds the directory; the first keeps its
     results. After it ended, the directory still belongs to its run: a fresh start there is refused too."""
@@ -133,7 +133,7 @@ def test_two_runs_on_one_output_dir(tmp_path):
     assert assert_result(out, "pretrain")["seed"] == 1
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_num_gpus_runs_torchrun_processes(tmp_path):
     out = tmp_path / "ddp"
     r = subprocess.run([PY, "-m", "mae_transfer", "pretrain", "--output-dir", str(out), "--num-gpus", "2",
@@ -190,7 +190,7 @@ def test_loading_configs_in_sequence_keeps_each_files_values():
     assert demo_tiny.cfg.model == "mae_vit_tiny_patch8"
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_kill_during_checkpoint_write_keeps_last_intact(tmp_path):
     script = tmp_path / "die_in_save.py"
     script.write_text(textwrap.dedent(f"""
@@ -213,7 +213,7 @@ def test_kill_during_checkpoint_write_keeps_last_intact(tmp_path):
     assert ck["epoch"] == 0  # the first epoch's checkpoint, whole
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(textwrap.dedent(f"""
@@ -260,7 +260,7 @@ def _image_folder(root: Path):
     Image.fromarray(np.zeros((1, 1, 3), dtype=np.uint8)).save(root / "cls_b/onepixel.png")
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_bad_images_replaced_and_counted(tmp_path):
     """Unreadable images inside an accumulation window: each is replaced by a readable one (drawn
     from the same seed), so every micro-batch is full and every process makes the same backward
@@ -278,7 +278,7 @@ def test_bad_images_replaced_and_counted(tmp_path):
     assert checkpoints.load_file(out / "checkpoint-last.pth")["step"] == 4  # 2 full steps an epoch
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_pretrains_from_a_folder_of_tar_shards(tmp_path):
     """A folder of tar files of plain images (each its own WebDataset sample), loader worker on, broken members
     replaced and counted."""
@@ -304,7 +304,7 @@ def test_pretrains_from_a_folder_of_tar_shards(tmp_path):
 
 @pytest.mark.parametrize("setup,msg", [("missing", "data folder not found"), ("empty", "no images"),
                                        ("file.jpg", "is a file: a folder of images")])
-@pytest.mark.cli
+@pytest.mark.slow
 def test_missing_or_empty_folder_is_one_line(tmp_path, setup, msg):
     if setup == "empty":
         (tmp_path / "empty").mkdir()
@@ -336,6 +336,7 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     assert checkpoints.load_file(tmp_path / "checkpoint-last.pth")["epoch"] == 0
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_rolls_back_and_goes_on(tmp_path, monkeypatch):
     from mae_transfer.engine.config import apply_overrides, load_config
     from mae_transfer.engine.trainer import NonFiniteLoss
@@ -354,7 +355,7 @@ def test_nonfinite_loss_rolls_back_and_goes_on(tmp_path, monkeypatch):
         train(apply_overrides(cfg, [f"output_dir={tmp_path / 'b'}", "max_rollbacks=1"]))
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_pretrain_checkpoint_loads_everywhere(tmp_path):
     out = tmp_path / "run"
     _run(out, "epochs=1", "vis_freq=1")
@@ -380,7 +381,7 @@ def test_slurm_requeue_resumes(tmp_path):
     assert job.cfg.resume == "auto" and job.cfg.output_dir == str(tmp_path) and job.train_fn is train
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_visualize_tool(tmp_path):
     out = tmp_path / "run"
     _run(out, "epochs=1")

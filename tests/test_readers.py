@@ -63,6 +63,7 @@ def _read_all(specs, n: int, R: int, batch: int) -> None:
             assert bad == 0 and sorted(seen) == list(range(n)) and set(seen.values()) == {1}, (spec, run, bad)
 
 
+@pytest.mark.slow
 def test_one_shard_two_workers(tmp_path):
     out = tmp_path / "sh"
     write_shards(_images(tmp_path / "imgs", 96), out, shard_size=1000, workers=1)
@@ -70,6 +71,7 @@ def test_one_shard_two_workers(tmp_path):
     _read_all([out, str(out / "shard-{000000..000000}.tar"), tmp_path / "list.txt"], 96, R=1, batch=4)
 
 
+@pytest.mark.slow
 def test_three_shards_two_processes_two_workers(tmp_path):
     out = tmp_path / "sh"
     write_shards(_images(tmp_path / "imgs", 48), out, shard_size=16, workers=1)
@@ -82,6 +84,7 @@ def test_three_shards_two_processes_two_workers(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- timeouts, errors
+@pytest.mark.slow
 def test_a_stalled_pipe_is_one_error_naming_it(tmp_path):
     start = time.monotonic()
     with pytest.raises(DataError, match=r"^pipe:sleep 30: no data for 1 s \(data_timeout=1\)") as e:
@@ -160,6 +163,7 @@ def test_unreadable_images_in_a_worker_are_one_line(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- smaller roots
+@pytest.mark.slow
 def test_shards_of_only_unreadable_files_is_an_error(tmp_path):
     (tmp_path / "imgs").mkdir()
     for i in range(3):
@@ -181,6 +185,7 @@ def test_a_folder_named_like_a_shard_is_a_class_folder(tmp_path):
         open_shards(str(data / "v{1,2}.tar"))
 
 
+@pytest.mark.slow
 def test_an_index_naming_a_class_twice_is_refused(tmp_path):
     out = tmp_path / "sh"
     write_shards(_images(tmp_path / "imgs", 6, classes=2), out, shard_size=10, workers=1)
@@ -191,6 +196,7 @@ def test_an_index_naming_a_class_twice_is_refused(tmp_path):
         labelled_source(out)
 
 
+@pytest.mark.slow
 def test_two_shards_commands_into_one_folder(tmp_path):
     """A writer that is still writing holds the folder: a second `shards` into it is one error line, and the first
     finishes with every shard."""
@@ -214,6 +220,7 @@ def test_two_shards_commands_into_one_folder(tmp_path):
         "index.json", *(f"shard-{k:06d}.tar" for k in range(4))]
 
 
+@pytest.mark.slow
 def test_a_list_of_shards_keeps_outputs_out_of_their_folder(tmp_path):
     out = tmp_path / "sh"
     write_shards(_images(tmp_path / "imgs", 8), out, shard_size=4, workers=1)

@@ -114,6 +114,7 @@ def _apply(obj: dict, how: str, field: str, value) -> dict:
     return obj
 
 
+@pytest.mark.slow
 def test_a_damaged_training_state_is_one_line_naming_the_field(run, tmp_path_factory, capsys):
     obj = torch.load(run / "checkpoint-last.pth", weights_only=True)
 
@@ -146,6 +147,7 @@ def test_the_field_is_named(run, tmp_path, capsys, case, named):
     assert named in refused(capsys, _resume(work, "epochs=2"))
 
 
+@pytest.mark.slow
 def test_an_intact_checkpoint_still_resumes(run, tmp_path):
     work = tmp_path / "run"
     shutil.copytree(run, work)
@@ -153,7 +155,7 @@ def test_an_intact_checkpoint_still_resumes(run, tmp_path):
     assert torch.load(work / "checkpoint-last.pth", weights_only=True)["train_state"]["epoch"] == 2
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_a_refusal_in_every_process_of_num_gpus_2_is_one_line(run, tmp_path):
     """The processes torchrun starts each meet the damaged checkpoint: the launcher prints one `error:` line (not
     one per process and torchrun's traceback) and exits 2."""

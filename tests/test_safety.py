@@ -67,6 +67,7 @@ def _commands(ckpt, d):
                                        ("tensor.pth", "holds a Tensor"), ("list.pth", "holds a list"),
                                        ("bad.safetensors", "not a readable .safetensors"),
                                        ("huge.safetensors", "not a readable .safetensors")])
+@pytest.mark.slow
 def test_every_weight_option_refuses_in_one_line(capsys, bad_files, name, says):
     d, marker = bad_files
     for argv in _commands(str(d / name), d):

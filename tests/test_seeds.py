@@ -32,6 +32,7 @@ def _pretrain_step(out, seed: int, *extra) -> dict:
 
 @given(seed=SEEDS)
 @STEPS
+@pytest.mark.slow
 def test_a_pretraining_step_at_any_seed(tmp_path_factory, seed):
     metrics = _pretrain_step(tmp_path_factory.mktemp("run"), seed)
     assert torch.isfinite(torch.tensor(metrics["train_loss"]))
@@ -47,6 +48,7 @@ def class_folder(tmp_path_factory):
 
 
 @pytest.mark.parametrize("seed", [0, 1829, SEED_MAX])
+@pytest.mark.slow
 def test_a_finetuning_step_with_mixup_and_drop_path_at_any_seed(tmp_path, class_folder, seed):
     from mae_transfer.engine.finetune import ClassifyConfig, train
 

@@ -27,7 +27,7 @@ TINY = str(ROOT / "configs/seg/tiny_cpu.py")
 PY = sys.executable
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_mmseg_models_imports_on_mmcv_lite():
     code = "import mae_transfer.seg, mmseg.models; from mmseg.registry import MODELS; print(MODELS.get('MAEViT'))"
     r = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=300)
@@ -116,6 +116,7 @@ def _tool(*args, check=True, env=None):
 
 
 @pytest.mark.parametrize("name", ["full.pth", "encoder.pth"])
+@pytest.mark.slow
 def test_checkpoint_formats_load_with_no_trunk_key_missing(ckpts, name):
     from mmseg.registry import MODELS
 
@@ -128,7 +129,7 @@ def test_checkpoint_formats_load_with_no_trunk_key_missing(ckpts, name):
     assert bb.pos_embed.shape[1] == 1 + 16 * 16  # 8x8 table resampled for 128-px crops
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_train_resume_eval_through_the_tool(tmp_path, ade, ckpts):
     wd = tmp_path / "run"
     r = _tool("--config", TINY, "--backbone", str(ckpts / "full.pth"), "--data-root", ade, "--output-dir", str(wd),
@@ -164,7 +165,7 @@ def test_train_resume_eval_through_the_tool(tmp_path, ade, ckpts):
     assert json.loads((tmp_path / "pred/classes.json").read_text()) == ["circle", "square", "triangle"]
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_two_process_training(tmp_path, ade, ckpts):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
@@ -176,7 +177,7 @@ def test_two_process_training(tmp_path, ade, ckpts):
     assert_result(tmp_path, "seg", ("mIoU",), world_size=2)
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_num_gpus_checks_once_in_the_launcher(tmp_path, ade, ckpts):
     """`--num-gpus 2`: the launcher checks every image and mask and peeks the backbone; each of the two processes
     it starts reads the backbone once and checks nothing again."""
@@ -189,7 +190,7 @@ def test_num_gpus_checks_once_in_the_launcher(tmp_path, ade, ckpts):
     assert_read_once(log, ckpts / "encoder.pth", ade, processes=2)
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_two_runs_on_one_output_dir(tmp_path, ade):
     cmd = [PY, "-m", "mae_transfer", "seg", "--config", TINY, "--data-root", ade, "--output-dir", str(tmp_path)]
     first = cmd + merged(FAST, ["train_cfg.val_interval=2"])
@@ -197,7 +198,7 @@ def test_two_runs_on_one_output_dir(tmp_path, ade):
     assert "mIoU" in res["metrics"]
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_bad_data_is_one_line(tmp_path, ade):
     import shutil
     root = tmp_path / "ade"
@@ -254,7 +255,7 @@ def _voc_and_plain(ade: Path, root: Path):
     (root / "plain/classes.txt").write_text("background\nshape\n")
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_voc_layout_and_plain_two_class_set_by_path(tmp_path, ade, ckpts):
     _voc_and_plain(Path(ade), tmp_path)
     assert Image.open(next((tmp_path / "voc/SegmentationClass").iterdir())).mode == "P"

@@ -199,6 +199,7 @@ def test_hf_parquet_and_save_to_disk(tmp_path):
     assert len(src) == 5 and [src[i][1] for i in range(5)] == list(range(5))
 
 
+@pytest.mark.slow
 def test_write_shards_index_and_a_killed_writer_resumes(tmp_path):
     root = tmp_path / "imgs"
     for i in range(23):
@@ -232,6 +233,7 @@ def test_write_shards_index_and_a_killed_writer_resumes(tmp_path):
     assert again.returncode == 2 and again.stderr.startswith("error:") and again.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_a_killed_writer_takes_its_encoders_with_it(tmp_path):
     """SIGKILL (or the OOM killer) on `shards` must not leave encoders running on, writing into the folder that the
     next run resumes: each worker exits once its parent is gone."""
@@ -254,6 +256,7 @@ def test_a_killed_writer_takes_its_encoders_with_it(tmp_path):
     assert gone, "encoders outlived the killed writer"
 
 
+@pytest.mark.slow
 def test_labels_reaching_the_loss_over_two_processes(tmp_path):
     """2 gloo processes x 2 loader workers, through the loader the trainer builds: every sample once per epoch,
     each with its own .cls (its colour is its label), across epochs."""
@@ -291,7 +294,7 @@ json.dump(seen, open({str(tmp_path)!r} + f"/rank{{info.rank}}.json", "w"))
     assert ranks[0][0] != ranks[0][1]  # each epoch its own order
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_pretrain_from_a_brace_pattern_sigkill_then_resume_is_bit_identical(tmp_path):
     """tools/pretrain.py on third-party shards named by a brace pattern, 2 persistent loader workers, checkpoint
     every step, SIGKILL at a random step (possibly in the second epoch): the resumed run equals the uninterrupted."""
@@ -317,6 +320,7 @@ def test_pretrain_from_a_brace_pattern_sigkill_then_resume_is_bit_identical(tmp_
     torch.testing.assert_close(a["optimizer"]["state"], b["optimizer"]["state"], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_finetune_from_shards_matches_class_folders(tmp_path):
     """The same images as class folders and as `mae-transfer shards` output: top-1 after a short fine-tuning, over
     3 seeds each, differ by no more than the seed-to-seed spread (the larger of the two ranges, at least one

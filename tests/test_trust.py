@@ -359,7 +359,7 @@ def _run(*argv):
     return r
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_refused_run_then_the_corrected_command_starts(tmp_path):
     out, empty = tmp_path / "run", tmp_path / "empty"
     empty.mkdir()
@@ -373,7 +373,7 @@ def test_refused_run_then_the_corrected_command_starts(tmp_path):
     assert json.loads((out / "result.json").read_text())["status"] == "ok"
 
 
-@pytest.mark.cli
+@pytest.mark.slow
 def test_exif_photos_through_training_and_both_predictors_and_heads_that_do_not_fit(tmp_path, capsys):
     from mae_transfer.data.synthetic import make_ade_shapes, make_coco_shapes
 

@@ -34,6 +34,7 @@ def test_global_pool_layout_and_prelogits():
                                    rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_official_full_and_encoder_files_load(tmp_path):
     sd = _base_full()
     enc = {k: v for k, v in sd.items() if not k.startswith(("decoder_", "mask_token"))}

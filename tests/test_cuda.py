@@ -64,4 +64,5 @@ def test_predictors_on_cuda(tmp_path):
     checkpoints.save(tmp_path / "det.pth", {"model": instantiate(LazyConfig.load(config).model).state_dict()})
     pred = DetPredictor(config, str(tmp_path / "det.pth"), "cuda", 0.0)
     (inst,) = pred([np.zeros((128, 128, 3), np.uint8)])
-    assert len(inst) >= 0 and next(pred.model.parameters()).is_cuda
+    assert inst.image_size == (128, 128) and inst.has("scores") and inst.has("pred_boxes")
+    assert next(pred.model.parameters()).is_cuda and (len(inst) == 0 or inst.scores.is_cuda)

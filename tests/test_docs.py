@@ -133,3 +133,16 @@ def test_a_renamed_flag_would_fail(monkeypatch, capsys):
     """The check itself can fail: a flag the parser lacks is a failure naming the page and the line."""
     with pytest.raises(pytest.fail.Exception, match=r"page.md:3: .*unrecognized arguments: --data-pth"):
         parse_only(["pretrain", "--data-pth", "x"], monkeypatch, capsys, "page.md:3")
+
+
+def test_the_command_lists_name_every_command():
+    """docs/commands.md's list and the README's table name every command the entry point has, and no other."""
+    import re
+
+    from mae_transfer.cli import COMMANDS
+
+    intro = (ROOT / "docs/commands.md").read_text().split("Every training command")[0]
+    assert set(re.findall(r"`([a-z-]+)`", intro.split("with the commands", 1)[1])) == set(COMMANDS)
+    table = (ROOT / "README.md").read_text().split("## Commands", 1)[1].split("\n## ", 1)[0]
+    named = {c for row in re.findall(r"^\| (`[^|]+) \|", table, re.M) for c in re.findall(r"`([a-z-]+)`", row)}
+    assert named == set(COMMANDS), set(COMMANDS) ^ named

@@ -1,6 +1,7 @@
 """Train / evaluate ViTDet Mask R-CNN with an MAE backbone, through detectron2's own trainer,
 hooks, checkpointer, evaluator and launcher (the structure of its tools/lazyconfig_train_net.py)."""
 import ast
+import contextlib
 import inspect
 import logging
 from pathlib import Path
@@ -9,6 +10,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import AMPTrainer, SimpleTrainer, create_ddp_model, default_setup, default_writers, hooks
+from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -19,6 +21,7 @@ from ..checkpoints import load_file, unwrap
 from ..data import DataError
 from ..engine.config import ConfigError, check_key_path, check_seed, check_value_type, split_override
 from ..engine.logger import log_lr_table
+from ..env import log_patch
 from .checkpoint import SafeCheckpointer, has_mask_head, load_backbone
 from .data import boxes_only, check_coco_json, has_mask, json_safe, register_coco_from_paths
 
@@ -196,10 +199,28 @@ def do_train(args, cfg) -> dict:
     return final
 
 
+@contextlib.contextmanager
+def rank_seeds_in_range():
+    """detectron2's default_setup seeds process `rank` with seed + rank, which numpy refuses past 2**32 - 1: with
+    --num-gpus N, the N - 1 largest seeds the grammar accepts crashed every process but rank 0. Inside this block
+    that sum wraps modulo 2**32 (detectron2's own seeds everywhere else). Written for detectron2 0.6 (a59f0563)."""
+    real = d2_defaults.seed_all_rng
+    if "seed + rank" not in inspect.getsource(d2_defaults.default_setup):  # another detectron2: left as it is
+        yield
+        return
+    d2_defaults.seed_all_rng = lambda seed=None: real(None if seed is None else seed % 2**32)
+    log_patch("detectron2 default_setup: the seed of process `rank` is (seed + rank) mod 2**32 (numpy's range)")
+    try:
+        yield
+    finally:
+        d2_defaults.seed_all_rng = real
+
+
 def main(args) -> dict:
     """One process of a detection run (launched by detectron2's `launch`); rank 0 writes result.json."""
     cfg = setup(args)
-    default_setup(cfg, args)
+    with rank_seeds_in_range():
+        default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="mae_transfer", abbrev_name="mae")
     ckpt = args.eval_only or args.backbone or cfg.train.get("init_checkpoint") or None
     with results.recorded("det", cfg.train.output_dir, args.config, cfg.train.get("seed"), ckpt) as rec:

@@ -146,3 +146,22 @@ def test_the_command_lists_name_every_command():
     table = (ROOT / "README.md").read_text().split("## Commands", 1)[1].split("\n## ", 1)[0]
     named = {c for row in re.findall(r"^\| (`[^|]+) \|", table, re.M) for c in re.findall(r"`([a-z-]+)`", row)}
     assert named == set(COMMANDS), set(COMMANDS) ^ named
+
+
+@pytest.mark.slow
+def test_the_test_counts_in_development_md_are_the_suites():
+    """docs/development.md's counts of the whole suite and of the quick tier are what pytest collects."""
+    import re
+    import subprocess
+    import sys
+
+    text = " ".join((ROOT / "docs/development.md").read_text().split())
+    whole, quick = re.search(r"everything \((\d+) tests:", text), re.search(r'`-m "not slow"` runs (\d+) of them', text)
+    assert whole and quick, "docs/development.md no longer states the counts"
+
+    def collected(*args):
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider", *args,
+                            str(ROOT / "tests")], capture_output=True, text=True, timeout=600, cwd=ROOT)
+        return int(re.search(r"(\d+)(?:/\d+)? tests? (?:collected|selected)", r.stdout).group(1))
+
+    assert (int(whole.group(1)), int(quick.group(1))) == (collected(), collected("-m", "not slow"))

@@ -241,8 +241,9 @@ def test_a_killed_writer_takes_its_encoders_with_it(tmp_path):
     root.mkdir()
     for i in range(4):
         Image.new("RGB", (8, 8)).save(root / f"{i}.png")
+    # one write per encoder (print writes the number and the newline apart: two encoders' lines could interleave)
     code = ("import os, sys, time\nimport mae_transfer.data.write_shards as w\n"
-            "def stuck(task):\n    print(os.getpid(), flush=True)\n    time.sleep(120)\n"
+            "def stuck(task):\n    os.write(1, f'{os.getpid()}\\n'.encode())\n    time.sleep(120)\n"
             f"w._write_one = stuck\nw.write_shards({str(root)!r}, {str(tmp_path / 'out')!r}, shard_size=1, workers=2)")
     writer = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE, text=True)
     encoders = [int(writer.stdout.readline()) for _ in range(2)]

@@ -13,6 +13,7 @@ from typing import Any, List, Optional, Type, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from . import schemas
 from .errors import DataError, UserError
 
 M = TypeVar("M", bound=BaseModel)
@@ -129,8 +130,7 @@ def read_classes(path, error: Type[UserError] = None) -> List[str]:
     names = read_lines(path, "classes file", error)
     if not names:
         raise error(f"{path} lists no classes (one name per line)")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise error(f"{path} lists {dup[0]!r} more than once: class names must be unique (per-class results are "
-                    f"keyed by name)")
+    dup = schemas.repeated_class(names)
+    if dup is not None:
+        raise error(f"{path} lists {dup!r} more than once: {schemas.CLASSES_UNIQUE}")
     return names

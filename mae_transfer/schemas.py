@@ -6,6 +6,7 @@ what is wrong, raised as the caller's error type -- by construction, not by a li
 strict (a `true` is not an id, `"5"` is not a width), numbers finite, paths relative and inside their root,
 ids unique, references resolved. What the toolkit writes is built from the same classes, so what it
 writes is what it can read back."""
+import collections
 import datetime
 import math
 import typing
@@ -130,6 +131,15 @@ class CocoCategories(_Open):
         _unique(self.categories, "id", "categories")
         _unique(self.categories, "name", "categories")
         return self
+
+
+CLASSES_UNIQUE = "class names must be unique (per-class results are keyed by name)"
+
+
+def repeated_class(names: List[str]) -> Optional[str]:
+    """The first class name (in sorted order) listed more than once, or None: one rule for every class list."""
+    dup = sorted(n for n, k in collections.Counter(names).items() if k > 1)
+    return dup[0] if dup else None
 
 
 def _unique(items, key: str, where: str) -> None:
@@ -266,16 +276,10 @@ class ShardIndex(_Strict):
 
     @field_validator("classes")
     @classmethod
-    def _unique_classes(cls, v):  # as a classes file (reading.read_classes): per-class results are keyed by name
-        seen, dup = set(), None
-        for n in v or ():
-            if n in seen:
-                dup = n
-                break
-            seen.add(n)
+    def _unique_classes(cls, v):  # the rule of a classes file (reading.read_classes)
+        dup = repeated_class(v or [])
         if dup is not None:
-            raise ValueError(f"lists {dup!r} more than once: class names must be unique (per-class results are "
-                             "keyed by name)")
+            raise ValueError(f"lists {dup!r} more than once: {CLASSES_UNIQUE}")
         return v
 
 

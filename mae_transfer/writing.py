@@ -90,19 +90,17 @@ def atomic(path, replace: bool = True) -> Iterator[str]:
 def _publish_new(tmp: str, path: Path) -> None:
     """`tmp` becomes `path` only if nothing is there: link() fails with EEXIST where a name is, atomically."""
     try:
-        os.link(tmp, path)
+        try:
+            os.link(tmp, path)
+        except OSError as e:  # a file system without hard links: claim the name exclusively, then rename onto it
+            if isinstance(e, FileExistsError) or e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP,
+                                                                  errno.EMLINK, errno.ENOSYS):
+                raise
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
+            os.replace(tmp, path)
     except FileExistsError:
         raise ConfigError(f"{path} exists (written meanwhile by another command?): the output is never written "
                           f"over a file; choose a new name or remove it") from None
-    except OSError as e:  # a file system without hard links: claim the name exclusively, then rename onto it
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
-            raise
-        try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
-        except FileExistsError:
-            raise ConfigError(f"{path} exists (written meanwhile by another command?): the output is never "
-                              f"written over a file; choose a new name or remove it") from None
-        os.replace(tmp, path)
 
 
 @contextlib.contextmanager
